@@ -1,0 +1,69 @@
+"""The ``crysdiff`` command: a thin layer of verbs over the library.
+
+Each verb lives in a module of :mod:`crysdiff.commands` that provides ``add_arguments(parser)``
+and ``run(args) -> int``; the first line of its docstring is the verb's help and the rest (with an
+``Example:``) is shown by ``crysdiff VERB --help``. Verbs whose module is not importable (an
+optional dependency missing) are listed with the reason instead of breaking the whole command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> module in crysdiff.commands (kept in the order users meet them)
+VERBS: dict[str, str] = {
+    "data": "data",
+    "pretrain": "pretrain",
+    "sample": "sample",
+    "evaluate-csp": "evaluate_csp",
+    "finetune": "finetune",
+    "predict": "predict",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from crysdiff import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="crysdiff",
+        description="Crystal property prediction with diffusion pre-training (CrysDiff).",
+        epilog="Run 'crysdiff VERB --help' for a verb's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"crysdiff {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, module_name in VERBS.items():
+        try:
+            module = importlib.import_module(f"crysdiff.commands.{module_name}")
+        except ModuleNotFoundError as error:
+            if error.name and error.name.startswith("crysdiff.commands."):
+                continue  # verb not part of this build yet
+            raise
+        doc = (module.__doc__ or verb).strip()
+        sub = verbs.add_parser(
+            verb,
+            help=doc.splitlines()[0],
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("crysdiff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

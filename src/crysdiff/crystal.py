@@ -1,0 +1,288 @@
+"""The crystal record and its conventions, stated once.
+
+A crystal is ``(A, F, L)``:
+
+* ``atomic_numbers`` — ``[N]`` int, atomic numbers Z (1 = H ... 118), never an embedding index.
+* ``frac_coords`` — ``[N, 3]`` float64, fractional coordinates wrapped into ``[0, 1)``.
+* ``lattice`` — ``[3, 3]`` float64, **rows are the lattice vectors** in Å, so
+  ``cartesian = frac_coords @ lattice``. (The paper writes ``L = [l1, l2, l3]`` with columns;
+  its Gram matrix ``LᵀL`` is our ``lattice @ lattice.T``.)
+
+Every record also carries an ``id`` (material id, file stem, row number...), the ``source`` it
+came from (a file path) and a ``record`` locator inside that source (row, frame, key) so that
+any problem can be reported as "file, record, reason".
+
+Validation happens once, here, when data enters the library (:func:`validate`). Everything
+downstream may assume a valid crystal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Crystal",
+    "RecordError",
+    "ValidationSettings",
+    "validate",
+    "wrap_frac",
+    "from_pymatgen",
+    "to_pymatgen",
+    "from_ase",
+    "to_ase",
+]
+
+MAX_ATOMIC_NUMBER = 118
+
+
+class RecordError(Exception):
+    """A record that cannot be used, with where it came from and why.
+
+    ``source`` is the file (or other origin), ``record`` the row / frame / key inside it,
+    ``reason`` a sentence saying what was expected and what was found.
+    """
+
+    def __init__(self, source: str, record: str, reason: str):
+        super().__init__(f"{source} [{record}]: {reason}")
+        self.source = str(source)
+        self.record = str(record)
+        self.reason = reason
+
+    def as_dict(self) -> dict[str, str]:
+        return {"source": self.source, "record": self.record, "reason": self.reason}
+
+    def __reduce__(self):  # picklable across worker processes
+        return (RecordError, (self.source, self.record, self.reason))
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """What counts as a usable crystal.
+
+    Attributes:
+        min_distance: smallest allowed distance (Å) between two atoms, periodic images included.
+            0.5 Å is below any real bond (H–H in H2 is 0.74 Å) and catches duplicated sites.
+        max_atoms: largest cell accepted, in atoms per cell.
+        min_volume_per_atom: cells with less volume (Å³ per atom) are treated as singular.
+        occupancy_tolerance: how far from 1 a site occupancy may be and still count as ordered.
+    """
+
+    min_distance: float = 0.5
+    max_atoms: int = 5000
+    min_volume_per_atom: float = 0.1
+    occupancy_tolerance: float = 1e-3
+
+
+@dataclass
+class Crystal:
+    """One ordered periodic crystal with optional labels. See the module docstring for units."""
+
+    atomic_numbers: np.ndarray  # [N] int64
+    frac_coords: np.ndarray  # [N, 3] float64 in [0, 1)
+    lattice: np.ndarray  # [3, 3] float64, rows = lattice vectors, Å
+    id: str = ""
+    labels: dict[str, float] = field(default_factory=dict)
+    source: str = ""
+    record: str = ""
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.atomic_numbers.shape[0])
+
+    @property
+    def cart_coords(self) -> np.ndarray:
+        return self.frac_coords @ self.lattice  # [N, 3]
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.lattice)))
+
+    @property
+    def formula(self) -> str:
+        from collections import Counter
+
+        from pymatgen.core.periodic_table import Element
+
+        counts = Counter(int(z) for z in self.atomic_numbers)
+        return "".join(
+            f"{Element.from_Z(z).symbol}{n if n > 1 else ''}" for z, n in sorted(counts.items())
+        )
+
+
+def wrap_frac(frac_coords: np.ndarray) -> np.ndarray:
+    """Wrap fractional coordinates into [0, 1), mapping values that round to 1.0 onto 0.0."""
+    wrapped = frac_coords - np.floor(frac_coords)
+    wrapped[wrapped >= 1.0] = 0.0  # -1e-17 - floor(-1e-17) == 1.0 in float64
+    return wrapped
+
+
+def _min_image_clash(cart: np.ndarray, lattice: np.ndarray, min_distance: float) -> tuple[int, int, float] | None:
+    """First pair of atoms (i, j, distance) closer than ``min_distance``, images included.
+
+    Small cells: dense over the 27 neighbouring images. Large cells: a k-d tree over the images,
+    so memory stays linear in N.
+    """
+    n = cart.shape[0]
+    shifts = np.array(
+        [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64
+    ) @ lattice  # [27, 3]
+    if n <= 64:
+        diff = cart[None, :, None, :] - cart[:, None, None, :] + shifts[None, None, :, :]  # [N, N, 27, 3]
+        dist = np.sqrt((diff**2).sum(-1))  # [N, N, 27]
+        dist[np.arange(n), np.arange(n), 13] = np.inf  # an atom and itself in the home cell
+        flat = int(np.argmin(dist))
+        i, j, _ = np.unravel_index(flat, dist.shape)
+        d = float(dist.flat[flat])
+        return (int(i), int(j), d) if d < min_distance else None
+    from scipy.spatial import cKDTree
+
+    images = (cart[None, :, :] + shifts[:, None, :]).reshape(-1, 3)  # [27N, 3]
+    tree = cKDTree(images)
+    pairs = cKDTree(cart).query_ball_tree(tree, r=min_distance)
+    for i, hits in enumerate(pairs):
+        for h in hits:
+            j, image = h % n, h // n
+            if j == i and image == 13:
+                continue
+            return i, j, float(np.linalg.norm(images[h] - cart[i]))
+    return None
+
+
+def validate(crystal: Crystal, settings: ValidationSettings = ValidationSettings()) -> Crystal:
+    """Check a crystal and return it with coordinates wrapped into [0, 1) and canonical dtypes.
+
+    Raises:
+        RecordError: naming ``crystal.source`` and ``crystal.record`` and what is wrong.
+    """
+
+    def fail(reason: str) -> RecordError:
+        return RecordError(crystal.source, crystal.record or crystal.id, reason)
+
+    z = np.asarray(crystal.atomic_numbers)
+    frac = np.asarray(crystal.frac_coords, dtype=np.float64)
+    lattice = np.asarray(crystal.lattice, dtype=np.float64)
+    n = z.shape[0] if z.ndim == 1 else -1
+    if n <= 0:
+        raise fail("the structure has no atoms" if n == 0 else f"atomic numbers must be 1-D, got shape {z.shape}")
+    if frac.shape != (n, 3):
+        raise fail(f"expected fractional coordinates of shape ({n}, 3), found {frac.shape}")
+    if lattice.shape != (3, 3):
+        raise fail(f"expected a 3x3 lattice, found shape {lattice.shape}")
+    if n > settings.max_atoms:
+        raise fail(f"{n} atoms per cell exceeds the limit of {settings.max_atoms} (ValidationSettings.max_atoms)")
+    if not np.issubdtype(z.dtype, np.integer):
+        if not np.all(np.equal(np.mod(z, 1), 0)):
+            raise fail("atomic numbers must be integers")
+    z = z.astype(np.int64)
+    bad = z[(z < 1) | (z > MAX_ATOMIC_NUMBER)]
+    if bad.size:
+        raise fail(f"atomic number {int(bad[0])} is not an element (expected 1..{MAX_ATOMIC_NUMBER})")
+    if not np.all(np.isfinite(lattice)):
+        raise fail("the lattice contains NaN or infinite values")
+    if not np.all(np.isfinite(frac)):
+        raise fail("the coordinates contain NaN or infinite values")
+    volume = abs(float(np.linalg.det(lattice)))
+    if not volume > settings.min_volume_per_atom * n:
+        raise fail(
+            f"the lattice is singular or degenerate: cell volume {volume:.3g} Å^3 for {n} atoms "
+            f"(minimum {settings.min_volume_per_atom} Å^3 per atom)"
+        )
+    lengths = np.linalg.norm(lattice, axis=1)
+    if lengths.min() < settings.min_distance:
+        raise fail(
+            f"a lattice vector is {lengths.min():.3g} Å long, shorter than the minimum interatomic "
+            f"distance {settings.min_distance} Å (every atom would overlap its own image)"
+        )
+    frac = wrap_frac(frac)
+    clash = _min_image_clash(frac @ lattice, lattice, settings.min_distance)
+    if clash is not None:
+        i, j, d = clash
+        raise fail(
+            f"atoms {i} and {j} are {d:.3f} Å apart, closer than the minimum {settings.min_distance} Å "
+            "(duplicated or overlapping sites)"
+        )
+    labels = {}
+    for key, value in crystal.labels.items():
+        labels[key] = _to_float(value)
+    return Crystal(
+        atomic_numbers=z,
+        frac_coords=frac,
+        lattice=lattice,
+        id=str(crystal.id),
+        labels=labels,
+        source=crystal.source,
+        record=crystal.record,
+    )
+
+
+def _to_float(value: Any) -> float:
+    """A label value as float; missing markers (None, '', 'na', 'nan') become NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", "na", "nan", "none", "null", "n/a"):
+            return math.nan
+        try:
+            return float(text)
+        except ValueError:
+            return math.nan
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out if math.isfinite(out) else math.nan
+
+
+# --- adapters at the edge ------------------------------------------------------------------------
+
+
+def from_pymatgen(structure, id: str = "", labels: dict | None = None, source: str = "<pymatgen>", record: str = "") -> Crystal:
+    """A :class:`Crystal` from a ``pymatgen.core.Structure`` (ordered structures only)."""
+    if not structure.is_ordered:
+        raise RecordError(source, record or id, "the structure has partial occupancies (disordered sites); crysdiff needs an ordered structure")
+    return Crystal(
+        atomic_numbers=np.array([site.specie.Z for site in structure], dtype=np.int64),
+        frac_coords=np.array(structure.frac_coords, dtype=np.float64),
+        lattice=np.array(structure.lattice.matrix, dtype=np.float64),
+        id=id,
+        labels=dict(labels or {}),
+        source=source,
+        record=record,
+    )
+
+
+def to_pymatgen(crystal: Crystal):
+    """The crystal as a ``pymatgen.core.Structure``."""
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(
+        Lattice(crystal.lattice), [int(z) for z in crystal.atomic_numbers], crystal.frac_coords, coords_are_cartesian=False
+    )
+
+
+def from_ase(atoms, id: str = "", labels: dict | None = None, source: str = "<ase>", record: str = "") -> Crystal:
+    """A :class:`Crystal` from an ``ase.Atoms`` with a full 3-D cell."""
+    cell = np.array(atoms.cell[:], dtype=np.float64)
+    if abs(np.linalg.det(cell)) < 1e-8:
+        raise RecordError(source, record or id, "the ASE Atoms object has no 3-D cell (is it periodic?)")
+    return Crystal(
+        atomic_numbers=np.array(atoms.numbers, dtype=np.int64),
+        frac_coords=np.array(atoms.get_scaled_positions(wrap=False), dtype=np.float64),
+        lattice=cell,
+        id=id,
+        labels=dict(labels or {}),
+        source=source,
+        record=record,
+    )
+
+
+def to_ase(crystal: Crystal):
+    """The crystal as a periodic ``ase.Atoms``."""
+    from ase import Atoms
+
+    return Atoms(numbers=crystal.atomic_numbers, scaled_positions=crystal.frac_coords, cell=crystal.lattice, pbc=True)
