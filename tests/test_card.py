@@ -79,3 +79,33 @@ def test_ancestral_sampler_with_oracle_noise_recovers_target_distribution(proces
     assert samples.shape == (2, 20_000)
     torch.testing.assert_close(samples.mean(1), m, atol=0.05, rtol=0)
     torch.testing.assert_close(samples.std(1), s, atol=0.05, rtol=0.03)
+
+
+def test_affine_chain_equals_generic_chain_and_exact_moments(process):
+    """The precomputed-coefficient chain is the same Markov chain as calling the head each step."""
+    from crysdiff.heads import CardNoiseHead, HeadConfig
+
+    torch.manual_seed(0)
+    head = CardNoiseHead(8, HeadConfig(hidden_dim=16, time_dim=16)).double()
+    for p in head.parameters():  # random non-trivial weights (the output layer starts at zero)
+        torch.nn.init.normal_(p, std=0.3)
+    z = torch.randn(3, 8, dtype=torch.float64)
+    mu = torch.tensor([0.0, 0.5, -1.0], dtype=torch.float64)
+    coeffs = head.chain_coefficients(z, process.timesteps)
+    # same coefficients as the head's forward at a few steps
+    for t in (1, 7, process.timesteps):
+        y_t = torch.randn(3, dtype=torch.float64)
+        tt = torch.full((3,), t)
+        direct = head(z, y_t, mu, tt)
+        via_table = coeffs[:, t, 0] + coeffs[:, t, 1] * y_t + coeffs[:, t, 2] * mu
+        torch.testing.assert_close(direct, via_table)
+    # identical noise -> identical samples
+    generic = process.sample(lambda y, t: head(z[:, None, :].expand(-1, y.shape[1], -1), y, mu[:, None].expand_as(y),
+                                                torch.full_like(y, t, dtype=torch.long)),
+                             mu, num_samples=5, generator=torch.Generator().manual_seed(3))
+    fast = process.sample_affine(coeffs, mu, num_samples=5, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(fast, generic)
+    mean, var = process.affine_moments(coeffs, mu)
+    many = process.sample_affine(coeffs, mu, num_samples=20_000, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(many.mean(1), mean, atol=0.05 * var.sqrt().max().item() + 1e-3, rtol=0)
+    torch.testing.assert_close(many.var(1), var, rtol=0.05, atol=1e-6)
