@@ -1,0 +1,179 @@
+"""The training engine: Lightning's ``Trainer`` set up the same way for every crysdiff run.
+
+The engine only sees "batch in, loss out": a task (a ``LightningModule`` such as
+:class:`crysdiff.pretrain.PretrainTask` or :class:`crysdiff.finetune.FinetuneTask`) computes its
+loss; this module owns the optimiser and schedule, logging (CSV always, TensorBoard when installed),
+the progress bar, checkpoints for resuming (``OUT/checkpoints/last.ckpt``), time limits and the
+multi-GPU / multi-node setup, and draws the loss curves when a run ends.
+
+Data order is crysdiff's own: the batch samplers shard by ``trainer.global_rank`` /
+``trainer.world_size`` themselves, so Lightning is told not to replace them.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from crysdiff.config import TrainConfig
+
+__all__ = ["make_trainer", "configure_adamw", "plot_curves", "last_checkpoint"]
+
+
+def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_steps: int):
+    """AdamW with linear warm-up then cosine decay to ``lr * min_lr_ratio`` over ``total_steps``."""
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(0, int(config.warmup_steps))
+    total = max(total_steps, warmup + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _loggers(out_dir: Path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(str(out_dir), name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=""))
+    except ImportError:
+        pass
+    return loggers
+
+
+def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "val/loss", progress: bool = True,
+                 has_validation: bool = True) -> L.Trainer:
+    """A ``Trainer`` writing logs and checkpoints under ``out_dir``."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    out_dir = Path(out_dir)
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=str(out_dir / "checkpoints"),
+            filename="best",
+            monitor=monitor if has_validation else None,
+            mode="min",
+            save_last=True,
+            save_top_k=1,
+        ),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if progress:
+        try:
+            from lightning.pytorch.callbacks import RichProgressBar
+
+            callbacks.append(RichProgressBar(leave=True))
+        except (ImportError, ModuleNotFoundError):
+            pass
+    max_time = {"minutes": config.max_time_minutes} if config.max_time_minutes > 0 else None
+    val_kwargs = {}
+    if config.val_every_steps > 0:
+        val_kwargs = dict(val_check_interval=config.val_every_steps, check_val_every_n_epoch=None)
+    devices = config.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return L.Trainer(
+        default_root_dir=str(out_dir),
+        max_epochs=config.max_epochs if config.max_epochs > 0 else -1,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        max_time=max_time,
+        gradient_clip_val=config.grad_clip if config.grad_clip > 0 else None,
+        accelerator=config.accelerator,
+        devices=devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        logger=_loggers(out_dir),
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if has_validation else 0,
+        **val_kwargs,
+    )
+
+
+def last_checkpoint(out_dir: str | Path) -> str | None:
+    """``OUT/checkpoints/last.ckpt`` if an earlier run left one (for ``--resume``)."""
+    path = Path(out_dir) / "checkpoints" / "last.ckpt"
+    return str(path) if path.is_file() else None
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, float]]:
+    """Rows of ``OUT/logs/metrics.csv`` with numeric values (empty cells dropped)."""
+    path = Path(out_dir) / "logs" / "metrics.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed = {}
+            for key, value in row.items():
+                if value not in ("", None):
+                    try:
+                        parsed[key] = float(value)
+                    except ValueError:
+                        pass
+            rows.append(parsed)
+    return rows
+
+
+def plot_curves(out_dir: str | Path, keys: list[str], filename: str = "loss_curve.png", title: str = "") -> Path | None:
+    """Draw the logged curves ``keys`` against the step into ``OUT/filename``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(out_dir)
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=key, marker="." if len(xs) < 30 else None)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("optimiser step")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(out_dir) / filename
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+class Stopwatch:
+    """Wall-clock timer for reporting (``with Stopwatch() as sw: ...; sw.seconds``)."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        return False
