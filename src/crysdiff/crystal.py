@@ -131,12 +131,15 @@ def _min_image_clash(cart: np.ndarray, lattice: np.ndarray, min_distance: float)
         [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64
     ) @ lattice  # [27, 3]
     if n <= 64:
-        diff = cart[None, :, None, :] - cart[:, None, None, :] + shifts[None, None, :, :]  # [N, N, 27, 3]
-        dist = np.sqrt((diff**2).sum(-1))  # [N, N, 27]
-        dist[np.arange(n), np.arange(n), 13] = np.inf  # an atom and itself in the home cell
-        flat = int(np.argmin(dist))
-        i, j, _ = np.unravel_index(flat, dist.shape)
-        d = float(dist.flat[flat])
+        # |d + s|² = |d|² + 2 d·s + |s|² for every pair d = r_j - r_i and image shift s: one matmul
+        # instead of an [N, N, 27, 3] array (squared distances; one square root at the end)
+        diff = (cart[None, :, :] - cart[:, None, :]).reshape(-1, 3)  # [N*N, 3]
+        dist2 = (diff * diff).sum(-1)[:, None] + 2.0 * (diff @ shifts.T) + (shifts * shifts).sum(-1)[None, :]
+        dist2 = dist2.reshape(n, n, 27)
+        dist2[np.arange(n), np.arange(n), 13] = np.inf  # an atom and itself in the home cell
+        flat = int(np.argmin(dist2))
+        i, j, _ = np.unravel_index(flat, dist2.shape)
+        d = math.sqrt(max(float(dist2.flat[flat]), 0.0))
         return (int(i), int(j), d) if d < min_distance else None
     from scipy.spatial import cKDTree
 
