@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Transparent huge pages for torch's CPU allocator: big fresh [E, H] edge buffers otherwise pay a
+# page fault per 4 KiB (measured 3x slower forward+backward on the 4,640-atom COD cell). Must be
+# set before torch is imported; the verbs import torch lazily.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 # verb -> module in crysdiff.commands (kept in the order users meet them)
 VERBS: dict[str, str] = {

@@ -17,16 +17,22 @@ class): the encoder reads the clean structure once, its atom states are mean-poo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
 from crysdiff.card import PropertyDiffusion, PropertyDiffusionConfig
-from crysdiff.config import DataConfig, TrainConfig
+from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
+from crysdiff.denoiser import CrysDiffEncoder, DenoiserConfig
 from crysdiff.heads import HeadConfig, RegressionHead, build_noise_head
 
-__all__ = ["FinetuneConfig", "PropertyModel", "pool_mean"]
+__all__ = ["FinetuneConfig", "PropertyModel", "FinetuneTask", "pool_mean", "run_finetune", "build_property_model", "regression_metrics"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class FinetuneConfig:
 
     Attributes:
         target: the label column to learn (e.g. ``formation_energy_per_atom``).
+        model: the encoder's config (replaced by the ``--init`` checkpoint's own when there is one).
         head: the property head (``kind="card"`` default; ``"eq4"``, ``"card_mlp"``, ``"regression"``).
         property: the CARD schedule on the target.
         freeze_encoder: keep the pre-trained encoder fixed (ablation "without updating the encoder").
@@ -43,6 +50,7 @@ class FinetuneConfig:
     """
 
     target: str = ""
+    model: DenoiserConfig = field(default_factory=DenoiserConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     property: PropertyDiffusionConfig = field(default_factory=PropertyDiffusionConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, max_epochs=30, warmup_steps=100))
@@ -161,3 +169,228 @@ class PropertyModel(nn.Module):
         if keep_samples:
             out["samples"] = samples
         return out
+
+
+# --- the Lightning task and the run -----------------------------------------------------------------
+
+
+def build_property_model(config: FinetuneConfig, mean: float = 0.0, std: float = 1.0) -> PropertyModel:
+    return PropertyModel(CrysDiffEncoder(config.model), config.model.hidden_dim, config.head, mean=mean, std=std)
+
+
+def regression_metrics(y: np.ndarray, mean: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
+                       std: np.ndarray | None = None) -> dict[str, float]:
+    """MAE, RMSE, R², and (when intervals are given) the 95% interval coverage and mean predicted std."""
+    y, mean = np.asarray(y, float), np.asarray(mean, float)
+    error = mean - y
+    out = {
+        "count": int(y.size),
+        "mae": float(np.mean(np.abs(error))),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "r2": float(1 - np.sum(error**2) / max(np.sum((y - y.mean()) ** 2), 1e-300)),
+    }
+    if lo is not None and hi is not None and np.all(np.isfinite(lo)):
+        out["coverage95"] = float(np.mean((y >= lo) & (y <= hi)))
+    if std is not None and np.all(np.isfinite(std)):
+        out["mean_std"] = float(np.mean(std))
+        out["std_abs_error_corr"] = float(np.corrcoef(std, np.abs(error))[0, 1]) if y.size > 2 else math.nan
+    return out
+
+
+class FinetuneTask(L.LightningModule):
+    """Alg. 2 as a Lightning module; validation runs Alg. 3 and logs the MAE in the target's unit."""
+
+    def __init__(self, config: FinetuneConfig, model: PropertyModel):
+        super().__init__()
+        self.config = config
+        self.model = model
+        self.diffusion = PropertyDiffusion(config.property)
+        if config.freeze_encoder:
+            for p in self.model.encoder.parameters():
+                p.requires_grad_(False)
+        self._val = []
+
+    def _target(self, batch) -> torch.Tensor:
+        return batch.y[:, 0].double()
+
+    def training_step(self, batch, batch_idx):
+        if self.config.freeze_encoder:
+            self.model.encoder.eval()
+        out = self.model.loss(batch, self._target(batch), self.diffusion)
+        size = int(batch.num_atoms.shape[0])
+        for key, value in out.items():
+            self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=size)
+        return out["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+        self._generator = torch.Generator(device=self.device).manual_seed(777)
+
+    def validation_step(self, batch, batch_idx):
+        pred = self.model.predict(batch, self.diffusion, num_samples=self.config.eval_samples, generator=self._generator)
+        y = self._target(batch)
+        self._val.append((y.cpu(), pred["mean"].cpu()))
+        self.log("val/mae", (pred["mean"] - y).abs().mean(), prog_bar=True, batch_size=y.shape[0], sync_dist=True)
+
+    def configure_optimizers(self):
+        from crysdiff.engine import configure_adamw
+
+        head_params = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.")]
+        groups = [{"params": head_params}]
+        if not self.config.freeze_encoder:
+            groups.append({"params": list(self.model.encoder.parameters()), "lr": self.config.train.lr * self.config.encoder_lr_ratio})
+        return configure_adamw(self, groups, self.config.train, int(self.trainer.estimated_stepping_batches))
+
+
+def _select_labelled(cache, indices: np.ndarray, target: str) -> tuple[np.ndarray, int]:
+    column = cache.label_names.index(target)
+    values = np.asarray(cache.labels[indices, column])
+    keep = np.isfinite(values)
+    return indices[keep], int((~keep).sum())
+
+
+def _initial_model(config: FinetuneConfig, init: str | None, mean: float, std: float) -> tuple[FinetuneConfig, PropertyModel, dict]:
+    """The model to fine-tune: encoder from a pre-training checkpoint, a whole fine-tuned model, or random."""
+    from crysdiff.checkpoint import load_checkpoint
+
+    if init is None:
+        return config, build_property_model(config, mean, std), {"init": "random"}
+    payload = load_checkpoint(init, kind=("pretrain", "finetune"))
+    stored = payload["config"]
+    config = replace(config, model=from_dict(DenoiserConfig, stored["model"]))
+    if payload["kind"] == "pretrain":
+        model = build_property_model(config, mean, std)
+        encoder_state = {k[len("encoder."):]: v for k, v in payload["state_dict"].items() if k.startswith("encoder.")}
+        model.encoder.load_state_dict(encoder_state, strict=True)
+        return config, model, {"init": str(init), "init_kind": "pretrain"}
+    # refine a fine-tuned model (Table 2 protocol): keep its head and its target standardisation
+    previous = from_dict(FinetuneConfig, stored)
+    config = replace(config, head=previous.head)
+    normalizer = payload["normalizer"]
+    model = build_property_model(config, normalizer["mean"], normalizer["std"])
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return config, model, {"init": str(init), "init_kind": "finetune", "init_target": normalizer.get("target")}
+
+
+def _parity_plot(y, mean, lo, hi, path: Path, target: str, unit: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if lo is not None and np.all(np.isfinite(lo)):
+        ax.errorbar(y, mean, yerr=[mean - lo, hi - mean], fmt="none", ecolor="0.75", elinewidth=0.5, zorder=1)
+    ax.scatter(y, mean, s=4, zorder=2)
+    low, high = float(min(y.min(), mean.min())), float(max(y.max(), mean.max()))
+    ax.plot([low, high], [low, high], "k--", lw=0.8)
+    ax.set_xlabel(f"true {target} ({unit})" if unit else f"true {target}")
+    ax.set_ylabel("predicted (mean, 95% interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_finetune(
+    config: FinetuneConfig,
+    init: str | None,
+    train_sources: list[str],
+    out_dir: str | Path,
+    *,
+    val_sources: list[str] | None = None,
+    label_fraction: float = 1.0,
+    resume: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
+    """Fine-tune on ``config.target`` and write ``OUT/model.ckpt``, ``val_metrics.json``,
+    ``val_predictions.csv`` and ``parity.png``. Returns the validation metrics."""
+    import pandas as pd
+
+    from crysdiff.batching import EdgeSettings
+    from crysdiff.cache import load_dataset
+    from crysdiff.checkpoint import save_checkpoint
+    from crysdiff.crystal import ValidationSettings
+    from crysdiff.engine import last_checkpoint, make_trainer, plot_curves
+    from crysdiff.loader import make_loader
+    from crysdiff.splits import label_fraction as subsample
+    from crysdiff.splits import random_split
+
+    if not config.target:
+        raise ValueError("no target given: pass --target NAME (a label column of the data)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    settings = ValidationSettings(min_distance=config.data.min_distance, max_atoms=config.data.max_atoms)
+    train_cache = load_dataset(train_sources, settings=settings, progress=progress, workers=workers)
+    if config.target not in train_cache.label_names:
+        raise ValueError(f"target {config.target!r} is not a label of {', '.join(map(str, train_sources))} "
+                         f"(labels found: {', '.join(train_cache.label_names) or 'none'})")
+    train_idx, dropped = _select_labelled(train_cache, np.arange(len(train_cache)), config.target)
+    dropped_val = 0
+    if val_sources:
+        val_cache = load_dataset(val_sources, settings=settings, progress=progress, workers=workers)
+        if config.target not in val_cache.label_names:
+            raise ValueError(f"target {config.target!r} is not a label of the validation data {', '.join(map(str, val_sources))}")
+        val_idx, dropped_val = _select_labelled(val_cache, np.arange(len(val_cache)), config.target)
+    else:
+        val_cache = train_cache
+        fraction = config.data.val_fraction
+        a, b = random_split(len(train_idx), (1 - fraction, fraction), seed=config.train.seed)
+        train_idx, val_idx = train_idx[a], train_idx[b]
+    if len(train_idx) == 0:
+        raise ValueError(f"no training crystal has a value for {config.target!r}")
+    train_idx = subsample(train_idx, label_fraction, seed=config.train.seed) if label_fraction < 1 else train_idx
+    column = train_cache.label_names.index(config.target)
+    y_train = np.asarray(train_cache.labels[train_idx, column], dtype=np.float64)
+    mean, std = float(y_train.mean()), float(y_train.std() or 1.0)
+    config, model, init_info = _initial_model(config, init, mean, std)
+    save_yaml(config, out_dir / "config.yaml")
+    unit = train_cache.units.get(config.target, "")
+
+    task = FinetuneTask(config, model)
+    edges = EdgeSettings(max_dense_atoms=config.data.max_dense_atoms, knn_neighbors=config.data.knn_neighbors)
+    trainer = make_trainer(config.train, out_dir, monitor="val/mae", progress=progress, has_validation=len(val_idx) > 0)
+    loader_args = dict(batch_size=config.train.batch_size, edges=edges, num_workers=config.train.num_workers,
+                       max_atoms_per_batch=config.train.max_atoms_per_batch or None, targets=[config.target],
+                       rank=trainer.global_rank, world_size=trainer.world_size)
+    train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, **loader_args)
+    val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
+    trainer.fit(task, train_loader, val_loader, ckpt_path=last_checkpoint(out_dir) if resume else None)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).is_file():
+        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+
+    # final validation with the prediction settings users get (S samples, full chain)
+    metrics: dict = {"target": config.target, "unit": unit, "train_count": int(len(train_idx)),
+                     "train_missing_dropped": dropped, "val_missing_dropped": dropped_val, **init_info}
+    normalizer = {"target": config.target, "unit": unit, "mean": mean, "std": std}
+    if init_info.get("init_kind") == "finetune":
+        normalizer.update(mean=float(model.y_mean), std=float(model.y_std))
+    if len(val_idx):
+        rows = []
+        task.model.eval()
+        generator = torch.Generator().manual_seed(config.train.seed)
+        for batch in make_loader(val_cache, val_idx, batch_size=config.train.batch_size, edges=edges, targets=[config.target]):
+            pred = task.model.predict(batch, task.diffusion, num_samples=max(config.eval_samples, 50), generator=generator)
+            rows.append(pd.DataFrame({
+                "id": [val_cache.id(int(i)) for i in batch.index], "y": batch.y[:, 0].double().numpy(),
+                "mean": pred["mean"].numpy(), "std": pred["std"].numpy(),
+                "p2.5": pred["p2.5"].numpy(), "p97.5": pred["p97.5"].numpy(),
+            }))
+        table = pd.concat(rows, ignore_index=True)
+        table.to_csv(out_dir / "val_predictions.csv", index=False)
+        metrics["val"] = regression_metrics(table["y"].values, table["mean"].values, table["p2.5"].values,
+                                            table["p97.5"].values, table["std"].values)
+        _parity_plot(table["y"].values, table["mean"].values, table["p2.5"].values, table["p97.5"].values,
+                     out_dir / "parity.png", config.target, unit)
+    save_checkpoint(
+        out_dir / "model.ckpt", kind="finetune", config=to_dict(config), state_dict=task.model.state_dict(),
+        normalizer=normalizer, metrics=metrics.get("val", {}),
+        data={"train_sources": [str(s) for s in train_sources], "train_count": int(len(train_idx)),
+              "label_fraction": label_fraction, "val_count": int(len(val_idx))},
+        training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)},
+    )
+    (out_dir / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(out_dir, ["train/loss_step", "val/mae"], title=f"fine-tuning on {config.target}")
+    return metrics

@@ -1,0 +1,40 @@
+"""Pieces shared by the verbs: config loading with overrides, and errors printed without tracebacks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from crysdiff.config import apply_overrides, load_yaml
+
+# errors a user can fix: printed as one line, never as a traceback
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def add_config_arguments(parser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config (keys as in the config written to OUT/config.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=5 model.hidden_dim=64")
+
+
+def resolve_config(cls, args, **defaults):
+    config = load_yaml(cls, args.config) if args.config else cls()
+    if defaults:
+        config = apply_overrides(config, defaults)
+    return apply_overrides(config, list(args.overrides or []))
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"crysdiff: error: {message}", file=sys.stderr)
+    return code
+
+
+def run_guarded(function) -> int:
+    """Run ``function()``; a user error (bad path, bad record under --strict, bad config) prints one line."""
+    from crysdiff.crystal import RecordError
+
+    try:
+        return int(function() or 0)
+    except RecordError as error:
+        return fail(f"{error.source} [{error.record}]: {error.reason}")
+    except USER_ERRORS as error:
+        return fail(str(error))

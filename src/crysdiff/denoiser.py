@@ -1,0 +1,227 @@
+"""The CrysDiff denoiser: a periodic, O(3)-invariant message-passing network (paper Eq. 3).
+
+Message passing over the batch's edges (``edge_index`` row 0 = source ``j``, row 1 = target ``i``)::
+
+    m_ij = phi_m( h_i, h_j, g(L Lᵀ), fourier(f_j - f_i) )
+    h_i <- h_i + phi_h( h_i, mean_j m_ij )
+
+* ``g(L Lᵀ)`` — the 6 distinct entries of the Gram matrix (our ``lattice @ lattice.T``; the paper's
+  ``LᵀL``), passed through ``sign(x) log(1 + |x|)`` so that Å² values of very different sizes (noisy
+  lattices, 30 Å cells) enter the network at O(1) scale. Any function of the Gram matrix is
+  invariant to rotations and reflections of the lattice.
+* ``fourier(d)`` — ``sin(2πk d_a), cos(2πk d_a)`` for ``k = 1..K`` and each axis ``a``: ``6K``
+  numbers, unchanged when ``d`` moves by an integer vector (periodic translation invariance) and
+  when every atom moves by the same shift (``d`` itself is unchanged).
+* ``phi_m = Linear ∘ act ∘ Linear``, ``phi_h = Linear ∘ act ∘ Linear`` (with an optional pre-layer
+  LayerNorm on ``h``); ``h_0 = Linear(embed(Z), sinusoidal(t))``.
+
+Heads (Eq. 3), with lattice rows = lattice vectors::
+
+    eps_lattice = M(mean_i h_i) @ lattice      # [B, 3, 3], M is an MLP with a 3x3 output
+    score_frac  = phi_F(h_i)                   # [N, 3], invariant
+
+If ``lattice -> lattice @ Qᵀ`` (any orthogonal ``Q``), the features are unchanged and
+``eps_lattice -> eps_lattice @ Qᵀ``: the noise estimate rotates with the lattice, as the noise of
+the rotated lattice does. ``score_frac`` is the fractional-coordinate score in units of its RMS at
+step ``t`` (see :mod:`crysdiff.diffusion`).
+
+Why the fast path is fast (and exactly the same function as :meth:`CrysDiffEncoder.reference_forward`):
+
+1. The first edge layer is split by input block, ``W [h_i, h_j, g, φ] = W_i h_i + W_j h_j + W_g g + W_f φ``:
+   the node terms are computed per atom ``[N, H]`` and the Gram term per crystal, then gathered;
+   only ``W_f φ`` is per edge, and since ``φ`` does not depend on ``h`` it is built once per
+   forward and needs no input gradient (the reference's concatenated input does).
+2. Fourier features come from per-atom phases by angle addition,
+   ``sin(a - b) = sin a cos b - cos a sin b``: per edge a gather and a multiply, no ``sin``/``cos``.
+3. The last layer of ``phi_m`` is linear, so it commutes with the mean over neighbours:
+   ``mean_j (W act(x_ij) + b) = W mean_j act(x_ij) + b`` is applied per atom, not per edge.
+
+Per edge and layer what remains is the Fourier matmul, two gathers, the activation and a scatter-add.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["DenoiserConfig", "CrysDiffEncoder", "CrysDiffDenoiser", "gram_features", "time_embedding"]
+
+_ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
+_GRAM_ROWS, _GRAM_COLS = (0, 1, 2, 0, 0, 1), (0, 1, 2, 1, 2, 2)
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Architecture of the denoiser.
+
+    Attributes:
+        hidden_dim: width ``H`` of the atom states and of every MLP.
+        num_layers: message-passing layers.
+        num_frequencies: ``K``, Fourier frequencies per axis (``6K`` edge features).
+        time_dim: width of the sinusoidal time-step embedding.
+        max_atomic_number: largest Z the atom embedding accepts.
+        activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
+        layer_norm: LayerNorm on the atom states before each layer and before the heads.
+    """
+
+    hidden_dim: int = 128
+    num_layers: int = 4
+    num_frequencies: int = 64
+    time_dim: int = 64
+    max_atomic_number: int = 118
+    activation: str = "silu"
+    layer_norm: bool = True
+
+    def __post_init__(self):
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}: expected one of {sorted(_ACTIVATIONS)}")
+
+
+def time_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype, max_period: float = 10000.0) -> torch.Tensor:
+    """``[B, dim]`` Transformer sinusoidal embedding of integer time steps ``t`` ``[B]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    angles = t.to(dtype)[:, None] * freqs  # [B, half]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+def gram_features(lattice: torch.Tensor) -> torch.Tensor:
+    """``[B, 6]`` rotation/reflection-invariant lattice features: signed log of the Gram entries."""
+    gram = lattice @ lattice.transpose(1, 2)  # [B, 3, 3], rows are lattice vectors
+    entries = gram[:, _GRAM_ROWS, _GRAM_COLS]  # [B, 6]
+    return torch.sign(entries) * torch.log1p(entries.abs())
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int, activation: str) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), _ACTIVATIONS[activation](), nn.Linear(hidden_dim, out_dim))
+
+
+def _scatter_mean(values: torch.Tensor, index: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``[E, H]`` grouped by ``index`` ``[E]``; ``count`` ``[M]`` is the group sizes."""
+    out = values.new_zeros(count.shape[0], values.shape[1]).index_add_(0, index, values)
+    return out / count.clamp(min=1).to(values.dtype)[:, None]
+
+
+class _Layer(nn.Module):
+    """One message-passing layer's weights; the two encoder paths use them differently."""
+
+    def __init__(self, config: DenoiserConfig):
+        super().__init__()
+        hidden, fourier = config.hidden_dim, 6 * config.num_frequencies
+        self.norm = nn.LayerNorm(hidden) if config.layer_norm else nn.Identity()
+        self.edge_in = nn.Linear(2 * hidden + 6 + fourier, hidden)  # input order [h_i, h_j, gram, fourier]
+        self.edge_act = _ACTIVATIONS[config.activation]()
+        self.edge_out = nn.Linear(hidden, hidden)
+        self.node_mlp = _mlp(2 * hidden, hidden, hidden, config.activation)
+
+
+class CrysDiffEncoder(nn.Module):
+    """Atom states ``[N, H]`` of a (noisy) structure at time step ``t``; reusable for fine-tuning."""
+
+    def __init__(self, config: DenoiserConfig = DenoiserConfig()):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_dim
+        self.atom_embedding = nn.Embedding(config.max_atomic_number + 1, hidden)  # indexed by Z; row 0 unused
+        self.input = nn.Linear(hidden + config.time_dim, hidden)
+        self.layers = nn.ModuleList(_Layer(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(hidden) if config.layer_norm else nn.Identity()
+        self.register_buffer("frequencies", torch.arange(1, config.num_frequencies + 1, dtype=torch.float32), persistent=False)
+
+    def _initial_state(self, batch, t: torch.Tensor) -> torch.Tensor:
+        z = batch.atomic_numbers
+        if int(z.max()) > self.config.max_atomic_number:
+            raise ValueError(
+                f"atomic number {int(z.max())} exceeds DenoiserConfig.max_atomic_number={self.config.max_atomic_number}"
+            )
+        dtype = self.input.weight.dtype
+        time = time_embedding(t, self.config.time_dim, dtype)[batch.batch]  # [N, time_dim]
+        return self.input(torch.cat([self.atom_embedding(z), time], dim=-1))  # [N, H]
+
+    def _phases(self, frac_coords: torch.Tensor) -> torch.Tensor:
+        return 2 * math.pi * frac_coords[:, :, None] * self.frequencies.to(frac_coords.dtype)  # [N, 3, K]
+
+    def forward(self, batch, frac_coords: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Fast path (see the module docstring). Returns ``[N, H]``."""
+        source, target = batch.edge_index  # [E] each
+        hidden, num_atoms = self.config.hidden_dim, frac_coords.shape[0]
+        degree = torch.bincount(target, minlength=num_atoms)  # [N]
+        h = self._initial_state(batch, t)  # [N, H]
+        dtype = h.dtype
+        # Fourier features of f_j - f_i by angle addition: exp(iθ_j) conj(exp(iθ_i)) = exp(i(θ_j - θ_i)).
+        phase = self._phases(frac_coords.to(dtype)).flatten(1)  # [N, 3K]
+        rotor = torch.polar(torch.ones_like(phase), phase)  # [N, 3K] complex
+        pair = rotor.index_select(0, source) * rotor.index_select(0, target).conj()  # [E, 3K]
+        fourier = torch.cat([pair.imag, pair.real], dim=-1)  # [E, 6K]: sin, cos of 2πk(f_j - f_i)
+        gram = gram_features(lattice.to(dtype)).index_select(0, batch.batch)  # [N, 6]
+        for layer in self.layers:
+            w = layer.edge_in.weight
+            hn = layer.norm(h)
+            node_i = hn @ w[:, :hidden].T + gram @ w[:, 2 * hidden : 2 * hidden + 6].T + layer.edge_in.bias  # [N, H]
+            node_j = hn @ w[:, hidden : 2 * hidden].T  # [N, H]
+            # the only per-edge matmul: the Fourier block (no input gradient, since fourier needs none)
+            pre = torch.addmm(node_i.index_select(0, target), fourier, w[:, 2 * hidden + 6 :].T)  # [E, H]
+            pre = pre.add_(node_j.index_select(0, source))  # in place: one fewer [E, H] buffer
+            message = layer.edge_out(_scatter_mean(layer.edge_act(pre), target, degree))  # [N, H]
+            h = h + layer.node_mlp(torch.cat([hn, message], dim=-1))
+        return self.final_norm(h)
+
+    def reference_forward(self, batch, frac_coords: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The straightforward path: per edge, concatenate ``[h_i, h_j, gram, fourier]`` and run the
+        edge MLP, then average the messages. Same weights and same function as :meth:`forward`;
+        kept as the specification the fast path is tested against and as the benchmark baseline."""
+        source, target = batch.edge_index
+        num_atoms = frac_coords.shape[0]
+        degree = torch.bincount(target, minlength=num_atoms)
+        h = self._initial_state(batch, t)
+        dtype = h.dtype
+        frac = frac_coords.to(dtype)
+        d = frac.index_select(0, source) - frac.index_select(0, target)  # [E, 3] f_j - f_i
+        angle = self._phases(d).flatten(1)  # [E, 3K]
+        fourier = torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)  # [E, 6K]
+        gram = gram_features(lattice.to(dtype)).index_select(0, batch.batch).index_select(0, target)  # [E, 6]
+        for layer in self.layers:
+            hn = layer.norm(h)
+            edge_input = torch.cat([hn.index_select(0, target), hn.index_select(0, source), gram, fourier], dim=-1)  # [E, 2H+6+6K]
+            messages = layer.edge_out(layer.edge_act(layer.edge_in(edge_input)))  # [E, H]
+            message = _scatter_mean(messages, target, degree)
+            h = h + layer.node_mlp(torch.cat([hn, message], dim=-1))
+        return self.final_norm(h)
+
+
+class CrysDiffDenoiser(nn.Module):
+    """Encoder plus the lattice-noise and coordinate-score heads (paper Eq. 3)."""
+
+    def __init__(self, config: DenoiserConfig = DenoiserConfig()):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_dim
+        self.encoder = CrysDiffEncoder(config)
+        self.lattice_head = _mlp(hidden, hidden, 9, config.activation)
+        self.score_head = _mlp(hidden, hidden, 3, config.activation)
+
+    def forward(
+        self, batch, frac_coords: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor, *, reference: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Denoise ``(frac_coords [N, 3], lattice [B, 3, 3])`` at steps ``t`` ``[B]`` (long, 1..T).
+
+        The batch provides ``atomic_numbers``, ``batch``, ``num_atoms`` and ``edge_index``; its own
+        coordinates and lattice are ignored. ``reference=True`` runs the slow reference encoder.
+
+        Returns:
+            ``dict(eps_lattice [B, 3, 3], score_frac [N, 3], node_features [N, H], crystal_features [B, H])``.
+        """
+        encode = self.encoder.reference_forward if reference else self.encoder
+        nodes = encode(batch, frac_coords, lattice, t)  # [N, H]
+        num_crystals = lattice.shape[0]
+        crystal = _scatter_mean(nodes, batch.batch, torch.bincount(batch.batch, minlength=num_crystals))  # [B, H]
+        transform = self.lattice_head(crystal).view(num_crystals, 3, 3)
+        return {
+            "eps_lattice": transform @ lattice.to(nodes.dtype),  # rotates with the lattice rows
+            "score_frac": self.score_head(nodes),
+            "node_features": nodes,
+            "crystal_features": crystal,
+        }

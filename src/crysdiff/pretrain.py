@@ -1,0 +1,155 @@
+"""Pre-training by structure reconstruction (paper Alg. 1): the task and the run.
+
+:class:`PretrainTask` wraps the denoiser and the joint diffusion for Lightning ("batch in, loss
+out"); :func:`run_pretrain` loads the data through the cache, trains, and exports a self-describing
+checkpoint ``OUT/model.ckpt`` that fine-tuning, sampling and CSP evaluation read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from crysdiff.checkpoint import load_checkpoint, save_checkpoint
+from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
+from crysdiff.denoiser import CrysDiffDenoiser, DenoiserConfig
+from crysdiff.diffusion import DiffusionConfig, JointDiffusion
+from crysdiff.engine import configure_adamw, last_checkpoint, make_trainer, plot_curves
+
+__all__ = ["PretrainConfig", "PretrainTask", "run_pretrain", "load_pretrained"]
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything a pre-training run needs (written to ``OUT/config.yaml`` and into the checkpoint)."""
+
+    model: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, max_epochs=100, batch_size=64))
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+class PretrainTask(L.LightningModule):
+    """Alg. 1 as a Lightning module: ``loss = L_L + L_F`` from :class:`JointDiffusion`."""
+
+    def __init__(self, config: PretrainConfig):
+        super().__init__()
+        self.config = config
+        self.model = CrysDiffDenoiser(config.model)
+        self.diffusion = JointDiffusion(config.diffusion)
+        self._val_generator: torch.Generator | None = None
+
+    def on_fit_start(self) -> None:
+        self.diffusion.to(self.device)
+
+    def training_step(self, batch, batch_idx):
+        out = self.diffusion.loss(self.model, batch)
+        size = int(batch.num_atoms.shape[0])
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
+        self.log("train/loss_lattice", out["loss_lattice"], batch_size=size)
+        self.log("train/loss_coords", out["loss_coords"], batch_size=size)
+        return out["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        # the same noise every validation pass, so validation losses are comparable across epochs
+        self.diffusion.to(self.device)
+        self._val_generator = torch.Generator(device=self.device).manual_seed(12345)
+
+    def validation_step(self, batch, batch_idx):
+        out = self.diffusion.loss(self.model, batch, generator=self._val_generator)
+        size = int(batch.num_atoms.shape[0])
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("val/loss_lattice", out["loss_lattice"], batch_size=size, sync_dist=True)
+        self.log("val/loss_coords", out["loss_coords"], batch_size=size, sync_dist=True)
+
+    def configure_optimizers(self):
+        return configure_adamw(self, self.parameters(), self.config.train, int(self.trainer.estimated_stepping_batches))
+
+
+def _summary(cache, indices) -> dict:
+    return {
+        "sources": list(cache.sources),
+        "num_crystals": int(len(indices)),
+        "num_atoms_total": int(np.asarray(cache.num_atoms)[indices].sum()),
+    }
+
+
+def run_pretrain(
+    config: PretrainConfig,
+    train_sources: list[str],
+    out_dir: str | Path,
+    *,
+    val_sources: list[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
+    """Train a denoiser on ``train_sources`` (labels ignored) and write ``OUT/model.ckpt``.
+
+    Without ``val_sources`` a seeded ``data.val_fraction`` of the training crystals is held out.
+    With ``resume`` the run continues from ``OUT/checkpoints/last.ckpt``.
+    """
+    from crysdiff.batching import EdgeSettings
+    from crysdiff.cache import load_dataset
+    from crysdiff.crystal import ValidationSettings
+    from crysdiff.loader import make_loader
+    from crysdiff.splits import random_split
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, out_dir / "config.yaml")
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    settings = ValidationSettings(min_distance=config.data.min_distance, max_atoms=config.data.max_atoms)
+    edges = EdgeSettings(max_dense_atoms=config.data.max_dense_atoms, knn_neighbors=config.data.knn_neighbors)
+    train_cache = load_dataset(train_sources, settings=settings, progress=progress, workers=workers)
+    if val_sources:
+        val_cache = load_dataset(val_sources, settings=settings, progress=progress, workers=workers)
+        train_idx, val_idx = np.arange(len(train_cache)), np.arange(len(val_cache))
+    else:
+        val_cache = train_cache
+        fraction = config.data.val_fraction
+        train_idx, val_idx = random_split(len(train_cache), (1 - fraction, fraction), seed=config.train.seed)
+    task = PretrainTask(config)
+    trainer = make_trainer(config.train, out_dir, monitor="val/loss", progress=progress, has_validation=len(val_idx) > 0)
+    loader_args = dict(batch_size=config.train.batch_size, edges=edges, num_workers=config.train.num_workers,
+                       max_atoms_per_batch=config.train.max_atoms_per_batch or None,
+                       rank=trainer.global_rank, world_size=trainer.world_size)
+    train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, drop_last=False, **loader_args)
+    val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
+    trainer.fit(task, train_loader, val_loader, ckpt_path=last_checkpoint(out_dir) if resume else None)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).is_file():
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        task.load_state_dict(state)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    path = save_checkpoint(
+        out_dir / "model.ckpt",
+        kind="pretrain",
+        config=to_dict(config),
+        state_dict=task.model.state_dict(),
+        buffers=task.diffusion.state_dict(),
+        data={"train": _summary(train_cache, train_idx), "val": _summary(val_cache, val_idx)},
+        metrics=metrics,
+        training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)},
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(out_dir, ["train/loss_step", "val/loss", "val/loss_lattice", "val/loss_coords"], title="pre-training loss")
+    return path
+
+
+def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CrysDiffDenoiser, JointDiffusion, PretrainConfig, dict]:
+    """Model, diffusion (with its stored constants), config and the raw payload of a pre-training checkpoint."""
+    payload = load_checkpoint(path, kind="pretrain")
+    config = from_dict(PretrainConfig, payload["config"])
+    model = CrysDiffDenoiser(config.model)
+    model.load_state_dict(payload["state_dict"], strict=True)
+    diffusion = JointDiffusion(config.diffusion)
+    if payload.get("buffers"):
+        diffusion.load_state_dict(payload["buffers"])
+    return model.to(map_location).eval(), diffusion.to(map_location), config, payload

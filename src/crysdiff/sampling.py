@@ -1,0 +1,109 @@
+"""Generating structures with a trained denoiser: the reverse of :class:`~crysdiff.diffusion.JointDiffusion`.
+
+:func:`sample_structures` starts from the priors ``L_T ~ N(0, I)`` and ``F_T ~ U[0, 1)`` and walks
+back in time for all crystals of a batch at once, each step going from ``t`` to the next smaller
+step ``s`` of the schedule (``s = t - 1`` unless ``timesteps`` asks for fewer steps):
+
+* **Lattice**, ancestral DDPM: ``L_s ~ N(mu, var)`` with
+  ``mu = (L_t - beta / sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha)``,
+  ``alpha = alpha_bar_t / alpha_bar_s``, ``beta = 1 - alpha`` and the posterior variance
+  ``var = beta (1 - alpha_bar_s) / (1 - alpha_bar_t)``; the last step returns the mean.
+* **Fractional coordinates**, predictor-corrector (Song et al. 2021) for the variance-exploding
+  process on the torus: first ``corrector_steps`` annealed Langevin steps at ``sigma_t``,
+  ``F <- w(F + a score + sqrt(2a) z)`` with ``a = step_lr (sigma_t / sigma_min)²``, then the
+  reverse-diffusion predictor ``F_s = w(F + (sigma_t² - sigma_s²) score + sqrt(sigma_t² - sigma_s²) z)``
+  (no noise on the last step).
+
+``step_lr = 1e-5`` makes the Langevin step at ``sigma_min = 0.005`` move an atom by
+``sqrt(2e-5) ~ 0.0045``, about ``sigma_min`` itself: large enough to correct, small enough not to
+undo the step. Scale it with ``sigma_min²`` if you change the schedule.
+
+The batch supplies ``atomic_numbers``, ``num_atoms``, ``batch`` and ``edge_index``; its coordinates
+and lattice are ignored. A kNN graph (big cells) is the batch's fixed graph, built from whatever
+coordinates the batch held; all-pairs graphs do not depend on the coordinates.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from crysdiff.diffusion import JointDiffusion, wrap
+
+__all__ = ["sample_structures", "time_schedule"]
+
+
+def time_schedule(total: int, steps: int | None = None) -> list[int]:
+    """The descending time steps visited: all of ``T..1``, or ``steps`` of them evenly spaced (``T`` and 1 included)."""
+    if steps is None or steps >= total:
+        return list(range(total, 0, -1))
+    if steps < 1:
+        raise ValueError(f"timesteps must be at least 1, got {steps}")
+    grid = torch.linspace(total, 1, steps).round().long().unique().flip(0)
+    return [int(t) for t in grid]
+
+
+@torch.no_grad()
+def sample_structures(
+    model,
+    diffusion: JointDiffusion,
+    batch,
+    *,
+    corrector_steps: int = 1,
+    step_lr: float = 1e-5,
+    timesteps: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``(frac_coords [N, 3], lattice [B, 3, 3])`` for the compositions in ``batch``.
+
+    Args:
+        model: ``(batch, frac_coords, lattice, t) -> dict(eps_lattice, score_frac)`` (a
+            :class:`~crysdiff.denoiser.CrysDiffDenoiser`).
+        diffusion: the process the model was trained with.
+        corrector_steps: Langevin corrector steps per time step (0 = predictor only).
+        step_lr: Langevin step size at ``sigma_min`` (see the module docstring).
+        timesteps: number of reverse steps (``None`` = all ``T``); fewer steps stride through the schedule.
+        generator: for reproducible samples.
+        progress: show a progress bar (needs ``tqdm``).
+    """
+    device = batch.atomic_numbers.device
+    params = list(model.parameters()) if hasattr(model, "parameters") else []
+    dtype = params[0].dtype if params else batch.lattice.dtype
+    num_crystals, num_atoms = int(batch.num_atoms.shape[0]), int(batch.atomic_numbers.shape[0])
+
+    def noise(*shape):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    lattice = noise(num_crystals, 3, 3)
+    frac = torch.rand(num_atoms, 3, generator=generator, device=device, dtype=dtype)
+    table = {k: getattr(diffusion, k).to(device, dtype) for k in ("alpha_bar", "sigma")}
+    sigma_min = table["sigma"][1]
+    schedule = time_schedule(diffusion.timesteps, timesteps)
+    pairs = list(zip(schedule, schedule[1:] + [0]))
+    if progress:
+        from tqdm.auto import tqdm
+
+        pairs = tqdm(pairs, desc="sampling")
+    for t, s in pairs:
+        t_crystal = torch.full((num_crystals,), t, dtype=torch.long, device=device)
+        t_atom = t_crystal[batch.batch]
+        sigma_t, sigma_s = table["sigma"][t], table["sigma"][s]
+        # corrector: annealed Langevin at sigma_t
+        step = step_lr * (sigma_t / sigma_min) ** 2
+        for _ in range(corrector_steps):
+            score = diffusion.score_from_model(model(batch, frac, lattice, t_crystal)["score_frac"], t_atom)
+            frac = wrap(frac + step * score + (2 * step).sqrt() * noise(num_atoms, 3))
+        # predictor: one reverse step t -> s for both fields
+        out = model(batch, frac, lattice, t_crystal)
+        score = diffusion.score_from_model(out["score_frac"], t_atom)
+        variance = sigma_t**2 - sigma_s**2
+        frac = frac + variance * score
+        ab_t, ab_s = table["alpha_bar"][t], table["alpha_bar"][s]
+        alpha = ab_t / ab_s
+        beta = 1 - alpha
+        lattice = (lattice - beta / (1 - ab_t).sqrt() * out["eps_lattice"]) / alpha.sqrt()
+        if s > 0:
+            frac = frac + variance.sqrt() * noise(num_atoms, 3)
+            lattice = lattice + (beta * (1 - ab_s) / (1 - ab_t)).sqrt() * noise(num_crystals, 3, 3)
+        frac = wrap(frac)
+    return frac, lattice
