@@ -233,7 +233,11 @@ def _parse_cif_fast(text: str, occupancy_tolerance: float):
         for key in ("_symmetry_space_group_name_h-m", "_space_group_name_h-m_alt"):
             if key in scalars:
                 name = _unquote(scalars[key]).lower()
-        if name not in _P1_NAMES:
+        numbers = [_unquote(scalars[k]) for k in ("_symmetry_int_tables_number", "_space_group_it_number") if k in scalars]
+        halls = [k for k in ("_symmetry_space_group_name_hall", "_space_group_name_hall") if k in scalars]
+        undeclared = name is None and not halls and all(n == "1" for n in numbers)
+        # no symmetry information at all means P1, as in pymatgen (which warns and defaults to P1)
+        if name not in _P1_NAMES and not undeclared:
             return None
     if atom_loop is None:
         return None
@@ -316,6 +320,10 @@ def diagnose_cif(text: str) -> str | None:
                 _number(value)
             except ValueError:
                 return f"{key} value {value!r} is not a number"
+    if "_atom_site_type_symbol" in names:
+        for value in values[names.index("_atom_site_type_symbol") :: len(names)]:
+            if _element_z(_unquote(value)) is None:
+                return f"unknown element symbol {_unquote(value)!r} in _atom_site_type_symbol"
     return None
 
 

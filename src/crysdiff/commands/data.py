@@ -1,0 +1,63 @@
+"""Inspect datasets and build their cache: counts, elements, cell sizes, labels, skipped records.
+
+  crysdiff data inspect PATH...   report on structures (files, folders, CSV/JSON/extxyz datasets)
+  crysdiff data cache PATH...     parse into the memory-mapped cache and say where it lives
+
+Every record that cannot be used is listed with its file, record and reason; the command fails
+(exit code 1) only if no crystal could be read, or on the first bad record with --strict.
+
+Example:
+  crysdiff data inspect examples/structures
+  crysdiff data inspect ../shared/data/mp2018/train.csv.gz --json > report.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from crysdiff.commands._common import fail, run_guarded
+
+
+def add_arguments(parser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, help_text in (("inspect", "report on a dataset"), ("cache", "build or refresh the cache of a dataset")):
+        sub = actions.add_parser(name, help=help_text)
+        sub.add_argument("paths", nargs="+", help="structure files, folders or datasets")
+        sub.add_argument("--format", help="force the format (cif, poscar, csv, folder, extxyz, jarvis, pymatgen, ase)")
+        sub.add_argument("--strict", action="store_true", help="fail on the first bad record")
+        sub.add_argument("--max-atoms", type=int, default=5000, help="largest cell accepted (atoms; default 5000)")
+        sub.add_argument("--min-distance", type=float, default=0.5, help="smallest interatomic distance in Å (default 0.5)")
+        sub.add_argument("--workers", type=int, help="parser processes (default: all cores)")
+        sub.add_argument("--cache-dir", type=Path, help="cache folder (default $CRYSDIFF_CACHE or ~/.cache/crysdiff)")
+        if name == "inspect":
+            sub.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+
+
+def run(args) -> int:
+    from crysdiff.cache import DatasetError, load_dataset
+    from crysdiff.crystal import ValidationSettings
+    from crysdiff.report import dataset_report, print_report
+
+    def go():
+        settings = ValidationSettings(min_distance=args.min_distance, max_atoms=args.max_atoms)
+        as_json = getattr(args, "json", False)
+        try:
+            cache = load_dataset(args.paths, cache_dir=args.cache_dir, settings=settings, format=args.format,
+                                 strict=args.strict, workers=args.workers, progress=sys.stderr.isatty())
+        except DatasetError as error:
+            return fail(str(error))
+        if args.action == "cache":
+            folders = sorted({str(p.folder.parent) for p in cache.parts})
+            print(f"{len(cache):,} crystals cached in {', '.join(folders)} ({len(cache.skipped):,} records skipped)")
+            return 0
+        report = dataset_report(cache)
+        if as_json:
+            json.dump(report, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        else:
+            print_report(report)
+        return 0
+
+    return run_guarded(go)

@@ -1,0 +1,119 @@
+"""What is in a dataset: counts, elements, cell sizes, label statistics and every skipped record.
+
+:func:`dataset_report` returns a plain dict (the ``--json`` output of ``crysdiff data inspect``);
+:func:`print_report` renders it for a person with rich tables.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["dataset_report", "print_report"]
+
+_ATOM_BINS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10**9)
+
+
+def _element_counts(cache) -> dict[str, int]:
+    """Number of crystals containing each element (symbols, most common first)."""
+    from pymatgen.core.periodic_table import Element
+
+    counts: Counter = Counter()
+    for part in cache.parts:
+        z = np.asarray(part.arrays["atomic_numbers"], dtype=np.int64)
+        if z.size == 0:
+            continue
+        owner = np.repeat(np.arange(part.size), part.num_atoms)
+        pairs = np.unique(owner * 256 + z)  # one entry per (crystal, element)
+        for element, n in zip(*np.unique(pairs % 256, return_counts=True)):
+            counts[int(element)] += int(n)
+    return {Element.from_Z(z).symbol: n for z, n in counts.most_common()}
+
+
+def _distribution(values: np.ndarray) -> dict:
+    if values.size == 0:
+        return {}
+    q = np.percentile(values, [5, 25, 50, 75, 95])
+    hist = {}
+    for lo, hi in zip(_ATOM_BINS[:-1], _ATOM_BINS[1:]):
+        n = int(((values >= lo) & (values < hi)).sum())
+        if n:
+            hist[f"{lo}-{hi - 1}" if hi < 10**9 else f">={lo}"] = n
+    return {"min": int(values.min()), "p5": float(q[0]), "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]),
+            "p95": float(q[4]), "max": int(values.max()), "mean": float(values.mean()), "histogram": hist}
+
+
+def dataset_report(cache) -> dict:
+    """Everything ``crysdiff data inspect`` shows, as JSON-ready Python values."""
+    labels = cache.labels
+    label_stats = {}
+    for k, name in enumerate(cache.label_names):
+        column = labels[:, k]
+        present = column[np.isfinite(column)]
+        stats = {"unit": cache.units.get(name, ""), "present": int(present.size), "missing": int(column.size - present.size)}
+        if present.size:
+            stats.update(mean=float(present.mean()), std=float(present.std()), min=float(present.min()), max=float(present.max()))
+        label_stats[name] = stats
+    per_source = []
+    for k, part in enumerate(cache.parts):
+        per_source.append({"source": part.meta["source"], "format": part.meta["format"], "crystals": part.size,
+                           "skipped": len(part.meta["skipped"])})
+    return {
+        "crystals": int(cache.num_crystals),
+        "atoms": int(cache.num_atoms.sum()),
+        "skipped": len(cache.skipped),
+        "sources": per_source,
+        "elements": _element_counts(cache),
+        "atoms_per_cell": _distribution(cache.num_atoms),
+        "labels": label_stats,
+        "skipped_records": cache.skipped,
+    }
+
+
+def print_report(report: dict, console=None, max_skipped: int = 50) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[bold]{report['crystals']:,} crystals[/bold] ({report['atoms']:,} atoms) from "
+                  f"{len(report['sources'])} source(s); {report['skipped']:,} records skipped")
+    table = Table(title="sources", title_justify="left")
+    for column in ("source", "format", "crystals", "skipped"):
+        table.add_column(column, justify="right" if column in ("crystals", "skipped") else "left")
+    for row in report["sources"]:
+        table.add_row(str(Path(row["source"])), row["format"], f"{row['crystals']:,}", f"{row['skipped']:,}")
+    console.print(table)
+
+    atoms = report["atoms_per_cell"]
+    if atoms:
+        console.print(f"atoms per cell: min {atoms['min']}, median {atoms['median']:g}, mean {atoms['mean']:.1f}, "
+                      f"p95 {atoms['p95']:g}, max {atoms['max']}")
+        peak = max(atoms["histogram"].values())
+        for bucket, n in atoms["histogram"].items():
+            console.print(f"  {bucket:>9} | {'#' * max(1, round(30 * n / peak)):<30} {n:,}")
+    elements = report["elements"]
+    if elements:
+        shown = ", ".join(f"{symbol} {n:,}" for symbol, n in list(elements.items())[:20])
+        more = f" ... ({len(elements)} elements in all)" if len(elements) > 20 else f" ({len(elements)} elements)"
+        console.print(f"crystals containing each element: {shown}{more}")
+
+    if report["labels"]:
+        table = Table(title="labels", title_justify="left")
+        for column in ("label", "unit", "present", "missing", "mean", "std", "min", "max"):
+            table.add_column(column, justify="left" if column in ("label", "unit") else "right")
+        for name, s in report["labels"].items():
+            numbers = [f"{s[k]:.4g}" if k in s else "-" for k in ("mean", "std", "min", "max")]
+            table.add_row(name, s["unit"], f"{s['present']:,}", f"{s['missing']:,}", *numbers)
+        console.print(table)
+    else:
+        console.print("no labels")
+
+    skipped = report["skipped_records"]
+    if skipped:
+        console.print(f"[bold]skipped records ({len(skipped):,})[/bold]")
+        for entry in skipped[:max_skipped]:
+            console.print(f"  {entry['source']} [{entry['record']}]: {entry['reason']}", markup=False, highlight=False)
+        if len(skipped) > max_skipped:
+            console.print(f"  ... and {len(skipped) - max_skipped:,} more (see --json)")

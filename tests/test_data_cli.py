@@ -1,0 +1,63 @@
+"""`crysdiff data inspect` through the real CLI entry point."""
+
+import json
+
+from crysdiff.cli import main
+
+GOOD = """data_x
+_cell_length_a 4.0
+_cell_length_b 4.0
+_cell_length_c 4.0
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+loop_
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Cs 0 0 0 1
+Cl 0.5 0.5 0.5 1
+"""
+
+
+def test_inspect_examples_human(capsys):
+    assert main(["data", "inspect", "examples/structures"]) == 0
+    out = capsys.readouterr().out
+    assert "10 crystals" in out and "band_gap_exp" in out and "atoms per cell" in out
+
+
+def test_inspect_json(capsys):
+    assert main(["data", "inspect", "examples/structures", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["crystals"] == 10 and report["skipped"] == 0
+    assert report["labels"]["band_gap_exp"]["present"] == 9 and report["labels"]["band_gap_exp"]["missing"] == 1
+    assert report["elements"]["O"] == 4 and report["atoms_per_cell"]["max"] == 8
+
+
+def test_bad_file_is_reported_and_good_ones_kept(tmp_path, capsys):
+    (tmp_path / "good.cif").write_text(GOOD)
+    (tmp_path / "half.cif").write_text(GOOD[:150])
+    assert main(["data", "inspect", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["crystals"] == 1 and report["skipped"] == 1
+    assert report["skipped_records"][0]["source"].endswith("half.cif")
+    assert main(["data", "inspect", str(tmp_path)]) == 0
+    assert "half.cif" in capsys.readouterr().out
+    assert main(["data", "inspect", str(tmp_path), "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "half.cif" in err and "Traceback" not in err
+
+
+def test_all_bad_and_missing_paths_fail_cleanly(tmp_path, capsys):
+    (tmp_path / "empty.cif").write_text("")
+    assert main(["data", "inspect", str(tmp_path)]) == 1
+    assert "no usable crystal" in capsys.readouterr().err
+    assert main(["data", "inspect", str(tmp_path / "nope")]) == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def test_cache_action(capsys):
+    assert main(["data", "cache", "examples/structures"]) == 0
+    assert "10 crystals cached" in capsys.readouterr().out
