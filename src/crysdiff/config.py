@@ -52,7 +52,9 @@ class TrainConfig:
         max_epochs, max_steps, max_time_minutes: stop at whichever comes first (``0`` = no limit).
         grad_clip: gradient norm clip (``0`` = off).
         seed: seeds the model initialisation, data order and diffusion noise.
-        val_every_steps: validation interval in optimiser steps (``0`` = once per epoch).
+        val_every_steps: validation interval in optimiser steps (``0`` = once per epoch); the model is
+            also validated once more when training stops.
+        log_every_steps: interval of the training-loss rows in ``OUT/logs/metrics.csv``.
         num_workers: data-loading worker processes.
         accelerator, devices, num_nodes, strategy, precision: passed to Lightning's ``Trainer``
             (``devices="auto"`` uses every GPU; several nodes work with ``num_nodes`` and a launcher
@@ -71,6 +73,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     val_every_steps: int = 0
+    log_every_steps: int = 10
     num_workers: int = 0
     accelerator: str = "auto"
     devices: str = "auto"

@@ -392,5 +392,5 @@ def run_finetune(
         training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)},
     )
     (out_dir / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(out_dir, ["train/loss_step", "val/mae"], title=f"fine-tuning on {config.target}")
+    plot_curves(out_dir, ["train/loss", "val/mae"], title=f"fine-tuning on {config.target}")
     return metrics

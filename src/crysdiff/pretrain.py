@@ -127,6 +127,8 @@ def run_pretrain(
     if best and Path(best).is_file():
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         task.load_state_dict(state)
+    if val_loader is not None:  # the weights that are exported, validated once more (logged to metrics.csv)
+        trainer.validate(task, val_loader, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     path = save_checkpoint(
         out_dir / "model.ckpt",
@@ -139,7 +141,7 @@ def run_pretrain(
         training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)},
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(out_dir, ["train/loss_step", "val/loss", "val/loss_lattice", "val/loss_coords"], title="pre-training loss")
+    plot_curves(out_dir, ["train/loss", "val/loss", "val/loss_lattice", "val/loss_coords"], title="pre-training loss")
     return path
 
 

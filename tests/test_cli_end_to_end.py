@@ -1,0 +1,126 @@
+"""The whole user journey on a handful of real crystals, through the real CLI, with a tiny model:
+pretrain -> sample -> evaluate-csp -> finetune (from the pre-trained encoder) -> predict -> refine."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from crysdiff.checkpoint import load_checkpoint
+from crysdiff.cli import main
+
+TINY_MODEL = ["model.hidden_dim=16", "model.num_layers=1", "model.num_frequencies=4", "model.time_dim=8"]
+
+
+@pytest.fixture(scope="module")
+def perov_small(shared_data, tmp_path_factory):
+    """40 labelled Perov-5 crystals (val split) as a CDVAE-style CSV, plus 12 for validation."""
+    table = pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0)
+    root = tmp_path_factory.mktemp("perov")
+    table.iloc[:40].to_csv(root / "train.csv")
+    table.iloc[40:52].to_csv(root / "val.csv")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(perov_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre")
+    code = main(["pretrain", "--data", str(perov_small / "train.csv"), "--val", str(perov_small / "val.csv"), "--out", str(out),
+                 "--no-progress", "--workers", "1", *TINY_MODEL, "diffusion.timesteps=20", "train.max_steps=3",
+                 "train.batch_size=8", "train.warmup_steps=1", "train.log_every_steps=1"])
+    assert code == 0
+    return out
+
+
+def test_pretrain_writes_a_self_describing_checkpoint(pretrained):
+    payload = load_checkpoint(pretrained / "model.ckpt", kind="pretrain")
+    assert payload["config"]["model"]["hidden_dim"] == 16
+    assert payload["config"]["diffusion"]["timesteps"] == 20
+    assert payload["data"]["train"]["num_crystals"] == 40
+    assert payload["training"]["steps"] == 3
+    assert "val/loss" in payload["metrics"] and payload["metrics"]["val/loss"] > 0
+    assert (pretrained / "config.yaml").is_file() and (pretrained / "logs" / "metrics.csv").is_file()
+    metrics = pd.read_csv(pretrained / "logs" / "metrics.csv")
+    assert metrics["train/loss"].dropna().size > 0 and torch.isfinite(torch.tensor(metrics["train/loss"].dropna().values)).all()
+
+
+def test_sample_writes_cifs_and_extxyz(pretrained, tmp_path):
+    out = tmp_path / "samples"
+    assert main(["sample", "--model", str(pretrained / "model.ckpt"), "--composition", "SrTiO3", "NaCl",
+                 "--num-samples", "2", "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.cif")) == ["NaCl_0.cif", "NaCl_1.cif", "SrTiO3_0.cif", "SrTiO3_1.cif"]
+    import ase.io
+
+    frames = ase.io.read(out / "samples.extxyz", index=":")
+    assert [len(f) for f in frames] == [2, 2, 5, 5] or sorted(len(f) for f in frames) == [2, 2, 5, 5]
+
+
+def test_sample_rejects_bad_composition(pretrained, tmp_path, capsys):
+    assert main(["sample", "--model", str(pretrained / "model.ckpt"), "--composition", "Xq2O", "--out", str(tmp_path)]) == 1
+    assert "Xq2O" in capsys.readouterr().err
+
+
+def test_evaluate_csp_reports_fractions(pretrained, perov_small, tmp_path):
+    out = tmp_path / "csp"
+    assert main(["evaluate-csp", "--model", str(pretrained / "model.ckpt"), "--data", str(perov_small / "val.csv"),
+                 "--samples", "2", "--limit", "3", "--out", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == 3 and 0.0 <= summary["match_rate"] <= summary["match_rate_best_of_2"] <= 1.0
+    assert len(pd.read_csv(out / "per_structure.csv")) == 3
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained, perov_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft")
+    code = main(["finetune", "--init", str(pretrained / "model.ckpt"), "--data", str(perov_small / "train.csv"),
+                 "--val", str(perov_small / "val.csv"), "--target", "heat_ref", "--out", str(out), "--no-progress",
+                 "--workers", "1", "property.timesteps=20", "train.max_steps=3", "train.batch_size=8", "eval_samples=5",
+                 "train.warmup_steps=1"])
+    assert code == 0
+    return out
+
+
+def test_finetune_outputs(finetuned, pretrained):
+    metrics = json.loads((finetuned / "val_metrics.json").read_text())
+    assert metrics["target"] == "heat_ref" and metrics["unit"] == "eV/atom" and metrics["val"]["count"] == 12
+    assert 0.0 <= metrics["val"]["coverage95"] <= 1.0 and metrics["init_kind"] == "pretrain"
+    assert (finetuned / "parity.png").stat().st_size > 0
+    payload = load_checkpoint(finetuned / "model.ckpt", kind="finetune")
+    pre = load_checkpoint(pretrained / "model.ckpt")
+    # the encoder started from the pre-trained weights (same architecture, same keys)
+    assert {k for k in payload["state_dict"] if k.startswith("encoder.")} == {k for k in pre["state_dict"] if k.startswith("encoder.")}
+    assert payload["normalizer"]["target"] == "heat_ref"
+
+
+def test_finetune_unknown_target_is_a_clear_error(pretrained, perov_small, tmp_path, capsys):
+    code = main(["finetune", "--init", str(pretrained / "model.ckpt"), "--data", str(perov_small / "train.csv"),
+                 "--target", "nonsense", "--out", str(tmp_path), "--no-progress", "--workers", "1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "nonsense" in err and "heat_ref" in err and "Traceback" not in err
+
+
+def test_predict_cli_and_python_api(finetuned, tmp_path):
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--model", str(finetuned / "model.ckpt"), "examples/structures", "--samples", "10",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "unit"]
+    assert len(table) == 10 and (table["p2.5"] <= table["p97.5"]).all() and (table["unit"] == "eV/atom").all()
+
+    import crysdiff
+    from pymatgen.core import Lattice, Structure
+
+    predictor = crysdiff.load(finetuned / "model.ckpt", device="cpu")
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    frame = predictor.predict([nacl], samples=10)
+    assert len(frame) == 1 and frame["std"].iloc[0] >= 0
+
+
+def test_refine_a_finetuned_model(finetuned, perov_small, tmp_path):
+    out = tmp_path / "refined"
+    assert main(["finetune", "--init", str(finetuned / "model.ckpt"), "--data", str(perov_small / "val.csv"),
+                 "--target", "heat_ref", "--out", str(out), "--no-progress", "--workers", "1",
+                 "property.timesteps=20", "train.max_steps=2", "train.batch_size=4", "eval_samples=5", "data.val_fraction=0.25"]) == 0
+    assert json.loads((out / "val_metrics.json").read_text())["init_kind"] == "finetune"
