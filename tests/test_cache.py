@@ -152,4 +152,53 @@ def test_meta_records_counts(shared_data, tmp_path):
     load_dataset([shared_data / "carbon_24" / "val.csv.gz"], cache_dir=tmp_path, workers=1, progress=False)
     (part,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     meta = json.loads((part / "meta.json").read_text())
-    assert meta["num_crystals"] == 2032 and meta["label_names"] == ["energy_per_atom"] and meta["format"] == "csv"
+    assert meta["num_crystals"] == 2032 and meta["label_names"] == ["energy_per_atom"]
+    assert meta["sources"][0]["format"] == "csv" and meta["sources"][0]["crystals"] == 2032
+    assert meta["settings"]["min_distance"] == 0.5 and meta["key"] == part.name
+
+
+def test_loose_files_share_a_part_and_datasets_are_shared_between_pools(shared_data, tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    for k in range(40):
+        (data / f"s{k:02d}.cif").write_text(NACL.replace("5.64", f"{5.0 + k / 10:.2f}"))
+    cache_dir = tmp_path / "c"
+    cache = load_dataset([data], cache_dir=cache_dir, workers=2, progress=False)
+    assert len(cache) == 40 and len(cache.sources) == 40 and len(parts(cache_dir)) == 1
+    assert cache.source_of(7).endswith("s07.cif") and cache.crystal(7).lattice[0, 0] == pytest.approx(5.7)
+    assert np.array_equal(cache.source_index, np.arange(40))
+    # a dataset file read alone reuses the part built when it was pooled
+    val = shared_data / "carbon_24" / "val.csv.gz"
+    load_dataset([shared_data / "carbon_24"], cache_dir=cache_dir, workers=2, progress=False)
+    before = parts(cache_dir)
+    alone = load_dataset([val], cache_dir=cache_dir, workers=2, progress=False)
+    assert parts(cache_dir) == before and len(alone) == 2032 and alone.sources == [str(val)]
+
+
+def test_parallel_and_serial_builds_agree(shared_data, tmp_path):
+    source = shared_data / "matminer" / "piezoelectric_tensor.extxyz"
+    serial = load_dataset([source], cache_dir=tmp_path / "a", workers=1, progress=False)
+    parallel = load_dataset([source], cache_dir=tmp_path / "b", workers=2, progress=False)
+    assert len(serial) == len(parallel) == 894
+    for name in ("atomic_numbers", "frac_coords", "lattices"):
+        np.testing.assert_array_equal(serial.parts[0].arrays[name], parallel.parts[0].arrays[name])
+    np.testing.assert_array_equal(serial.labels, parallel.labels)
+    assert [serial.id(i) for i in range(0, 894, 97)] == [parallel.id(i) for i in range(0, 894, 97)]
+
+
+def test_interrupted_parallel_build_cleans_up(shared_data, tmp_path, monkeypatch):
+    import crysdiff.cache as cache_module
+
+    original = cache_module._PartWriter.add
+
+    def add(self, item, slot):
+        if self.records == 1000:
+            raise KeyboardInterrupt
+        original(self, item, slot)
+
+    monkeypatch.setattr(cache_module._PartWriter, "add", add)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset([shared_data / "perov_5" / "val.csv.gz"], cache_dir=tmp_path, workers=2, progress=False)
+    assert parts(tmp_path) == []
+    monkeypatch.setattr(cache_module._PartWriter, "add", original)
+    assert len(load_dataset([shared_data / "perov_5" / "val.csv.gz"], cache_dir=tmp_path, workers=2, progress=False)) == 3787

@@ -61,3 +61,15 @@ def test_all_bad_and_missing_paths_fail_cleanly(tmp_path, capsys):
 def test_cache_action(capsys):
     assert main(["data", "cache", "examples/structures"]) == 0
     assert "10 crystals cached" in capsys.readouterr().out
+
+
+def test_no_cache_and_long_skip_lists(tmp_path, capsys, monkeypatch):
+    (tmp_path / "good.cif").write_text(GOOD)
+    for k in range(55):
+        (tmp_path / f"bad{k:02d}.cif").write_text(GOOD.replace("Cl 0.5", "Qq 0.5"))
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("CRYSDIFF_CACHE", str(cache_dir))
+    assert main(["data", "inspect", str(tmp_path), "--no-cache", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped records (55)" in out and "... and 5 more" in out and "bad54.cif" not in out
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())

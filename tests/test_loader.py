@@ -92,3 +92,29 @@ def test_unknown_target_is_a_clear_error(perov):
 def test_worker_processes(perov):
     loader = make_loader(perov, np.arange(300), batch_size=50, num_workers=2)
     assert sum(b.num_atoms.shape[0] for b in loader) == 300
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_state_is_exact_while_workers_prefetch(perov, num_workers):
+    def make():
+        return make_loader(perov, np.arange(2000), batch_size=100, shuffle=True, seed=5, num_workers=num_workers)
+
+    loader = make()
+    loader.batch_sampler.set_epoch(1)
+    full = [b.index.tolist() for b in loader]
+    loader.batch_sampler.set_epoch(1)
+    iterator = iter(loader)
+    seen = [next(iterator).index.tolist() for _ in range(4)]
+    state = loader.batch_sampler.state_dict()
+    assert state == {"epoch": 1, "batches_served": 4, "seed": 5}
+    del iterator
+    resumed = make()
+    resumed.batch_sampler.load_state_dict(state)
+    assert seen + [b.index.tolist() for b in resumed] == full
+    assert len(resumed) == 20
+
+
+def test_loader_ranks_shard_the_epoch(perov):
+    shards = [sum((b.index.tolist() for b in make_loader(perov, np.arange(500), batch_size=64, shuffle=True, seed=2,
+                                                          rank=r, world_size=2)), []) for r in range(2)]
+    assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(500))

@@ -1,29 +1,32 @@
 """The on-disk, memory-mapped dataset cache.
 
-Parsing happens once per source (a file, or a labelled folder) into a *part*: a folder of flat
-``.npy`` arrays opened with ``mmap_mode="r"``::
+Parsing happens once into *parts*: folders of flat ``.npy`` arrays opened with ``mmap_mode="r"``::
 
     atomic_numbers [N_total] uint8     frac_coords [N_total, 3] float64   atom_offset [B+1] int64
     lattices [B, 3, 3] float64         labels [B, T] float64 (NaN = missing)
+    source_local [B] int32 (which of the part's sources)
     id_bytes [...] uint8 (UTF-8 ids, concatenated)  id_offset [B+1] int64    meta.json
 
 so iterating a dataset holds no Python object per crystal, and the same code serves 68k or 800k
-structures. A dataset (a pre-training pool) is a list of parts; crystal ``i`` of the pool is
-located by a binary search over the parts' sizes.
+structures. A dataset file (a CSV table, an extxyz trajectory, a labelled folder...) is a part of
+its own, so ``mp2018/train.csv.gz`` is parsed once whether it is read alone or pooled with
+everything else; small loose structure files of one folder share a part (3,000 CIFs are one part,
+not 3,000). A dataset is a list of parts; crystal ``i`` is located by a binary search over the
+parts' sizes.
 
-**Keys.** A part lives in ``CACHE/<key>/``, where ``key`` hashes the cache format version and the
-crysdiff version, the validation settings, the forced format, the source's path and format, and the *content* of every
-file of the source (BLAKE2). Content digests are remembered in ``CACHE/digests.json`` against each
-file's (size, mtime): an unchanged file is not re-read, so a warm open of the whole shared pool takes
-well under a second, while any edit (or a change of settings) gives a new key and a rebuild.
+**Keys.** A part lives in ``CACHE/<key>/``, where ``key`` hashes the cache format version, the
+validation settings, the forced format, each source's absolute path and format, and the *content*
+of every file (BLAKE2). Content digests are remembered in ``CACHE/digests.json`` against each
+file's (size, mtime_ns): an unchanged file is not re-read, so a warm open of the whole shared pool
+takes well under a second, while any edit (or a change of settings) gives a new key and a rebuild.
 
 **Atomic writes.** A part is built in ``CACHE/.tmp-<key>-<pid>/`` and renamed into place only when
-complete: an interrupted build leaves no corrupt part and never touches existing ones. Stale
-temporary folders of dead processes are removed by the next build.
+complete: an interrupted build leaves no corrupt part and never touches existing ones. Temporary
+folders of dead processes are removed by the next build.
 
-**Parallel parsing.** :func:`crysdiff.io.plan` cuts each source into tasks in this process (it
-only reads bytes); worker processes parse and validate (:func:`crysdiff.io.run_task`), streaming
-results back in order into the part's arrays, with a progress bar.
+**Parallel parsing.** :func:`crysdiff.io.plan` cuts each source into tasks in this process (it only
+reads bytes); worker processes parse and validate (:func:`crysdiff.io.run_task`), and results come
+back in order, streamed to disk one part at a time, with a progress bar on stderr.
 
 The default cache folder is ``$CRYSDIFF_CACHE`` or ``~/.cache/crysdiff``.
 """
@@ -37,8 +40,11 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
+from array import array
 from dataclasses import asdict
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +53,13 @@ from crysdiff.crystal import Crystal, RecordError, ValidationSettings
 
 __all__ = ["CrystalCache", "DatasetError", "load_dataset", "default_cache_dir", "CACHE_VERSION"]
 
-CACHE_VERSION = 1
-_ARRAYS = ("atomic_numbers", "frac_coords", "atom_offset", "lattices", "labels", "id_bytes", "id_offset")
+CACHE_VERSION = 2
+_MAPPED = ("atomic_numbers", "frac_coords", "lattices", "labels", "id_bytes")  # memory-mapped
+_LOADED = ("atom_offset", "id_offset", "source_local")  # small, read into memory
 
 
 class DatasetError(ValueError):
-    """A dataset that cannot be used as a whole (nothing readable, a strict failure...)."""
+    """A dataset that cannot be used as a whole (nothing readable, an unknown target...)."""
 
 
 def default_cache_dir() -> Path:
@@ -81,7 +88,7 @@ class _Digests:
 
     def __call__(self, file: Path) -> str:
         stat = file.stat()
-        key = str(file.resolve())
+        key = str(file)
         entry = self.table.get(key)
         if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
             return entry[2]
@@ -99,36 +106,57 @@ class _Digests:
         self.dirty = False
 
 
-def _part_key(source, settings: ValidationSettings, format: str | None, digests: _Digests) -> str:
-    path = Path(source.path)
-    files = _source_files(path)
+def _group_key(group, settings: ValidationSettings, format: str | None, digests: _Digests) -> str:
     hasher = hashlib.blake2b(digest_size=12)
-    from crysdiff import __version__
-
-    # the package version is part of the key: a parser fixed in a new release re-reads the files
-    header = {"version": CACHE_VERSION, "crysdiff": __version__, "settings": asdict(settings), "format": format,
-              "source_format": source.format, "path": str(path.resolve())}
+    header = {"version": CACHE_VERSION, "settings": asdict(settings), "format": format}
     hasher.update(json.dumps(header, sort_keys=True).encode())
-    for file in files:
-        hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        hasher.update(digests(file).encode())
+    for source in group:
+        path = Path(source.path)
+        hasher.update(json.dumps([source.path, source.format, source.labels_path]).encode())
+        for file in _source_files(path):
+            hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+            hasher.update(digests(file).encode())
     return hasher.hexdigest()
+
+
+_DATASET_FORMATS = {"csv", "extxyz", "folder", "jarvis", "ase"}
+_LOOSE_FILE_BYTES = 1 << 20
+
+
+def _group_sources(sources) -> list[list]:
+    """Parts: a dataset (a table, a trajectory, a labelled folder, any file of 1 MiB or more) is a
+    part of its own, so it is parsed once however it is later pooled; consecutive small loose
+    structure files of one folder share a part (3,000 CIFs are one part, not 3,000)."""
+
+    def group(source) -> str:
+        path = Path(source.path)
+        if source.format in _DATASET_FORMATS or path.is_dir() or path.stat().st_size >= _LOOSE_FILE_BYTES:
+            return source.path
+        return str(path.parent) + "/"
+
+    return [list(g) for _, g in groupby(sources, key=group)]
 
 
 # --- one part ---------------------------------------------------------------------------------------
 
 
+def _load(file: Path, mmap: bool):
+    if mmap and file.stat().st_size > 4096:  # tiny or empty arrays: read (an empty file cannot be mapped)
+        return np.load(file, mmap_mode="r")
+    return np.load(file)
+
+
 class _Part:
-    """One parsed source, memory-mapped."""
+    """One parsed group of sources, memory-mapped."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.meta = json.loads((folder / "meta.json").read_text())
-        self.arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-        self.atom_offset = np.asarray(self.arrays["atom_offset"])  # small: [B+1]
+        self.arrays = {name: _load(folder / f"{name}.npy", name in _MAPPED) for name in _MAPPED + _LOADED}
+        self.atom_offset = self.arrays["atom_offset"]  # [B+1]
         self.num_atoms = np.diff(self.atom_offset).astype(np.int64)
         self.size = int(self.num_atoms.shape[0])
-        self.id_offset = np.asarray(self.arrays["id_offset"])
+        self.id_offset = self.arrays["id_offset"]
 
     def id(self, i: int) -> str:
         lo, hi = self.id_offset[i], self.id_offset[i + 1]
@@ -136,25 +164,26 @@ class _Part:
 
 
 class _PartWriter:
-    """Streams crystals of one source into temporary files, then writes the part atomically."""
+    """Streams the crystals of one group into temporary files, then writes the part atomically."""
 
-    def __init__(self, root: Path, key: str, source, strict: bool):
-        self.root, self.key, self.source, self.strict = root, key, source, strict
+    _STREAMS = ("z", "frac", "lattice", "ids", "label_cells", "label_values")
+
+    def __init__(self, root: Path, key: str, sources, strict: bool, settings: ValidationSettings):
+        self.root, self.key, self.sources, self.strict, self.settings = root, key, sources, strict, settings
         self.tmp = root / f".tmp-{key}-{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
-        self.z = open(self.tmp / "z.bin", "wb")
-        self.frac = open(self.tmp / "frac.bin", "wb")
-        self.lattice = open(self.tmp / "lattice.bin", "wb")
-        self.ids = open(self.tmp / "ids.bin", "wb")
-        self.counts: list[int] = []
-        self.id_lengths: list[int] = []
+        # streamed to disk as results arrive: memory stays bounded whatever the corpus size
+        self.files = {name: open(self.tmp / f"{name}.bin", "wb") for name in self._STREAMS}
+        self.counts = array("q")  # atoms per crystal
+        self.id_lengths = array("q")
+        self.source_local = array("i")
         self.label_names: dict[str, int] = {}
-        self.label_rows: list[dict[str, float]] = []
         self.skipped: list[dict] = []
         self.records = 0
 
-    def add(self, item) -> None:
+    def add(self, item, slot: int) -> None:
+        """One result of source ``slot`` (its position in the group)."""
         self.records += 1
         if isinstance(item, RecordError):
             if self.strict:
@@ -162,47 +191,50 @@ class _PartWriter:
             self.skipped.append(item.as_dict())
             return
         crystal: Crystal = item
-        self.z.write(np.asarray(crystal.atomic_numbers, dtype=np.uint8).tobytes())
-        self.frac.write(np.asarray(crystal.frac_coords, dtype=np.float64).tobytes())
-        self.lattice.write(np.asarray(crystal.lattice, dtype=np.float64).tobytes())
+        files = self.files
+        files["z"].write(np.asarray(crystal.atomic_numbers, dtype=np.uint8).tobytes())
+        files["frac"].write(np.asarray(crystal.frac_coords, dtype=np.float64).tobytes())
+        files["lattice"].write(np.asarray(crystal.lattice, dtype=np.float64).tobytes())
         encoded = str(crystal.id).encode("utf-8")
-        self.ids.write(encoded)
+        files["ids"].write(encoded)
+        row = len(self.counts)
         self.id_lengths.append(len(encoded))
         self.counts.append(crystal.num_atoms)
-        for name in crystal.labels:
-            self.label_names.setdefault(name, len(self.label_names))
-        self.label_rows.append(crystal.labels)
+        self.source_local.append(slot)
+        if crystal.labels:
+            cells = [(row, self.label_names.setdefault(name, len(self.label_names))) for name in crystal.labels]
+            files["label_cells"].write(np.array(cells, dtype=np.int64).tobytes())
+            files["label_values"].write(np.array(list(crystal.labels.values()), dtype=np.float64).tobytes())
 
-    def source_failed(self, error: RecordError) -> None:
-        if self.strict:
-            raise error
-        self.skipped.append(error.as_dict())
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
 
     def finish(self, units: dict[str, str]) -> Path:
-        for handle in (self.z, self.frac, self.lattice, self.ids):
-            handle.close()
-        n = len(self.counts)
-        total = int(sum(self.counts))
+        self.close()
+        n, total = len(self.counts), int(sum(self.counts))
         names = list(self.label_names)
         labels = np.full((n, len(names)), np.nan, dtype=np.float64)
-        for row, values in enumerate(self.label_rows):
-            for name, value in values.items():
-                labels[row, self.label_names[name]] = value
+        cells = np.fromfile(self.tmp / "label_cells.bin", dtype=np.int64).reshape(-1, 2)
+        labels[cells[:, 0], cells[:, 1]] = np.fromfile(self.tmp / "label_values.bin", dtype=np.float64)
         arrays = {
             "atomic_numbers": np.fromfile(self.tmp / "z.bin", dtype=np.uint8),
             "frac_coords": np.fromfile(self.tmp / "frac.bin", dtype=np.float64).reshape(total, 3),
             "atom_offset": np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64),
             "lattices": np.fromfile(self.tmp / "lattice.bin", dtype=np.float64).reshape(n, 3, 3),
             "labels": labels,
+            "source_local": np.frombuffer(self.source_local, dtype=np.int32) if n else np.zeros(0, np.int32),
             "id_bytes": np.fromfile(self.tmp / "ids.bin", dtype=np.uint8),
             "id_offset": np.concatenate([[0], np.cumsum(self.id_lengths, dtype=np.int64)]).astype(np.int64),
         }
-        for name, array in arrays.items():
-            np.save(self.tmp / f"{name}.npy", array)
-        for name in ("z.bin", "frac.bin", "lattice.bin", "ids.bin"):
-            (self.tmp / name).unlink()
+        for name, values in arrays.items():
+            np.save(self.tmp / f"{name}.npy", values)
+        for name in self._STREAMS:
+            (self.tmp / f"{name}.bin").unlink()
+        per_source = np.bincount(arrays["source_local"], minlength=len(self.sources))
         meta = {
-            "version": CACHE_VERSION, "source": self.source.path, "format": self.source.format,
+            "version": CACHE_VERSION, "key": self.key, "settings": asdict(self.settings),
+            "sources": [{"path": s.path, "format": s.format, "crystals": int(c)} for s, c in zip(self.sources, per_source)],
             "num_crystals": n, "num_atoms": total, "records": self.records, "label_names": names,
             "units": {k: units[k] for k in names if k in units}, "skipped": self.skipped, "created": time.time(),
         }
@@ -215,8 +247,7 @@ class _PartWriter:
         return final
 
     def abort(self) -> None:
-        for handle in (self.z, self.frac, self.lattice, self.ids):
-            handle.close()
+        self.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -242,67 +273,80 @@ def _init_worker(settings: ValidationSettings) -> None:
 
 
 def _run(job):
+    """Worker: ``(group, slot, task)`` -> ``(group, slot, results)``; a whole-source failure passes through."""
     from crysdiff.io import run_task
 
-    slot, task = job
-    return slot, run_task(task, _WORKER_SETTINGS)
+    group, slot, task = job
+    if isinstance(task, RecordError):
+        return group, slot, [task]
+    return group, slot, run_task(task, _WORKER_SETTINGS)
 
 
-def _jobs(sources, chunk_size):
-    """Tasks of every source to build, tagged with the writer slot; whole-source failures are
-    passed on as ``(slot, RecordError)``."""
+def _jobs(groups, chunk_size: int):
     from crysdiff.io import plan
 
-    for slot, source in enumerate(sources):
-        try:
-            for task in plan(source, chunk_size=chunk_size):
-                yield slot, task
-        except RecordError as error:
-            yield slot, error
+    for g, sources in enumerate(groups):
+        for slot, source in enumerate(sources):
+            try:
+                for task in plan(source, chunk_size=chunk_size):
+                    yield g, slot, task
+            except RecordError as error:
+                yield g, slot, error
 
 
-def _build(sources, keys, root: Path, settings, strict, workers, progress) -> None:
+def _build(groups, keys, root: Path, settings, strict, workers, progress) -> None:
+    """Parse ``groups`` (lists of sources) into parts ``root/keys[g]``; results arrive in order, so
+    one part is open at a time."""
     from crysdiff.io import KNOWN_UNITS
 
-    writers = [_PartWriter(root, key, source, strict) for source, key in zip(sources, keys)]
     bar = _progress(progress)
+    writer: _PartWriter | None = None
+    done = 0  # groups finished
+    pool = None
+    # Pool.imap drains its input eagerly: cap the tasks in flight so raw payloads of a huge corpus
+    # are never all in memory at once.
+    in_flight, stop = threading.Semaphore(4 * workers + 2), threading.Event()
+
+    def throttled():
+        for job in _jobs(groups, 256):
+            while not in_flight.acquire(timeout=0.1):
+                if stop.is_set():
+                    return
+            yield job
+
     try:
-        failed: list[tuple[int, RecordError]] = []
-
-        def jobs():
-            for slot, task in _jobs(sources, chunk_size=256):
-                if isinstance(task, RecordError):
-                    failed.append((slot, task))
-                    if strict:
-                        return
-                    continue
-                yield slot, task
-
         if workers <= 1:
             _init_worker(settings)
-            results = map(_run, jobs())
+            results = map(_run, throttled())
         else:
             context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
             pool = context.Pool(workers, initializer=_init_worker, initargs=(settings,))
-            results = pool.imap(_run, jobs(), chunksize=1)
-        try:
-            for slot, items in results:
-                for item in items:
-                    writers[slot].add(item)
-                if bar is not None:
-                    bar.update(bar.task_id, advance=len(items))
-        finally:
-            if workers > 1:
-                pool.terminate()
-        for slot, error in failed:
-            writers[slot].source_failed(error)
-        for writer in writers:
+            results = pool.imap(_run, throttled(), chunksize=1)
+        for g, slot, items in results:
+            in_flight.release()
+            while writer is None or g > done:
+                if writer is not None:  # group finished (or groups that yielded nothing)
+                    writer.finish(KNOWN_UNITS)
+                    done += 1
+                writer = _PartWriter(root, keys[done], groups[done], strict, settings)
+            for item in items:
+                writer.add(item, slot)
+            if bar is not None:
+                bar.update(bar.task_id, advance=len(items))
+        while done < len(groups):
+            if writer is None:
+                writer = _PartWriter(root, keys[done], groups[done], strict, settings)
             writer.finish(KNOWN_UNITS)
+            writer = None
+            done += 1
     except BaseException:
-        for writer in writers:
+        if writer is not None:
             writer.abort()
         raise
     finally:
+        stop.set()
+        if pool is not None:
+            pool.terminate()
         if bar is not None:
             bar.stop()
 
@@ -324,7 +368,12 @@ def _progress(enabled: bool):
 
 
 class CrystalCache:
-    """A dataset: one or more memory-mapped parts, addressed by a global crystal index ``0..B-1``."""
+    """A dataset: one or more memory-mapped parts, addressed by a global crystal index ``0..B-1``.
+
+    Attributes:
+        num_crystals: ``B``. num_atoms: ``[B]`` int64. source_index: ``[B]`` int32 into :attr:`sources`.
+        label_names: label columns; units: label name -> unit.
+    """
 
     def __init__(self, folders: list[Path]):
         self._folders = [Path(f) for f in folders]
@@ -336,7 +385,11 @@ class CrystalCache:
         self.part_start = np.concatenate([[0], np.cumsum(sizes)])
         self.num_crystals = int(self.part_start[-1])
         self.num_atoms = np.concatenate([p.num_atoms for p in self.parts]) if self.parts else np.zeros(0, np.int64)
-        self.source_index = np.repeat(np.arange(len(self.parts), dtype=np.int32), sizes)
+        self._sources = [s for p in self.parts for s in p.meta["sources"]]
+        source_start = np.cumsum([0] + [len(p.meta["sources"]) for p in self.parts])
+        self.source_index = np.concatenate(
+            [p.arrays["source_local"].astype(np.int32) + source_start[k] for k, p in enumerate(self.parts)]
+        ) if self.parts else np.zeros(0, np.int32)
         names: list[str] = []
         for part in self.parts:
             names += [n for n in part.meta["label_names"] if n not in names]
@@ -346,7 +399,7 @@ class CrystalCache:
             self.units.update(part.meta.get("units", {}))
         self._labels = None
 
-    def __getstate__(self):
+    def __getstate__(self):  # workers reopen the memory maps instead of copying them
         return {"folders": self._folders}
 
     def __setstate__(self, state):
@@ -358,14 +411,21 @@ class CrystalCache:
 
     @property
     def sources(self) -> list[str]:
-        return [p.meta["source"] for p in self.parts]
+        """Source paths (files or labelled folders); :attr:`source_index` points into this list."""
+        return [s["path"] for s in self._sources]
 
     @property
     def formats(self) -> list[str]:
-        return [p.meta["format"] for p in self.parts]
+        return [s["format"] for s in self._sources]
+
+    @property
+    def folders(self) -> list[Path]:
+        """The part folders on disk."""
+        return list(self._folders)
 
     @property
     def skipped(self) -> list[dict]:
+        """Every record left out, as ``dict(source, record, reason)``."""
         return [entry for p in self.parts for entry in p.meta["skipped"]]
 
     @property
@@ -390,9 +450,11 @@ class CrystalCache:
         return part.id(local)
 
     def source_of(self, i: int) -> str:
-        return self._locate(int(i))[0].meta["source"]
+        self._locate(int(i))
+        return self._sources[int(self.source_index[int(i)])]["path"]
 
     def crystal(self, i: int) -> Crystal:
+        """Crystal ``i`` as a :class:`~crysdiff.crystal.Crystal` (for inspection; batches use :meth:`gather`)."""
         part, local = self._locate(int(i))
         lo, hi = part.atom_offset[local], part.atom_offset[local + 1]
         row = self.labels[int(i)]
@@ -402,7 +464,7 @@ class CrystalCache:
             lattice=np.array(part.arrays["lattices"][local]),
             id=part.id(local),
             labels={name: float(row[k]) for k, name in enumerate(self.label_names) if math.isfinite(row[k])},
-            source=part.meta["source"],
+            source=self.source_of(i),
             record=str(local),
         )
 
@@ -411,11 +473,11 @@ class CrystalCache:
         fractional coordinates ``[N, 3]``, lattices ``[B, 3, 3]`` and atom counts ``[B]``.
         Vectorised per part: no Python loop over crystals."""
         indices = np.asarray(indices, dtype=np.int64)
-        counts = self.num_atoms[indices]
+        counts = self.num_atoms[indices]  # [B]
         z = np.empty(int(counts.sum()), dtype=np.int64)
         frac = np.empty((z.shape[0], 3), dtype=np.float64)
         lattices = np.empty((indices.shape[0], 3, 3), dtype=np.float64)
-        atom_pos = np.concatenate([[0], np.cumsum(counts)])
+        atom_pos = np.concatenate([[0], np.cumsum(counts)])  # [B+1] where each crystal goes in the batch
         owner = np.searchsorted(self.part_start, indices, side="right") - 1
         for p in np.unique(owner):
             part = self.parts[p]
@@ -453,22 +515,27 @@ def load_dataset(
 ) -> CrystalCache:
     """Open (building what is missing) the cache of ``sources``: paths of files, folders, datasets.
 
+    Args:
+        sources: paths (see :func:`crysdiff.io.resolve`); several paths pool into one dataset.
+        cache_dir: where parts live (default :func:`default_cache_dir`).
+        workers: parser processes (default: all cores; 1 parses in this process).
     Raises:
         FileNotFoundError / ValueError: a path is missing or its format unknown.
         RecordError: with ``strict``, the first bad record.
         DatasetError: no crystal at all could be read (the message lists the first reasons).
     """
-    from crysdiff.io import resolve
+    from crysdiff.io import Source, resolve
 
     if isinstance(sources, (str, Path)):
         sources = [sources]
-    resolved = resolve(list(sources), format=format)
+    resolved = [Source(str(Path(s.path).resolve()), s.format, s.labels_path) for s in resolve(list(sources), format=format)]
     if not resolved:
         raise DatasetError(f"no structure files found in {', '.join(map(str, sources))}")
+    groups = _group_sources(resolved)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     digests = _Digests(root)
-    keys = [_part_key(s, settings, format, digests) for s in resolved]
+    keys = [_group_key(g, settings, format, digests) for g in groups]
     digests.save()
     missing = [k for k, key in enumerate(keys) if not (root / key / "meta.json").is_file()]
     if strict:  # a cached part with skipped records must fail a strict open as well
@@ -480,9 +547,8 @@ def load_dataset(
                     raise RecordError(first["source"], first["record"], first["reason"])
     if missing:
         _remove_stale_tmp(root)
-        todo = [resolved[k] for k in missing]
         count = workers if workers is not None else (os.cpu_count() or 1)
-        _build(todo, [keys[k] for k in missing], root, settings, strict, max(1, count), progress)
+        _build([groups[k] for k in missing], [keys[k] for k in missing], root, settings, strict, max(1, count), progress)
     cache = CrystalCache([root / key for key in keys])
     if cache.num_crystals == 0:
         reasons = "; ".join(f"{e['source']} [{e['record']}]: {e['reason']}" for e in cache.skipped[:3])

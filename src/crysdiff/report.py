@@ -45,6 +45,14 @@ def _distribution(values: np.ndarray) -> dict:
             "p95": float(q[4]), "max": int(values.max()), "mean": float(values.mean()), "histogram": hist}
 
 
+def _owner(path: str, sources: list[str]) -> str:
+    """The source a skipped record belongs to (a file inside a labelled folder belongs to the folder)."""
+    if path in sources:
+        return path
+    resolved = str(Path(path).resolve())
+    return next((s for s in sources if resolved == s or resolved.startswith(s.rstrip("/") + "/")), path)
+
+
 def dataset_report(cache) -> dict:
     """Everything ``crysdiff data inspect`` shows, as JSON-ready Python values."""
     labels = cache.labels
@@ -56,10 +64,10 @@ def dataset_report(cache) -> dict:
         if present.size:
             stats.update(mean=float(present.mean()), std=float(present.std()), min=float(present.min()), max=float(present.max()))
         label_stats[name] = stats
-    per_source = []
-    for k, part in enumerate(cache.parts):
-        per_source.append({"source": part.meta["source"], "format": part.meta["format"], "crystals": part.size,
-                           "skipped": len(part.meta["skipped"])})
+    crystals_per_source = np.bincount(cache.source_index, minlength=len(cache.sources))
+    skipped_per_source = Counter(_owner(entry["source"], cache.sources) for entry in cache.skipped)
+    per_source = [{"source": path, "format": fmt, "crystals": int(n), "skipped": skipped_per_source.get(path, 0)}
+                  for path, fmt, n in zip(cache.sources, cache.formats, crystals_per_source)]
     return {
         "crystals": int(cache.num_crystals),
         "atoms": int(cache.num_atoms.sum()),
@@ -69,22 +77,37 @@ def dataset_report(cache) -> dict:
         "atoms_per_cell": _distribution(cache.num_atoms),
         "labels": label_stats,
         "skipped_records": cache.skipped,
+        "cache": [str(folder) for folder in cache.folders],
     }
 
 
-def print_report(report: dict, console=None, max_skipped: int = 50) -> None:
+def _short(path: str) -> str:
+    """A path relative to the working folder when it lies inside it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def print_report(report: dict, console=None, max_skipped: int = 50, max_sources: int = 30) -> None:
+    """Render :func:`dataset_report` output for a person (rich tables; long lists are capped)."""
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log or a pipe: wide enough that no number is cut
+            console = Console(width=160)
     console.print(f"[bold]{report['crystals']:,} crystals[/bold] ({report['atoms']:,} atoms) from "
                   f"{len(report['sources'])} source(s); {report['skipped']:,} records skipped")
     table = Table(title="sources", title_justify="left")
     for column in ("source", "format", "crystals", "skipped"):
         table.add_column(column, justify="right" if column in ("crystals", "skipped") else "left")
-    for row in report["sources"]:
-        table.add_row(str(Path(row["source"])), row["format"], f"{row['crystals']:,}", f"{row['skipped']:,}")
+    for row in report["sources"][:max_sources]:
+        table.add_row(_short(row["source"]), row["format"], f"{row['crystals']:,}", f"{row['skipped']:,}")
     console.print(table)
+    if len(report["sources"]) > max_sources:
+        console.print(f"  ... and {len(report['sources']) - max_sources:,} more sources (see --json)")
 
     atoms = report["atoms_per_cell"]
     if atoms:
@@ -102,7 +125,7 @@ def print_report(report: dict, console=None, max_skipped: int = 50) -> None:
     if report["labels"]:
         table = Table(title="labels", title_justify="left")
         for column in ("label", "unit", "present", "missing", "mean", "std", "min", "max"):
-            table.add_column(column, justify="left" if column in ("label", "unit") else "right")
+            table.add_column(column, justify="left" if column in ("label", "unit") else "right", no_wrap=column == "label")
         for name, s in report["labels"].items():
             numbers = [f"{s[k]:.4g}" if k in s else "-" for k in ("mean", "std", "min", "max")]
             table.add_row(name, s["unit"], f"{s['present']:,}", f"{s['missing']:,}", *numbers)
@@ -114,6 +137,9 @@ def print_report(report: dict, console=None, max_skipped: int = 50) -> None:
     if skipped:
         console.print(f"[bold]skipped records ({len(skipped):,})[/bold]")
         for entry in skipped[:max_skipped]:
-            console.print(f"  {entry['source']} [{entry['record']}]: {entry['reason']}", markup=False, highlight=False)
+            console.print(f"  {_short(entry['source'])} [{entry['record']}]: {entry['reason']}", markup=False, highlight=False)
         if len(skipped) > max_skipped:
             console.print(f"  ... and {len(skipped) - max_skipped:,} more (see --json)")
+        files = len({entry["source"] for entry in skipped})
+        console.print(f"summary: {report['crystals']:,} crystals usable; {len(skipped):,} records skipped in "
+                      f"{files:,} file(s) (each listed above with its reason)")

@@ -13,8 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from crysdiff.commands._common import fail, run_guarded
@@ -22,8 +24,15 @@ from crysdiff.commands._common import fail, run_guarded
 
 def add_arguments(parser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, help_text in (("inspect", "report on a dataset"), ("cache", "build or refresh the cache of a dataset")):
-        sub = actions.add_parser(name, help=help_text)
+    examples = {
+        "inspect": ("report on a dataset: counts, elements, atoms per cell, label statistics, skipped records",
+                    "crysdiff data inspect ../shared/data/perov_5 --json > report.json"),
+        "cache": ("build or refresh the cache of a dataset and print where it lives",
+                  "crysdiff data cache ../shared/data --workers 8"),
+    }
+    for name, (help_text, example) in examples.items():
+        sub = actions.add_parser(name, help=help_text, description=f"{help_text}.\n\nExample:\n  {example}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("paths", nargs="+", help="structure files, folders or datasets")
         sub.add_argument("--format", help="force the format (cif, poscar, csv, folder, extxyz, jarvis, pymatgen, ase)")
         sub.add_argument("--strict", action="store_true", help="fail on the first bad record")
@@ -31,6 +40,8 @@ def add_arguments(parser) -> None:
         sub.add_argument("--min-distance", type=float, default=0.5, help="smallest interatomic distance in Å (default 0.5)")
         sub.add_argument("--workers", type=int, help="parser processes (default: all cores)")
         sub.add_argument("--cache-dir", type=Path, help="cache folder (default $CRYSDIFF_CACHE or ~/.cache/crysdiff)")
+        if name == "inspect":
+            sub.add_argument("--no-cache", action="store_true", help="parse into a temporary cache that is deleted afterwards")
         if name == "inspect":
             sub.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
 
@@ -41,16 +52,23 @@ def run(args) -> int:
     from crysdiff.report import dataset_report, print_report
 
     def go():
+        if getattr(args, "no_cache", False):
+            with tempfile.TemporaryDirectory(prefix="crysdiff-") as scratch:
+                return inspect(Path(scratch))
+        return inspect(args.cache_dir)
+
+    def inspect(cache_dir):
         settings = ValidationSettings(min_distance=args.min_distance, max_atoms=args.max_atoms)
         as_json = getattr(args, "json", False)
         try:
-            cache = load_dataset(args.paths, cache_dir=args.cache_dir, settings=settings, format=args.format,
+            cache = load_dataset(args.paths, cache_dir=cache_dir, settings=settings, format=args.format,
                                  strict=args.strict, workers=args.workers, progress=sys.stderr.isatty())
         except DatasetError as error:
             return fail(str(error))
         if args.action == "cache":
-            folders = sorted({str(p.folder.parent) for p in cache.parts})
-            print(f"{len(cache):,} crystals cached in {', '.join(folders)} ({len(cache.skipped):,} records skipped)")
+            folders = sorted({str(folder.parent) for folder in cache.folders})
+            print(f"{len(cache):,} crystals cached in {', '.join(folders)} ({len(cache.folders)} part(s), "
+                  f"{len(cache.skipped):,} records skipped)")
             return 0
         report = dataset_report(cache)
         if as_json:
