@@ -207,18 +207,19 @@ def plan(source: Source, chunk_size: int = 256) -> Iterator[Task]:
     """
     if source.format not in _PLANNERS:
         raise ValueError(f"{source.path}: unknown format {source.format!r}; expected one of {', '.join(FORMATS)}")
+    chunk: list = []
     try:
-        items = _PLANNERS[source.format](source)
+        # planners may be generators (CSV is streamed): failures can come while iterating, after
+        # earlier chunks were handed out; those records are kept and the rest is reported
+        for item in _PLANNERS[source.format](source):
+            chunk.append(item)
+            if len(chunk) >= chunk_size:
+                yield Task(source.path, source.format, chunk)
+                chunk = []
     except RecordError:
         raise
     except Exception as exc:  # a whole-source failure inside a third-party reader
         raise RecordError(source.path, "*", f"cannot read the {source.format} source: {short_reason(exc)}") from None
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= chunk_size:
-            yield Task(source.path, source.format, chunk)
-            chunk = []
     if chunk:
         yield Task(source.path, source.format, chunk)
 

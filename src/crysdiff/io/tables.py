@@ -12,9 +12,12 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import math
 import sys
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from crysdiff.crystal import Crystal, RecordError, ValidationSettings
@@ -36,6 +39,38 @@ def _read_rows(path: str) -> list[list[str]]:
         return list(csv.reader(io.StringIO(text)))
     except csv.Error as exc:
         raise RecordError(path, "*", f"expected a well-formed CSV file, the csv parser failed: {exc}") from None
+
+
+def _stream_rows(path: str) -> Iterator[list[str]]:
+    """Rows of a (gzipped) CSV read as a stream, so an 800k-row file never sits in memory whole.
+
+    Raises:
+        RecordError: ``(path, "*", reason)`` for an empty file, corrupt gzip, undecodable bytes or
+            malformed CSV (rows before the problem have already been yielded).
+    """
+    file = Path(path)
+    try:
+        if file.stat().st_size == 0:
+            raise RecordError(path, "*", "the file is empty (0 bytes); expected crystal data")
+        with open(file, "rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        raw = gzip.open(file, "rb") if gzipped else open(file, "rb")
+    except OSError as exc:
+        raise RecordError(path, "*", f"cannot read the file: {exc.strerror or exc}") from None
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    try:
+        yield from csv.reader(text)
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1].hex()
+        raise RecordError(path, "*", f"expected UTF-8 text, found the undecodable byte 0x{bad} (re-save the file as UTF-8)") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise RecordError(
+            path, "*", f"corrupt or truncated gzip data ({type(exc).__name__}: {exc}); expected a valid .gz file"
+        ) from None
+    except csv.Error as exc:
+        raise RecordError(path, "*", f"expected a well-formed CSV file, the csv parser failed: {exc}") from None
+    finally:
+        text.close()
 
 
 def _float_or_nan(text: str) -> float:
@@ -66,11 +101,14 @@ def _is_index_column(name: str) -> bool:
     return name == "" or name.startswith("Unnamed:")
 
 
-def plan_csv(source) -> list[Item | BadItem]:
-    rows = _read_rows(source.path)
-    if not rows:
+def plan_csv(source) -> Iterator[Item | BadItem]:
+    """Items of a CDVAE-style CSV, streamed in two passes: the first finds the numeric label
+    columns (and any whole-file problem, before anything is yielded), the second yields rows."""
+    rows = _stream_rows(source.path)
+    header = next(rows, None)
+    if header is None:
         raise RecordError(source.path, "*", "the CSV file has no header row; expected a header with a 'cif' column")
-    header, rows = [h.strip() for h in rows[0]], rows[1:]
+    header = [h.strip() for h in header]
     lower = [h.lower() for h in header]
     if "cif" not in lower:
         raise RecordError(
@@ -81,19 +119,28 @@ def plan_csv(source) -> list[Item | BadItem]:
     skip = {cif_col} | {j for j, name in enumerate(header) if _is_index_column(name) or name.lower() in NON_LABEL_COLUMNS}
     if id_col is not None:
         skip.add(id_col)
-    label_cols = _numeric_columns(header, rows, skip)
-    items: list[Item | BadItem] = []
-    for k, row in enumerate(rows):
+    candidates = [j for j in range(len(header)) if j not in skip]
+    numeric = set(candidates)
+    for row in rows:  # pass 1: which columns hold only numbers (or missing markers)
+        for j in list(numeric):
+            if j < len(row):
+                try:
+                    _float_or_nan(row[j])
+                except ValueError:
+                    numeric.discard(j)
+    label_cols = [j for j in candidates if j in numeric]
+    rows = _stream_rows(source.path)
+    next(rows)
+    for k, row in enumerate(rows):  # pass 2
         if not row:
             continue
         identifier = row[id_col].strip() if id_col is not None and id_col < len(row) and row[id_col].strip() else str(k)
         record = f"row {k} ({identifier})" if id_col is not None else f"row {k}"
         if len(row) != len(header):
-            items.append(BadItem(record, f"expected {len(header)} fields as in the header, found {len(row)}"))
+            yield BadItem(record, f"expected {len(header)} fields as in the header, found {len(row)}")
             continue
         labels = {header[j]: _float_or_nan(row[j]) for j in label_cols}
-        items.append(Item(record, identifier, row[cif_col], labels))
-    return items
+        yield Item(record, identifier, row[cif_col], labels)
 
 
 def _structure_files(folder: Path, table: Path) -> dict[str, Path]:
