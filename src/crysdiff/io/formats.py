@@ -234,6 +234,15 @@ def _plan_split_table(table: dict, path: str) -> list[Item | BadItem]:
     if structure_col is None:
         raise RecordError(path, "*", f"expected a column of pymatgen Structure dicts in the table, columns are {columns}")
     id_col = next((columns.index(key) for key in _ID_KEYS if key in columns), None)
+    # a label column holds numbers (or missing markers) only, and at least one number: text columns
+    # such as a Strukturbericht symbol are descriptions, not targets
+    label_cols = []
+    for j in range(len(columns)):
+        if j in (structure_col, id_col):
+            continue
+        values = [as_label(row[j]) for row in rows if j < len(row)]
+        if values and all(v is not None for v in values) and any(v == v for v in values):
+            label_cols.append(j)
     items: list[Item | BadItem] = []
     for k, row in enumerate(rows):
         identifier = str(row[id_col]) if id_col is not None else str(index[k])
@@ -241,13 +250,7 @@ def _plan_split_table(table: dict, path: str) -> list[Item | BadItem]:
         if len(row) != len(columns) or not _is_structure_dict(row[structure_col]):
             items.append(BadItem(record, f"expected a pymatgen Structure dict in column {columns[structure_col]!r}"))
             continue
-        labels = {}
-        for j, value in enumerate(row):
-            if j in (structure_col, id_col):
-                continue
-            label = as_label(value)
-            if label is not None:
-                labels[columns[j]] = label
+        labels = {columns[j]: as_label(row[j]) for j in label_cols}
         items.append(Item(record, identifier, row[structure_col], labels))
     return items
 
