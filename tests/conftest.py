@@ -22,3 +22,32 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own crysdiff cache directory, so tests never touch ~/.cache."""
     monkeypatch.setenv("CRYSDIFF_CACHE", str(tmp_path_factory.mktemp("crysdiff-cache")))
+
+
+def read_csv_crystals(path, rows: int, max_atoms: int = 24):
+    """The first ``rows`` crystals of a CDVAE-style CSV read through pymatgen (the independent path),
+    keeping those with at most ``max_atoms`` atoms."""
+    import warnings
+
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    from crysdiff.crystal import from_pymatgen, validate
+
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _, row in pd.read_csv(path, nrows=rows).iterrows():
+            crystal = validate(from_pymatgen(Structure.from_str(row["cif"], fmt="cif"), id=str(row["material_id"])))
+            if crystal.num_atoms <= max_atoms:
+                out.append(crystal)
+    return out
+
+
+@pytest.fixture(scope="module")
+def crystals(shared_data):
+    """Four small mp2018 crystals and one Perov-5 crystal: a real, mixed batch for symmetry tests."""
+    mp = read_csv_crystals(shared_data / "mp2018" / "val.csv.gz", rows=8)[:4]
+    perov = read_csv_crystals(shared_data / "perov_5" / "val.csv.gz", rows=1)
+    assert len(mp) == 4 and len(perov) == 1
+    return mp + perov

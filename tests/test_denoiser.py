@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from crysdiff.batching import EdgeSettings, collate_crystals
-from crysdiff.crystal import from_pymatgen, validate
 from crysdiff.denoiser import CrysDiffDenoiser, CrysDiffEncoder, DenoiserConfig
 from crysdiff.symmetry import (
     assert_equivariant,
@@ -24,26 +21,6 @@ from crysdiff.symmetry import (
 )
 
 SMALL = DenoiserConfig(hidden_dim=32, num_layers=2, num_frequencies=8, time_dim=16)
-
-
-def read_csv_crystals(path, rows: int, max_atoms: int = 24):
-    from pymatgen.core import Structure
-
-    out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _, row in pd.read_csv(path, nrows=rows).iterrows():
-            crystal = validate(from_pymatgen(Structure.from_str(row["cif"], fmt="cif"), id=str(row["material_id"])))
-            if crystal.num_atoms <= max_atoms:
-                out.append(crystal)
-    return out
-
-
-@pytest.fixture(scope="module")
-def crystals(shared_data):
-    return read_csv_crystals(shared_data / "mp2018" / "val.csv.gz", rows=8)[:4] + read_csv_crystals(
-        shared_data / "perov_5" / "val.csv.gz", rows=1
-    )
 
 
 def double(batch):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from crysdiff.batching import collate_crystals
-from crysdiff.crystal import from_pymatgen, to_pymatgen, validate
+from crysdiff.crystal import to_pymatgen
 from crysdiff.symmetry import (
     assert_equivariant,
     assert_invariant,
@@ -23,27 +21,6 @@ from crysdiff.symmetry import (
     shift_one_atom_by_lattice_vector,
     supercell,
 )
-
-
-def read_csv_crystals(path, rows: int, max_atoms: int = 24):
-    from pymatgen.core import Structure
-
-    out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i, row in pd.read_csv(path, nrows=rows).iterrows():
-            crystal = validate(from_pymatgen(Structure.from_str(row["cif"], fmt="cif"), id=str(row["material_id"])))
-            if crystal.num_atoms <= max_atoms:
-                out.append(crystal)
-    return out
-
-
-@pytest.fixture(scope="module")
-def crystals(shared_data):
-    mp = read_csv_crystals(shared_data / "mp2018" / "val.csv.gz", rows=8)[:4]
-    perov = read_csv_crystals(shared_data / "perov_5" / "val.csv.gz", rows=1)
-    assert len(mp) == 4 and len(perov) == 1
-    return mp + perov
 
 
 def same_structure(a, b, **kwargs) -> bool:

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 MAX_ATOMIC_NUMBER = 118
+# how missing label values are written in the wild (CSV cells, JARVIS "na", JSON null)
+MISSING_MARKERS = frozenset({"", "na", "nan", "none", "null", "n/a"})
 
 
 class RecordError(Exception):
@@ -228,7 +230,7 @@ def _to_float(value: Any) -> float:
         return math.nan
     if isinstance(value, str):
         text = value.strip()
-        if text.lower() in ("", "na", "nan", "none", "null", "n/a"):
+        if text.lower() in MISSING_MARKERS:
             return math.nan
         try:
             return float(text)

@@ -16,6 +16,15 @@ def add_config_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=5 model.hidden_dim=64")
 
 
+def add_run_arguments(parser) -> None:
+    """Options every training verb has: output folder, resuming, parser processes, progress bars."""
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    parser.add_argument("--workers", type=int, help="parser processes for the cache (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(parser)
+
+
 def resolve_config(cls, args, **defaults):
     config = load_yaml(cls, args.config) if args.config else cls()
     if defaults:

@@ -12,9 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from crysdiff.commands._common import add_config_arguments, resolve_config, run_guarded
+from crysdiff.commands._common import add_run_arguments, resolve_config, run_guarded
 
 
 def add_arguments(parser) -> None:
@@ -24,11 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--val", nargs="*", help="validation structures (default: a seeded data.val_fraction of --data)")
     parser.add_argument("--label-fraction", type=float, default=1.0, help="use this seeded fraction of the training labels")
     parser.add_argument("--seed", type=int, help="seed (sets train.seed)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
-    parser.add_argument("--workers", type=int, help="parser processes for the cache (default: all cores)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(parser)
+    add_run_arguments(parser)
 
 
 def run(args) -> int:

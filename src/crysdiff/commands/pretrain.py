@@ -11,19 +11,14 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from crysdiff.commands._common import add_config_arguments, resolve_config, run_guarded
+from crysdiff.commands._common import add_run_arguments, resolve_config, run_guarded
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--data", nargs="+", required=True, help="training structures: files, folders, datasets")
     parser.add_argument("--val", nargs="*", help="validation structures (default: a seeded data.val_fraction of --data)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
-    parser.add_argument("--workers", type=int, help="parser processes for the cache (default: all cores)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(parser)
+    add_run_arguments(parser)
 
 
 def run(args) -> int:

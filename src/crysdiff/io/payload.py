@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from crysdiff.crystal import RecordError
+from crysdiff.crystal import MISSING_MARKERS, RecordError
 
 __all__ = ["Item", "BadItem", "read_bytes", "read_text", "decode", "as_label", "short_reason"]
 
@@ -89,7 +89,7 @@ def as_label(value: Any) -> float | None:
         return float(value)
     if isinstance(value, str):
         text = value.strip()
-        if text.lower() in ("", "na", "nan", "none", "null", "n/a"):
+        if text.lower() in MISSING_MARKERS:
             return math.nan
         try:
             return float(text)

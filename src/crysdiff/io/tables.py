@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from crysdiff.crystal import Crystal, RecordError, ValidationSettings
+from crysdiff.crystal import MISSING_MARKERS, Crystal, RecordError, ValidationSettings
 from crysdiff.io.detect import STRUCTURE_SUFFIXES, _is_poscar_name, structure_stem
 from crysdiff.io.payload import BadItem, Item, read_text
 
@@ -30,7 +30,7 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # CIF cells are far longer th
 
 ID_COLUMNS = ("material_id", "id", "mpid", "jid", "name")
 NON_LABEL_COLUMNS = {"cif", "formula", "pretty_formula", "reduced_formula", "full_formula", "composition", "structure"}
-_MISSING = {"", "na", "nan", "none", "null", "n/a"}
+_MISSING = MISSING_MARKERS
 
 
 def _read_rows(path: str) -> list[list[str]]:
