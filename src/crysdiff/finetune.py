@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -356,7 +357,9 @@ def run_finetune(
                        rank=trainer.global_rank, world_size=trainer.world_size)
     train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, **loader_args)
     val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
+    started = time.perf_counter()
     trainer.fit(task, train_loader, val_loader, ckpt_path=last_checkpoint(out_dir) if resume else None)
+    fit_seconds = time.perf_counter() - started
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and Path(best).is_file():
         task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
@@ -389,7 +392,8 @@ def run_finetune(
         normalizer=normalizer, metrics=metrics.get("val", {}),
         data={"train_sources": [str(s) for s in train_sources], "train_count": int(len(train_idx)),
               "label_fraction": label_fraction, "val_count": int(len(val_idx))},
-        training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)},
+        training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "seconds": fit_seconds,
+                  "device": str(task.device), "torch_threads": torch.get_num_threads()},
     )
     (out_dir / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curves(out_dir, ["train/loss", "val/mae"], title=f"fine-tuning on {config.target}")

@@ -8,6 +8,7 @@ checkpoint ``OUT/model.ckpt`` that fine-tuning, sampling and CSP evaluation read
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +122,9 @@ def run_pretrain(
                        rank=trainer.global_rank, world_size=trainer.world_size)
     train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, drop_last=False, **loader_args)
     val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
+    started = time.perf_counter()
     trainer.fit(task, train_loader, val_loader, ckpt_path=last_checkpoint(out_dir) if resume else None)
+    fit_seconds = time.perf_counter() - started
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and Path(best).is_file():
@@ -138,7 +141,8 @@ def run_pretrain(
         buffers=task.diffusion.state_dict(),
         data={"train": _summary(train_cache, train_idx), "val": _summary(val_cache, val_idx)},
         metrics=metrics,
-        training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)},
+        training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "seconds": fit_seconds,
+                  "device": str(task.device), "torch_threads": torch.get_num_threads()},
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curves(out_dir, ["train/loss", "val/loss", "val/loss_lattice", "val/loss_coords"], title="pre-training loss")
