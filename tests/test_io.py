@@ -353,3 +353,36 @@ def test_forced_format_on_a_folder(tmp_path, shared_data):
     assert [s.path.split("/")[-1] for s in sources] == ["b.struct"]
     with pytest.raises(ValueError, match="label table"):
         resolve([tmp_path], format="folder")
+
+
+# --- the quirks listed in ../shared/data/README.md ------------------------------------------------
+
+
+def test_mp2018_formation_energy_outliers_are_kept(shared_data):
+    """Four formation energies below -5 eV/atom are database outliers, but real records: kept, not filtered."""
+    values = [item.labels["formation_energy_per_atom"]
+              for task in plan(Source(str(shared_data / "mp2018" / "train.csv.gz"), "csv"), chunk_size=4096)
+              for item in task.items]
+    assert sum(v < -5 for v in values) == 4
+
+
+def test_jarvis_na_strings_are_missing_labels(tmp_path):
+    """JARVIS downloads write missing values as the string "na": the record stays, the label is NaN."""
+    atoms = {"lattice_mat": [[4.1, 0, 0], [0, 4.1, 0], [0, 0, 4.1]], "coords": [[0, 0, 0], [0.5, 0.5, 0.5]],
+             "elements": ["Cs", "Cl"], "cartesian": False}
+    path = tmp_path / "jarvis.json"
+    path.write_text(json.dumps([{"jid": "JVASP-1", "atoms": atoms, "optb88vdw_bandgap": "na", "mbj_bandgap": 5.1},
+                                {"jid": "JVASP-2", "atoms": {**atoms, "cartesian": True,
+                                                             "coords": [[0, 0, 0], [2.05, 2.05, 2.05]]}, "optb88vdw_bandgap": 4.2}]))
+    crystals, errors = read([path])
+    assert errors == [] and [c.id for c in crystals] == ["JVASP-1", "JVASP-2"]
+    assert math.isnan(crystals[0].labels["optb88vdw_bandgap"]) and crystals[0].labels["mbj_bandgap"] == 5.1
+    np.testing.assert_allclose(crystals[1].frac_coords, [[0, 0, 0], [0.5, 0.5, 0.5]])  # Cartesian input converted
+
+
+def test_left_handed_lattices_are_valid(shared_data):
+    """Some cells are stored left-handed (negative determinant, e.g. two ASE dcdft entries): valid crystals, kept as given."""
+    crystals, errors = read([shared_data / "prototypes" / "ase_dcdft.json"])
+    left = [c for c in crystals if np.linalg.det(c.lattice) < 0]
+    assert errors == [] and {c.id for c in left} == {"Cl", "Sb"}
+    assert all(c.volume > 0 for c in left)
