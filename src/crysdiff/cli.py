@@ -58,9 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(item: str) -> bool:
+    """``section.key=value`` or ``key=value`` (what training verbs accept as config overrides)."""
+    key, sep, _ = item.partition("=")
+    return bool(sep) and not item.startswith("-") and all(part.isidentifier() for part in key.split("."))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may stand anywhere, also after options (argparse only takes positionals
+    # in one run); anything else unknown is an error as usual
+    stray = [item for item in extra if not _is_override(item)]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
+    for name in ("data", "val"):  # overrides swallowed by a multi-value option such as --data
+        values = getattr(args, name, None)
+        if isinstance(values, list) and hasattr(args, "overrides"):
+            moved = [v for v in values if _is_override(v) and not os.path.exists(v)]
+            if moved:
+                setattr(args, name, [v for v in values if v not in moved])
+                args.overrides = list(args.overrides or []) + moved
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2

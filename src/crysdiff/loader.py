@@ -151,6 +151,14 @@ class CrystalLoader(DataLoader):
             yield batch
         sampler._served = 0
 
+    # Lightning saves and restores these with its checkpoints (a "stateful" loader), so a resumed
+    # run continues mid-epoch with exactly the batches that were left
+    def state_dict(self) -> dict:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state)
+
 
 def make_loader(cache, indices=None, *, batch_size: int = 64, max_atoms_per_batch: int | None = None, shuffle: bool = False,
                 seed: int = 0, targets: list[str] | None = None, drop_missing: bool = True, edges: EdgeSettings = EdgeSettings(),
