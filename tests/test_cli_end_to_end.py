@@ -157,6 +157,27 @@ def test_predict_cli_and_python_api(finetuned, tmp_path):
     assert len(frame) == 1 and frame["std"].iloc[0] >= 0
 
 
+def test_predict_skips_bad_records_and_fails_when_nothing_is_usable(finetuned, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "mixed"
+    shutil.copytree("examples/structures", folder)
+    (folder / "broken.cif").write_text("data_broken\n_cell_length_a 4.0\n")
+    out = tmp_path / "preds.json"
+    assert main(["predict", "--model", str(finetuned / "model.ckpt"), str(folder), "--samples", "5", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    report = json.loads(out.read_text())
+    assert len(report["predictions"]) == 10 and report["unit"] == "eV/atom"
+    assert ["broken.cif" in s["source"] + s["record"] for s in report["skipped"]] == [True]
+    assert "broken.cif" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "broken.cif").write_text("data_broken\n")
+    assert main(["predict", "--model", str(finetuned / "model.ckpt"), str(empty), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "no usable" in err and "Traceback" not in err
+
+
 def test_refine_a_finetuned_model(finetuned, perov_small, tmp_path):
     out = tmp_path / "refined"
     assert main(["finetune", "--init", str(finetuned / "model.ckpt"), "--data", str(perov_small / "val.csv"),

@@ -54,57 +54,83 @@ class Predictor:
     device: torch.device
     info: dict = field(default_factory=dict)
 
-    def _crystals(self, inputs: Iterable[Any], strict: bool) -> tuple[list, list]:
-        from crysdiff.crystal import Crystal, RecordError, ValidationSettings, validate
-        from crysdiff.io import from_structures, read
+    def _settings(self):
+        from crysdiff.crystal import ValidationSettings
 
-        settings = ValidationSettings(min_distance=self.config.data.min_distance, max_atoms=self.config.data.max_atoms)
-        crystals, errors, objects, paths = [], [], [], []
-        for item in inputs:
-            (paths if isinstance(item, (str, Path)) else objects).append(item)
-        if paths:
-            found, bad = read(paths, settings=settings, strict=strict)
-            crystals.extend(found)
-            errors.extend(bad)
+        return ValidationSettings(min_distance=self.config.data.min_distance, max_atoms=self.config.data.max_atoms)
+
+    def _objects(self, objects: list, strict: bool) -> tuple[list, list]:
+        from crysdiff.crystal import Crystal, RecordError, validate
+        from crysdiff.io import from_structures
+
+        crystals, errors = [], []
         for position, obj in enumerate(objects):
             try:
                 if isinstance(obj, Crystal):
-                    crystals.append(validate(obj, settings))
+                    crystals.append(validate(obj, self._settings()))
                 else:
-                    crystals.extend(from_structures([obj], ids=[f"input {position}"], settings=settings))
+                    crystals.extend(from_structures([obj], ids=[f"input {position}"], settings=self._settings()))
             except RecordError as error:
                 if strict:
                     raise
                 errors.append(error)
         return crystals, errors
 
+    def _batches(self, inputs: list, batch_size: int, strict: bool, progress: bool):
+        """``(batch, ids, sources)`` for the inputs, and the records that could not be read. Paths go
+        through the dataset cache (parallel parsing, memory-mapped, reused on the next call);
+        in-memory structures are collated directly."""
+        from crysdiff.batching import EdgeSettings, collate_crystals
+        from crysdiff.cache import DatasetError, load_dataset
+        from crysdiff.crystal import RecordError
+        from crysdiff.loader import make_loader
+
+        edges = EdgeSettings(max_dense_atoms=self.config.data.max_dense_atoms, knn_neighbors=self.config.data.knn_neighbors)
+        paths = [item for item in inputs if isinstance(item, (str, Path))]
+        objects = [item for item in inputs if not isinstance(item, (str, Path))]
+        errors: list = []
+        jobs = []
+        if paths:
+            try:
+                cache = load_dataset(paths, settings=self._settings(), strict=strict, progress=progress)
+            except DatasetError:
+                if not objects:
+                    raise
+                cache = None
+            if cache is not None:
+                errors += [RecordError(e["source"], e["record"], e["reason"]) for e in cache.skipped]
+                for batch in make_loader(cache, batch_size=batch_size, edges=edges):
+                    index = batch.index.tolist()
+                    jobs.append((batch, [cache.id(i) for i in index], [cache.source_of(i) for i in index]))
+        crystals, bad = self._objects(objects, strict)
+        errors += bad
+        for start in range(0, len(crystals), batch_size):
+            part = crystals[start:start + batch_size]
+            jobs.append((collate_crystals(part, edges=edges), [c.id for c in part], [c.source for c in part]))
+        return jobs, errors
+
     @torch.no_grad()
     def predict(self, inputs: Iterable[Any] | Any, *, samples: int = 100, batch_size: int = 64, seed: int = 0,
                 strict: bool = False, progress: bool = False, return_errors: bool = False):
-        """A ``pandas.DataFrame`` with one row per readable structure (bad records skipped and, with
-        ``return_errors``, returned as a second value)."""
+        """A ``pandas.DataFrame`` with one row per readable structure: the structures read from paths
+        first (in dataset order), then the in-memory ones. Bad records are skipped and, with
+        ``return_errors``, returned as a second value (a list of ``RecordError``)."""
         import pandas as pd
-
-        from crysdiff.batching import EdgeSettings, collate_crystals
 
         if isinstance(inputs, (str, Path)) or not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        crystals, errors = self._crystals(inputs, strict)
-        edges = EdgeSettings(max_dense_atoms=self.config.data.max_dense_atoms, knn_neighbors=self.config.data.knn_neighbors)
+        jobs, errors = self._batches(list(inputs), batch_size, strict, progress)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         rows = []
-        chunks = range(0, len(crystals), batch_size)
-        if progress and len(crystals) > batch_size:
+        if progress and len(jobs) > 1:
             from rich.progress import track
 
-            chunks = track(chunks, description="predicting", transient=True)
-        for start in chunks:
-            part = crystals[start:start + batch_size]
-            batch = collate_crystals(part, edges=edges).to(self.device)
-            out = self.model.predict(batch, self.diffusion, num_samples=samples, generator=generator)
-            for k, crystal in enumerate(part):
+            jobs = track(jobs, description="predicting", transient=True)
+        for batch, ids, sources in jobs:
+            out = self.model.predict(batch.to(self.device), self.diffusion, num_samples=samples, generator=generator)
+            for k, (identifier, source) in enumerate(zip(ids, sources)):
                 rows.append({
-                    "id": crystal.id, "source": crystal.source, "mean": float(out["mean"][k]), "std": float(out["std"][k]),
+                    "id": identifier, "source": source, "mean": float(out["mean"][k]), "std": float(out["std"][k]),
                     "p2.5": float(out["p2.5"][k]), "p97.5": float(out["p97.5"][k]), "unit": self.unit,
                 })
         frame = pd.DataFrame(rows, columns=["id", "source", "mean", "std", "p2.5", "p97.5", "unit"])
