@@ -11,3 +11,5 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==${CRYSDIFF_TORCH_VERSION:-2.13.0}"
 python -m pip install --quiet -e ".[test]"
 crysdiff data inspect examples/structures
+crysdiff predict --model formation_energy_per_atom examples/structures --samples 100 --out runs/examples/formation_energy_per_atom.csv
+crysdiff predict --model band_gap examples/structures --samples 100 --out runs/examples/band_gap.csv

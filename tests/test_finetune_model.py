@@ -103,3 +103,19 @@ def test_regression_head_and_eq4_variant_run():
         assert torch.isfinite(loss)
         out = model.predict(batch, diffusion, num_samples=5)
         assert out["mean"].shape == (8,) and torch.isfinite(out["mean"]).all()
+
+
+def test_lower_bound_clips_samples_and_intervals():
+    """A non-negative target (band gap) never gets a negative prediction, spread or interval end."""
+    diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=20))
+    batch, _, _, _ = toy_batch(16, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    # mean 0.1, std 1: an untrained head puts about half of all samples below zero
+    unbounded = PropertyModel(ToyEncoder(), 32, HeadConfig(hidden_dim=16), mean=0.1, std=1.0)
+    bounded = PropertyModel(ToyEncoder(), 32, HeadConfig(hidden_dim=16), mean=0.1, std=1.0, lower_bound=0.0)
+    bounded.load_state_dict(unbounded.state_dict())
+    raw = unbounded.predict(batch, diffusion, num_samples=200, generator=torch.Generator().manual_seed(1), keep_samples=True)
+    clipped = bounded.predict(batch, diffusion, num_samples=200, generator=torch.Generator().manual_seed(1), keep_samples=True)
+    assert (raw["samples"] < 0).float().mean() > 0.2
+    assert torch.equal(clipped["samples"], raw["samples"].clamp_min(0.0))
+    assert (clipped["p2.5"] >= 0).all() and (clipped["mean"] > raw["mean"]).all()

@@ -77,10 +77,15 @@ class PropertyModel(nn.Module):
             :class:`crysdiff.denoiser.CrysDiffEncoder`).
         hidden_dim: ``H``.
         head: the head config; ``mean``/``std``: the training target statistics.
+        lower_bound: if set, predicted samples are clipped from below at this value (original units)
+            before the mean, spread and interval are taken: ``0`` for targets whose training values
+            are all non-negative (band gaps, moduli), so no prediction or interval is unphysical.
     """
 
-    def __init__(self, encoder: nn.Module, hidden_dim: int, head: HeadConfig, mean: float = 0.0, std: float = 1.0):
+    def __init__(self, encoder: nn.Module, hidden_dim: int, head: HeadConfig, mean: float = 0.0, std: float = 1.0,
+                 lower_bound: float | None = None):
         super().__init__()
+        self.lower_bound = lower_bound
         self.encoder = encoder
         self.head_config = head
         if head.kind == "regression":
@@ -145,6 +150,8 @@ class PropertyModel(nn.Module):
         features = self.encode(batch)  # the structure is fixed: encode once
         if not self.is_diffusion:
             mean = self.destandardise(self.head(features).double())
+            if self.lower_bound is not None:
+                mean = mean.clamp_min(self.lower_bound)
             nan = torch.full_like(mean, float("nan"))
             return {"mean": mean, "std": nan, "p2.5": nan, "p97.5": nan}
         mu = self.prior_mean(features).double()
@@ -161,6 +168,8 @@ class PropertyModel(nn.Module):
 
             samples = diffusion.sample(eps_model, mu, num_samples, generator=generator)
         samples = self.destandardise(samples)  # [B, S]
+        if self.lower_bound is not None:
+            samples = samples.clamp_min(self.lower_bound)
         out = {
             "mean": samples.mean(dim=1),
             "std": samples.std(dim=1) if num_samples > 1 else torch.zeros(samples.shape[0], dtype=samples.dtype),
@@ -175,8 +184,10 @@ class PropertyModel(nn.Module):
 # --- the Lightning task and the run -----------------------------------------------------------------
 
 
-def build_property_model(config: FinetuneConfig, mean: float = 0.0, std: float = 1.0) -> PropertyModel:
-    return PropertyModel(CrysDiffEncoder(config.model), config.model.hidden_dim, config.head, mean=mean, std=std)
+def build_property_model(config: FinetuneConfig, mean: float = 0.0, std: float = 1.0,
+                         lower_bound: float | None = None) -> PropertyModel:
+    return PropertyModel(CrysDiffEncoder(config.model), config.model.hidden_dim, config.head, mean=mean, std=std,
+                         lower_bound=lower_bound)
 
 
 def regression_metrics(y: np.ndarray, mean: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
@@ -345,7 +356,9 @@ def run_finetune(
     column = train_cache.label_names.index(config.target)
     y_train = np.asarray(train_cache.labels[train_idx, column], dtype=np.float64)
     mean, std = float(y_train.mean()), float(y_train.std() or 1.0)
+    lower_bound = 0.0 if y_train.min() >= 0 else None  # a non-negative target never gets negative predictions
     config, model, init_info = _initial_model(config, init, mean, std)
+    model.lower_bound = lower_bound
     save_yaml(config, out_dir / "config.yaml")
     unit = train_cache.units.get(config.target, "")
 
@@ -367,7 +380,7 @@ def run_finetune(
     # final validation with the prediction settings users get (S samples, full chain)
     metrics: dict = {"target": config.target, "unit": unit, "train_count": int(len(train_idx)),
                      "train_missing_dropped": dropped, "val_missing_dropped": dropped_val, **init_info}
-    normalizer = {"target": config.target, "unit": unit, "mean": mean, "std": std}
+    normalizer = {"target": config.target, "unit": unit, "mean": mean, "std": std, "lower_bound": lower_bound}
     if init_info.get("init_kind") == "finetune":
         normalizer.update(mean=float(model.y_mean), std=float(model.y_std))
     if len(val_idx):

@@ -143,7 +143,7 @@ def load(model: str | Path, device: str | torch.device | None = None) -> Predict
     payload = load_checkpoint(path, kind="finetune")
     config = from_dict(FinetuneConfig, payload["config"])
     normalizer = payload["normalizer"]
-    network = build_property_model(config, normalizer["mean"], normalizer["std"])
+    network = build_property_model(config, normalizer["mean"], normalizer["std"], normalizer.get("lower_bound"))
     network.load_state_dict(payload["state_dict"], strict=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Predictor(
