@@ -15,7 +15,7 @@ A crysdiff checkpoint is a ``torch.save`` of plain containers (no pickled classe
     }
 
 Writes are atomic (temporary file + ``os.replace``): an interrupted save never corrupts an earlier
-checkpoint.
+checkpoint. In a distributed run only global rank 0 writes (every rank holds the same weights).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def save_checkpoint(path: str | Path, *, kind: str, config: dict, state_dict: di
     from crysdiff import __version__
 
     path = Path(path)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": "crysdiff",

@@ -51,6 +51,10 @@ class TrainConfig:
             after ``warmup_steps`` of linear warm-up.
         max_epochs, max_steps, max_time_minutes: stop at whichever comes first (``0`` = no limit).
         grad_clip: gradient norm clip (``0`` = off).
+        ema_decay: decay of the exponential moving average of the weights (``0`` = off). Validation,
+            the saved checkpoints and the exported model use the averaged weights; the decay is
+            warmed up as ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates so short runs are
+            not dominated by the initial weights.
         seed: seeds the model initialisation, data order and diffusion noise.
         val_every_steps: validation interval in optimiser steps (``0`` = once per epoch); the model is
             also validated once more when training stops.
@@ -58,7 +62,8 @@ class TrainConfig:
         num_workers: data-loading worker processes.
         accelerator, devices, num_nodes, strategy, precision: passed to Lightning's ``Trainer``
             (``devices="auto"`` uses every GPU; several nodes work with ``num_nodes`` and a launcher
-            such as SLURM or torchrun).
+            such as SLURM or torchrun). ``precision="auto"`` is ``bf16-mixed`` on a CUDA GPU that
+            supports it and ``32-true`` otherwise.
     """
 
     batch_size: int = 64
@@ -71,6 +76,7 @@ class TrainConfig:
     max_steps: int = 0
     max_time_minutes: float = 0.0
     grad_clip: float = 1.0
+    ema_decay: float = 0.999
     seed: int = 0
     val_every_steps: int = 0
     log_every_steps: int = 10
@@ -79,7 +85,7 @@ class TrainConfig:
     devices: str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)

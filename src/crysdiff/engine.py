@@ -22,7 +22,7 @@ import torch
 
 from crysdiff.config import TrainConfig
 
-__all__ = ["make_trainer", "configure_adamw", "plot_curves", "last_checkpoint"]
+__all__ = ["make_trainer", "configure_adamw", "plot_curves", "last_checkpoint", "resolve_precision", "ema_callback"]
 
 
 def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_steps: int):
@@ -39,6 +39,43 @@ def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def resolve_precision(config: TrainConfig) -> str:
+    """``config.precision``, with ``"auto"`` made ``bf16-mixed`` on a bf16-capable CUDA GPU, else ``32-true``."""
+    if config.precision != "auto":
+        return config.precision
+    on_gpu = config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def ema_callback(decay: float):
+    """Lightning's EMA callback with a warmed-up decay (see ``TrainConfig.ema_decay``), or ``None``."""
+    if not decay:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in (0, 1) or 0 for off, found {decay}")
+    from lightning.pytorch.callbacks import WeightAveraging
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    class _EMA(WeightAveraging):
+        # Lightning swaps the averaged weights in for every validation loop. Only do that while
+        # fitting: a later ``trainer.validate`` must see the weights the caller loaded (the export).
+        def on_validation_epoch_start(self, trainer, pl_module):
+            if trainer.state.fn == TrainerFn.FITTING:
+                super().on_validation_epoch_start(trainer, pl_module)
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if trainer.state.fn == TrainerFn.FITTING:
+                super().on_validation_epoch_end(trainer, pl_module)
+
+    def ema(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        beta = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged + (current - averaged) * (1.0 - beta)
+
+    # buffers (diffusion constants, target statistics) are constants: they are not averaged
+    return _EMA(avg_fn=ema, use_buffers=False)
 
 
 def _loggers(out_dir: Path):
@@ -72,6 +109,9 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
         ),
         LearningRateMonitor(logging_interval="step"),
     ]
+    ema = ema_callback(config.ema_decay)
+    if ema is not None:
+        callbacks.append(ema)
     if progress:
         try:
             from lightning.pytorch.callbacks import RichProgressBar
@@ -96,7 +136,7 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
         devices=devices,
         num_nodes=config.num_nodes,
         strategy=config.strategy,
-        precision=config.precision,
+        precision=resolve_precision(config),
         logger=_loggers(out_dir),
         callbacks=callbacks,
         enable_progress_bar=progress,
