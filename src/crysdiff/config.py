@@ -59,6 +59,8 @@ class TrainConfig:
         val_every_steps: validation interval in optimiser steps (``0`` = once per epoch); the model is
             also validated once more when training stops.
         log_every_steps: interval of the training-loss rows in ``OUT/logs/metrics.csv``.
+        checkpoint_every_steps: also write ``OUT/checkpoints/last.ckpt`` every this many optimiser
+            steps (``0`` = only at the end of each epoch), so a killed run loses at most that much.
         num_workers: data-loading worker processes.
         accelerator, devices, num_nodes, strategy, precision: passed to Lightning's ``Trainer``
             (``devices="auto"`` uses every GPU; several nodes work with ``num_nodes`` and a launcher
@@ -80,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     val_every_steps: int = 0
     log_every_steps: int = 10
+    checkpoint_every_steps: int = 500
     num_workers: int = 0
     accelerator: str = "auto"
     devices: str = "auto"

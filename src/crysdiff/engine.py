@@ -78,10 +78,11 @@ def ema_callback(decay: float):
     return _EMA(avg_fn=ema, use_buffers=False)
 
 
-def _loggers(out_dir: Path):
+def _loggers(out_dir: Path, flush_every: int):
     from lightning.pytorch.loggers import CSVLogger
 
-    loggers = [CSVLogger(str(out_dir), name="logs", version="")]
+    # flushed as often as rows are logged: a killed run keeps its log up to the kill
+    loggers = [CSVLogger(str(out_dir), name="logs", version="", flush_logs_every_n_steps=max(1, flush_every))]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -92,12 +93,26 @@ def _loggers(out_dir: Path):
     return loggers
 
 
+def _keep_earlier_log(out_dir: Path) -> None:
+    """Lightning's CSV logger deletes an existing ``metrics.csv``; a resumed run keeps it as the next
+    ``metrics-partK.csv`` (``read_metrics`` joins the parts in order)."""
+    log = out_dir / "logs" / "metrics.csv"
+    if log.is_file():
+        k = 1
+        while (out_dir / "logs" / f"metrics-part{k}.csv").exists():
+            k += 1
+        log.rename(out_dir / "logs" / f"metrics-part{k}.csv")
+
+
 def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "val/loss", progress: bool = True,
-                 has_validation: bool = True) -> L.Trainer:
-    """A ``Trainer`` writing logs and checkpoints under ``out_dir``."""
+                 has_validation: bool = True, resume: bool = False) -> L.Trainer:
+    """A ``Trainer`` writing logs and checkpoints under ``out_dir`` (``resume``: keep the earlier log)."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     out_dir = Path(out_dir)
+    if resume and rank_zero_only.rank == 0:
+        _keep_earlier_log(out_dir)
     callbacks = [
         ModelCheckpoint(
             dirpath=str(out_dir / "checkpoints"),
@@ -109,6 +124,9 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
         ),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if config.checkpoint_every_steps > 0:  # mid-epoch resume points (the loader's position is saved too)
+        callbacks.append(ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0,
+                                         every_n_train_steps=config.checkpoint_every_steps))
     ema = ema_callback(config.ema_decay)
     if ema is not None:
         callbacks.append(ema)
@@ -137,7 +155,7 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
         num_nodes=config.num_nodes,
         strategy=config.strategy,
         precision=resolve_precision(config),
-        logger=_loggers(out_dir),
+        logger=_loggers(out_dir, config.log_every_steps),
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -156,10 +174,18 @@ def last_checkpoint(out_dir: str | Path) -> str | None:
 
 
 def read_metrics(out_dir: str | Path) -> list[dict[str, float]]:
-    """Rows of ``OUT/logs/metrics.csv`` with numeric values (empty cells dropped)."""
-    path = Path(out_dir) / "logs" / "metrics.csv"
-    if not path.is_file():
-        return []
+    """Rows of ``OUT/logs/metrics.csv`` with numeric values (empty cells dropped), preceded by those of
+    the logs of earlier, interrupted segments of the run (``metrics-part1.csv``, ...)."""
+    logs = Path(out_dir) / "logs"
+    parts = sorted(logs.glob("metrics-part*.csv"), key=lambda p: int(p.stem.removeprefix("metrics-part") or 0))
+    rows = []
+    for path in [*parts, logs / "metrics.csv"]:
+        if path.is_file():
+            rows.extend(_read_log(path))
+    return rows
+
+
+def _read_log(path: Path) -> list[dict[str, float]]:
     rows = []
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
