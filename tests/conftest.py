@@ -51,3 +51,11 @@ def crystals(shared_data):
     perov = read_csv_crystals(shared_data / "perov_5" / "val.csv.gz", rows=1)
     assert len(mp) == 4 and len(perov) == 1
     return mp + perov
+
+
+def pytest_configure(config):
+    # The test models are tiny: one thread is faster for them than torch's default, and it keeps the
+    # suite fast when another process (a training run, a second test job) shares the cores.
+    import torch
+
+    torch.set_num_threads(1)

@@ -47,10 +47,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["DenoiserConfig", "CrysDiffEncoder", "CrysDiffDenoiser", "gram_features", "time_embedding"]
+__all__ = ["DenoiserConfig", "CrysDiffEncoder", "CrysDiffDenoiser", "build_encoder", "gram_features", "time_embedding"]
 
 _ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
 _GRAM_ROWS, _GRAM_COLS = (0, 1, 2, 0, 0, 1), (0, 1, 2, 1, 2, 2)
+ENCODER_KINDS = ("equivariant", "cartesian")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class DenoiserConfig:
         max_atomic_number: largest Z the atom embedding accepts.
         activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
         layer_norm: LayerNorm on the atom states before each layer and before the heads.
+        kind: ``"equivariant"`` (default, :class:`CrysDiffEncoder`, invariant to rotations of the
+            lattice) or ``"cartesian"`` (:class:`crysdiff.cartesian.CartesianEncoder`, a
+            non-equivariant cousin of the same width and depth fed Cartesian vectors: the ablation
+            "without the equivariant encoder").
     """
 
     hidden_dim: int = 128
@@ -74,10 +79,13 @@ class DenoiserConfig:
     max_atomic_number: int = 118
     activation: str = "silu"
     layer_norm: bool = True
+    kind: str = "equivariant"
 
     def __post_init__(self):
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}: expected one of {sorted(_ACTIVATIONS)}")
+        if self.kind not in ENCODER_KINDS:
+            raise ValueError(f"unknown encoder kind {self.kind!r}: expected one of {', '.join(ENCODER_KINDS)}")
 
 
 def time_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype, max_period: float = 10000.0) -> torch.Tensor:
@@ -192,14 +200,28 @@ class CrysDiffEncoder(nn.Module):
         return self.final_norm(h)
 
 
+def build_encoder(config: DenoiserConfig) -> nn.Module:
+    """The encoder named by ``config.kind``: ``(batch, frac_coords, lattice, t) -> [N, H]``."""
+    if config.kind == "cartesian":
+        from crysdiff.cartesian import CartesianEncoder  # built from this module's pieces, so imported late
+
+        return CartesianEncoder(config)
+    return CrysDiffEncoder(config)
+
+
 class CrysDiffDenoiser(nn.Module):
-    """Encoder plus the lattice-noise and coordinate-score heads (paper Eq. 3)."""
+    """Encoder plus the lattice-noise and coordinate-score heads (paper Eq. 3).
+
+    The encoder is the one named by ``config.kind`` (:func:`build_encoder`); the heads are the same
+    for both kinds. With the non-equivariant encoder ``eps_lattice`` no longer rotates with the
+    lattice, since ``M(mean h)`` then depends on the orientation.
+    """
 
     def __init__(self, config: DenoiserConfig = DenoiserConfig()):
         super().__init__()
         self.config = config
         hidden = config.hidden_dim
-        self.encoder = CrysDiffEncoder(config)
+        self.encoder = build_encoder(config)
         self.lattice_head = _mlp(hidden, hidden, 9, config.activation)
         self.score_head = _mlp(hidden, hidden, 3, config.activation)
 

@@ -24,6 +24,12 @@ denoiser's ``score_frac`` is the score *in units of its RMS at that step*: the s
 ``lambda_t |score - eps_F_hat|² = |sqrt(lambda_t) score - score_frac|²``. Samplers convert back with
 :meth:`JointDiffusion.score_from_model`.
 
+**Modes** (``DiffusionConfig.mode``). ``"joint"`` (the paper) noises both fields at the same step.
+``"lattice"`` and ``"coords"`` are the ablation "without joint diffusion": only that field is
+noised and scored, the other is passed to the model clean and its loss term is not computed. Two
+such models, pre-trained separately, are combined in fine-tuning (``FinetuneConfig.extra_init``).
+A one-field model cannot generate structures, so the sampler refuses it.
+
 Time steps are integers ``t`` in ``1..T``; index 0 of every table is the clean end
 (``alpha_bar_0 = 1``, ``sigma_0 = 0``). This module holds no learnable parameters; its tables are
 buffers so that they travel in ``state_dict`` and follow ``.to(device)``.
@@ -40,6 +46,7 @@ from torch import nn
 from crysdiff.card import beta_schedule
 
 __all__ = [
+    "DIFFUSION_MODES",
     "DiffusionConfig",
     "JointDiffusion",
     "wrap",
@@ -48,6 +55,9 @@ __all__ = [
     "sigma_schedule",
     "score_norm_weights",
 ]
+
+
+DIFFUSION_MODES = ("joint", "lattice", "coords")
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class DiffusionConfig:
         lambda_grid: points of the periodic trapezoid rule that computes ``lambda_t``; the rule is
             spectrally accurate once the spacing is a few times below ``sigma_min``.
         coord_loss_weight, lattice_loss_weight: weights of ``L_F`` and ``L_L`` in the total loss.
+        mode: ``"joint"`` (default: both fields), ``"lattice"`` or ``"coords"`` (only that field is
+            diffused; the ablation "without joint diffusion").
     """
 
     timesteps: int = 1000
@@ -78,6 +90,11 @@ class DiffusionConfig:
     lambda_grid: int = 2048
     coord_loss_weight: float = 1.0
     lattice_loss_weight: float = 1.0
+    mode: str = "joint"
+
+    def __post_init__(self):
+        if self.mode not in DIFFUSION_MODES:
+            raise ValueError(f"unknown diffusion mode {self.mode!r}: expected one of {', '.join(DIFFUSION_MODES)}")
 
 
 def wrap(frac_coords: torch.Tensor) -> torch.Tensor:
@@ -214,21 +231,32 @@ class JointDiffusion(nn.Module):
         coordinates rather than summing puts both terms on the same scale: a model that outputs
         zeros scores ~1 on each.
 
+        With ``mode="lattice"`` (``"coords"``) the coordinates (lattice) stay clean and only the
+        other term is computed and returned.
+
         Returns:
-            ``dict(loss, loss_lattice, loss_coords)``, scalars.
+            ``dict(loss, loss_lattice, loss_coords)`` (the terms of the mode), scalars.
         """
         lattice0, frac0 = batch.lattice, batch.frac_coords
         num_crystals = lattice0.shape[0]
         device, dtype = lattice0.device, lattice0.dtype
+        noise_lattice, noise_coords = self.config.mode in ("joint", "lattice"), self.config.mode in ("joint", "coords")
         t = self.sample_timesteps(num_crystals, device=device, generator=generator)  # [B]
         t_atom = t[batch.batch]  # [N]
-        eps_lattice = torch.randn(lattice0.shape, generator=generator, device=device, dtype=dtype)
-        eps_frac = torch.randn(frac0.shape, generator=generator, device=device, dtype=dtype)
-        lattice_t = self.noise_lattice(lattice0, t, eps_lattice)
-        frac_t, score = self.noise_frac(frac0, t_atom, eps_frac)
+        lattice_t, frac_t = lattice0, frac0
+        if noise_lattice:
+            eps_lattice = torch.randn(lattice0.shape, generator=generator, device=device, dtype=dtype)
+            lattice_t = self.noise_lattice(lattice0, t, eps_lattice)
+        if noise_coords:
+            eps_frac = torch.randn(frac0.shape, generator=generator, device=device, dtype=dtype)
+            frac_t, score = self.noise_frac(frac0, t_atom, eps_frac)
         out = model(batch, frac_t, lattice_t, t)
-        loss_lattice = ((out["eps_lattice"] - eps_lattice) ** 2).mean()
-        target = score * self._at(self.lambda_t, t_atom, score).sqrt()[:, None]  # [N, 3], ~unit RMS
-        loss_coords = ((out["score_frac"] - target) ** 2).mean()
-        loss = self.config.lattice_loss_weight * loss_lattice + self.config.coord_loss_weight * loss_coords
-        return {"loss": loss, "loss_lattice": loss_lattice, "loss_coords": loss_coords}
+        terms = {}
+        if noise_lattice:
+            terms["loss_lattice"] = ((out["eps_lattice"] - eps_lattice) ** 2).mean()
+        if noise_coords:
+            target = score * self._at(self.lambda_t, t_atom, score).sqrt()[:, None]  # [N, 3], ~unit RMS
+            terms["loss_coords"] = ((out["score_frac"] - target) ** 2).mean()
+        weights = {"loss_lattice": self.config.lattice_loss_weight, "loss_coords": self.config.coord_loss_weight}
+        loss = sum(weights[name] * value for name, value in terms.items())
+        return {"loss": loss, **terms}

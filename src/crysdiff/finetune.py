@@ -1,18 +1,14 @@
-"""Fine-tuning (paper Alg. 2) and prediction with uncertainty (Alg. 3).
+"""Fine-tuning (paper Alg. 2): the config, the Lightning task and the run.
 
-A :class:`PropertyModel` is the pre-trained encoder plus a property head (composition, not a copied
-class): the encoder reads the clean structure once, its atom states are mean-pooled into
-``crystal_features`` ``[B, H]``, and the head runs the CARD chain on the standardised target.
+The network itself (encoder + property head, Alg. 2 loss, Alg. 3 prediction) is
+:class:`crysdiff.property_model.PropertyModel`. This module builds it from a config and an
+``--init`` checkpoint (a pre-training one, whose encoder is kept; a fine-tuned one, refined as a
+whole; or none), trains it and writes a self-contained checkpoint that :func:`crysdiff.load` reads.
 
-* Training (Alg. 2): ``y_0`` standardised with the training mean and std (stored in the
-  checkpoint), ``t ~ U{1..T}``, ``y_t = √ᾱ_t y_0 + (1 − √ᾱ_t) μ + √(1 − ᾱ_t) ε`` and the loss is
-  ``|ε − ε̂(z, y_t, μ, t)|²``. The prior mean ``μ`` is the training mean (``0`` in standardised
-  units, the paper) or CARD's learned prior ``f(x)`` (a regression head trained with L1 alongside).
-* Inference (Alg. 3): the encoder runs once per crystal; the ``T``-step chain runs for all ``S``
-  samples through the head only (for affine heads the head runs once per crystal and step, see
-  :meth:`crysdiff.card.PropertyDiffusion.sample_affine`). The mean of the samples is the
-  prediction; their standard deviation and 2.5/97.5 percentiles are the uncertainty.
-* ``head.kind = "regression"``: the plain L1 regression baseline on the same encoder.
+The ablations of paper Fig. 5 are config fields of this one implementation: ``freeze_encoder``
+(without updating the encoder), ``extra_init`` (without joint diffusion: average a second
+pre-trained encoder), ``fix_structure=false`` (without fixing structures) and, at pre-training,
+``model.kind=cartesian`` (without the equivariant encoder).
 """
 
 from __future__ import annotations
@@ -26,14 +22,16 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch import nn
 
 from crysdiff.card import PropertyDiffusion, PropertyDiffusionConfig
 from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
-from crysdiff.denoiser import CrysDiffEncoder, DenoiserConfig
-from crysdiff.heads import HeadConfig, RegressionHead, build_noise_head
+from crysdiff.denoiser import DenoiserConfig, build_encoder
+from crysdiff.diffusion import DiffusionConfig, JointDiffusion
+from crysdiff.heads import HeadConfig
+from crysdiff.property_model import AveragedEncoder, PropertyModel, pool_mean
 
-__all__ = ["FinetuneConfig", "PropertyModel", "FinetuneTask", "pool_mean", "run_finetune", "build_property_model", "regression_metrics"]
+__all__ = ["FinetuneConfig", "PropertyModel", "FinetuneTask", "pool_mean", "run_finetune", "build_property_model",
+           "build_structure_diffusion", "regression_metrics"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,18 @@ class FinetuneConfig:
         freeze_encoder: keep the pre-trained encoder fixed (ablation "without updating the encoder").
         encoder_lr_ratio: the encoder's learning rate relative to the head's.
         eval_samples: samples per crystal when validating (prediction uses ``--samples``).
+        extra_init: a second pre-training checkpoint (same ``model`` settings as ``--init``): the
+            encoder becomes the mean of both pre-trained encoders' atom states, both trained
+            (ablation "without joint diffusion": ``--init`` pre-trained with ``diffusion.mode=lattice``,
+            this one with ``diffusion.mode=coords``). Its weights are copied into the fine-tuned
+            checkpoint, which needs neither file afterwards.
+        fix_structure: ``True`` (the paper): the encoder reads the clean structure. ``False``
+            (ablation "without fixing structures"): the structure is diffused with ``y`` by
+            ``structure_diffusion``, see :mod:`crysdiff.property_model`.
+        structure_encodings: with ``fix_structure=false``, encoder passes per crystal at inference
+            (the chain's steps are cut into this many blocks, each with one noised structure).
+        structure_diffusion: the structure diffusion of pre-training (taken from the ``--init``
+            checkpoint); used only with ``fix_structure=false``.
     """
 
     target: str = ""
@@ -59,126 +69,10 @@ class FinetuneConfig:
     freeze_encoder: bool = False
     encoder_lr_ratio: float = 1.0
     eval_samples: int = 20
-
-
-def pool_mean(node_features: torch.Tensor, batch_index: torch.Tensor, num_crystals: int) -> torch.Tensor:
-    """``[B, H]`` mean of ``[N, H]`` atom states per crystal."""
-    out = torch.zeros(num_crystals, node_features.shape[1], dtype=node_features.dtype, device=node_features.device)
-    out.index_add_(0, batch_index, node_features)
-    counts = torch.bincount(batch_index, minlength=num_crystals).clamp(min=1).to(node_features.dtype)
-    return out / counts[:, None]
-
-
-class PropertyModel(nn.Module):
-    """Encoder + property head, with the target's standardisation as buffers.
-
-    Args:
-        encoder: a module ``(batch, frac_coords, lattice, t) -> [N, H]`` (the pre-trained
-            :class:`crysdiff.denoiser.CrysDiffEncoder`).
-        hidden_dim: ``H``.
-        head: the head config; ``mean``/``std``: the training target statistics.
-        lower_bound: if set, predicted samples are clipped from below at this value (original units)
-            before the mean, spread and interval are taken: ``0`` for targets whose training values
-            are all non-negative (band gaps, moduli), so no prediction or interval is unphysical.
-    """
-
-    def __init__(self, encoder: nn.Module, hidden_dim: int, head: HeadConfig, mean: float = 0.0, std: float = 1.0,
-                 lower_bound: float | None = None):
-        super().__init__()
-        self.lower_bound = lower_bound
-        self.encoder = encoder
-        self.head_config = head
-        if head.kind == "regression":
-            self.head = RegressionHead(hidden_dim, head.hidden_dim, head.dropout)
-        else:
-            self.head = build_noise_head(hidden_dim, head)
-        self.prior = RegressionHead(hidden_dim, head.hidden_dim, head.dropout) if head.prior == "learned" else None
-        self.register_buffer("y_mean", torch.tensor(float(mean), dtype=torch.float64))
-        self.register_buffer("y_std", torch.tensor(float(std), dtype=torch.float64))
-
-    @property
-    def is_diffusion(self) -> bool:
-        return self.head_config.kind != "regression"
-
-    def encode(self, batch) -> torch.Tensor:
-        """``crystal_features`` ``[B, H]`` of the clean structures (time step 0)."""
-        num_crystals = batch.num_atoms.shape[0]
-        t = torch.zeros(num_crystals, dtype=torch.long, device=batch.frac_coords.device)
-        nodes = self.encoder(batch, batch.frac_coords, batch.lattice, t)  # [N, H]
-        return pool_mean(nodes, batch.batch, num_crystals)
-
-    def standardise(self, y: torch.Tensor) -> torch.Tensor:
-        return (y - self.y_mean.to(y.dtype)) / self.y_std.to(y.dtype)
-
-    def destandardise(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.y_std.to(y.dtype) + self.y_mean.to(y.dtype)
-
-    def prior_mean(self, features: torch.Tensor) -> torch.Tensor:
-        """``μ`` ``[B]`` in standardised units: 0 (the training mean) or the learned ``f(x)``."""
-        if self.prior is None:
-            return torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
-        return self.prior(features)
-
-    def loss(self, batch, y: torch.Tensor, diffusion: PropertyDiffusion, generator: torch.Generator | None = None) -> dict:
-        """Alg. 2 for targets ``y`` ``[B]`` (original units). Returns ``loss`` and its parts."""
-        features = self.encode(batch)
-        y0 = self.standardise(y).to(features.dtype)
-        if not self.is_diffusion:
-            loss = (self.head(features) - y0).abs().mean()
-            return {"loss": loss, "loss_regression": loss.detach()}
-        out = {}
-        mu = self.prior_mean(features)
-        loss = 0.0
-        if self.prior is not None:
-            prior_loss = (mu - y0).abs().mean()
-            out["loss_prior"] = prior_loss.detach()
-            loss = loss + prior_loss
-            mu = mu.detach()  # the noise head conditions on f(x); f(x) learns from its own L1 loss
-        t = diffusion.sample_timesteps(y0.shape[0], device=y0.device, generator=generator)
-        noise = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
-        y_t = diffusion.add_noise(y0, mu, t, noise)
-        eps_hat = self.head(features, y_t, mu, t)
-        noise_loss = ((eps_hat - noise) ** 2).mean()
-        out["loss_noise"] = noise_loss.detach()
-        out["loss"] = loss + noise_loss
-        return out
-
-    @torch.no_grad()
-    def predict(self, batch, diffusion: PropertyDiffusion, num_samples: int = 100, generator: torch.Generator | None = None,
-                keep_samples: bool = False) -> dict[str, torch.Tensor]:
-        """Predictions in original units: ``mean``, ``std``, ``p2.5``, ``p97.5`` ``[B]`` (and ``samples`` ``[B, S]``)."""
-        features = self.encode(batch)  # the structure is fixed: encode once
-        if not self.is_diffusion:
-            mean = self.destandardise(self.head(features).double())
-            if self.lower_bound is not None:
-                mean = mean.clamp_min(self.lower_bound)
-            nan = torch.full_like(mean, float("nan"))
-            return {"mean": mean, "std": nan, "p2.5": nan, "p97.5": nan}
-        mu = self.prior_mean(features).double()
-        if hasattr(self.head, "chain_coefficients"):
-            coeffs = self.head.chain_coefficients(features, diffusion.timesteps).double()  # [B, T+1, 3]
-            samples = diffusion.sample_affine(coeffs, mu, num_samples, generator=generator)
-        else:
-            def eps_model(y_t, t):  # [B, S] -> [B, S]: the head on every sample, structure fixed
-                batch_size, samples_per = y_t.shape
-                z = features[:, None, :].expand(-1, samples_per, -1).reshape(batch_size * samples_per, -1)
-                t_vec = torch.full((batch_size * samples_per,), t, dtype=torch.long, device=y_t.device)
-                mu_flat = mu[:, None].expand(-1, samples_per).reshape(-1).to(z.dtype)
-                return self.head(z, y_t.reshape(-1).to(z.dtype), mu_flat, t_vec).reshape(batch_size, samples_per).double()
-
-            samples = diffusion.sample(eps_model, mu, num_samples, generator=generator)
-        samples = self.destandardise(samples)  # [B, S]
-        if self.lower_bound is not None:
-            samples = samples.clamp_min(self.lower_bound)
-        out = {
-            "mean": samples.mean(dim=1),
-            "std": samples.std(dim=1) if num_samples > 1 else torch.zeros(samples.shape[0], dtype=samples.dtype),
-            "p2.5": torch.quantile(samples, 0.025, dim=1),
-            "p97.5": torch.quantile(samples, 0.975, dim=1),
-        }
-        if keep_samples:
-            out["samples"] = samples
-        return out
+    extra_init: str = ""
+    fix_structure: bool = True
+    structure_encodings: int = 20
+    structure_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 
 # --- the Lightning task and the run -----------------------------------------------------------------
@@ -186,8 +80,16 @@ class PropertyModel(nn.Module):
 
 def build_property_model(config: FinetuneConfig, mean: float = 0.0, std: float = 1.0,
                          lower_bound: float | None = None) -> PropertyModel:
-    return PropertyModel(CrysDiffEncoder(config.model), config.model.hidden_dim, config.head, mean=mean, std=std,
-                         lower_bound=lower_bound)
+    """A (randomly initialised) :class:`PropertyModel` of the shape ``config`` describes."""
+    encoder = build_encoder(config.model)
+    if config.extra_init:
+        encoder = AveragedEncoder([encoder, build_encoder(config.model)])
+    return PropertyModel(encoder, config.model.hidden_dim, config.head, mean=mean, std=std, lower_bound=lower_bound)
+
+
+def build_structure_diffusion(config: FinetuneConfig) -> JointDiffusion | None:
+    """The structure diffusion that fine-tuning and prediction use: ``None`` when the structure is fixed."""
+    return None if config.fix_structure else JointDiffusion(config.structure_diffusion)
 
 
 def regression_metrics(y: np.ndarray, mean: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
@@ -217,6 +119,9 @@ class FinetuneTask(L.LightningModule):
         self.config = config
         self.model = model
         self.diffusion = PropertyDiffusion(config.property)
+        self.structure_diffusion = build_structure_diffusion(config)  # None: the structure is fixed
+        if self.structure_diffusion is not None:
+            model.check_unfixed_structures()  # fail before training, not at its first step
         if config.freeze_encoder:
             for p in self.model.encoder.parameters():
                 p.requires_grad_(False)
@@ -228,7 +133,7 @@ class FinetuneTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if self.config.freeze_encoder:
             self.model.encoder.eval()
-        out = self.model.loss(batch, self._target(batch), self.diffusion)
+        out = self.model.loss(batch, self._target(batch), self.diffusion, structure_diffusion=self.structure_diffusion)
         size = int(batch.num_atoms.shape[0])
         for key, value in out.items():
             self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=size)
@@ -239,7 +144,8 @@ class FinetuneTask(L.LightningModule):
         self._generator = torch.Generator(device=self.device).manual_seed(777)
 
     def validation_step(self, batch, batch_idx):
-        pred = self.model.predict(batch, self.diffusion, num_samples=self.config.eval_samples, generator=self._generator)
+        pred = self.model.predict(batch, self.diffusion, num_samples=self.config.eval_samples, generator=self._generator,
+                                  structure_diffusion=self.structure_diffusion, structure_encodings=self.config.structure_encodings)
         y = self._target(batch)
         self._val.append((y.cpu(), pred["mean"].cpu()))
         self.log("val/mae", (pred["mean"] - y).abs().mean(), prog_bar=True, batch_size=y.shape[0], sync_dist=True)
@@ -261,23 +167,45 @@ def _select_labelled(cache, indices: np.ndarray, target: str) -> tuple[np.ndarra
     return indices[keep], int((~keep).sum())
 
 
+def _encoder_state(payload: dict) -> dict:
+    return {k[len("encoder."):]: v for k, v in payload["state_dict"].items() if k.startswith("encoder.")}
+
+
 def _initial_model(config: FinetuneConfig, init: str | None, mean: float, std: float) -> tuple[FinetuneConfig, PropertyModel, dict]:
-    """The model to fine-tune: encoder from a pre-training checkpoint, a whole fine-tuned model, or random."""
+    """The model to fine-tune: encoder(s) from pre-training checkpoints, a whole fine-tuned model, or random."""
     from crysdiff.checkpoint import load_checkpoint
 
     if init is None:
+        if config.extra_init:
+            raise ValueError(f"extra_init={config.extra_init} needs --init: the first of the two pre-training checkpoints")
         return config, build_property_model(config, mean, std), {"init": "random"}
     payload = load_checkpoint(init, kind=("pretrain", "finetune"))
     stored = payload["config"]
     config = replace(config, model=from_dict(DenoiserConfig, stored["model"]))
     if payload["kind"] == "pretrain":
+        config = replace(config, structure_diffusion=from_dict(DiffusionConfig, stored.get("diffusion", {})))
+        payloads, info = [payload], {"init": str(init), "init_kind": "pretrain"}
+        if config.extra_init:
+            extra = load_checkpoint(config.extra_init, kind="pretrain")
+            extra_model = from_dict(DenoiserConfig, extra["config"]["model"])
+            if extra_model != config.model:
+                raise ValueError(f"{config.extra_init}: its encoder settings ({extra_model}) differ from those of {init} "
+                                 f"({config.model}); extra_init needs two models pre-trained with the same model.* settings")
+            payloads.append(extra)
+            info["extra_init"] = str(config.extra_init)
         model = build_property_model(config, mean, std)
-        encoder_state = {k[len("encoder."):]: v for k, v in payload["state_dict"].items() if k.startswith("encoder.")}
-        model.encoder.load_state_dict(encoder_state, strict=True)
-        return config, model, {"init": str(init), "init_kind": "pretrain"}
-    # refine a fine-tuned model (Table 2 protocol): keep its head and its target standardisation
+        encoders = model.encoder.encoders if config.extra_init else [model.encoder]
+        for encoder, source in zip(encoders, payloads):
+            encoder.load_state_dict(_encoder_state(source), strict=True)
+        return config, model, info
+    # refine a fine-tuned model (Table 2 protocol): keep its encoders, head, structure handling and
+    # target standardisation, so the model is unchanged at step 0
     previous = from_dict(FinetuneConfig, stored)
-    config = replace(config, head=previous.head)
+    if config.extra_init and config.extra_init != previous.extra_init:
+        raise ValueError(f"extra_init applies to pre-training checkpoints only: {init} is a fine-tuned model that "
+                         f"already holds its encoders")
+    config = replace(config, head=previous.head, extra_init=previous.extra_init, fix_structure=previous.fix_structure,
+                     structure_diffusion=previous.structure_diffusion)
     normalizer = payload["normalizer"]
     model = build_property_model(config, normalizer["mean"], normalizer["std"])
     model.load_state_dict(payload["state_dict"], strict=True)
@@ -364,7 +292,8 @@ def run_finetune(
 
     task = FinetuneTask(config, model)
     edges = EdgeSettings(max_dense_atoms=config.data.max_dense_atoms, knn_neighbors=config.data.knn_neighbors)
-    trainer = make_trainer(config.train, out_dir, monitor="val/mae", progress=progress, has_validation=len(val_idx) > 0)
+    trainer = make_trainer(config.train, out_dir, monitor="val/mae", progress=progress, has_validation=len(val_idx) > 0,
+                           resume=resume)
     loader_args = dict(batch_size=config.train.batch_size, edges=edges, num_workers=config.train.num_workers,
                        max_atoms_per_batch=config.train.max_atoms_per_batch or None, targets=[config.target],
                        rank=trainer.global_rank, world_size=trainer.world_size)
@@ -388,7 +317,8 @@ def run_finetune(
         task.model.eval()
         generator = torch.Generator().manual_seed(config.train.seed)
         for batch in make_loader(val_cache, val_idx, batch_size=config.train.batch_size, edges=edges, targets=[config.target]):
-            pred = task.model.predict(batch, task.diffusion, num_samples=max(config.eval_samples, 50), generator=generator)
+            pred = task.model.predict(batch, task.diffusion, num_samples=max(config.eval_samples, 50), generator=generator,
+                                      structure_diffusion=task.structure_diffusion, structure_encodings=config.structure_encodings)
             rows.append(pd.DataFrame({
                 "id": [val_cache.id(int(i)) for i in batch.index], "y": batch.y[:, 0].double().numpy(),
                 "mean": pred["mean"].numpy(), "std": pred["std"].numpy(),

@@ -5,7 +5,8 @@
 readers understand), ``pymatgen`` Structures, ``ase`` Atoms or :class:`~crysdiff.crystal.Crystal`
 objects, and returns one row per structure: ``id``, ``source``, ``mean``, ``std``, ``p2.5``,
 ``p97.5``, ``unit``. Each crystal is encoded once; the ``S`` samples of the reverse chain then run
-through the head only (Alg. 3).
+through the head only (Alg. 3). A model fine-tuned with ``fix_structure=false`` encodes each crystal
+``structure_encodings`` times instead (see :mod:`crysdiff.property_model`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from crysdiff.card import PropertyDiffusion
 from crysdiff.checkpoint import CheckpointError, load_checkpoint
 from crysdiff.config import from_dict
-from crysdiff.finetune import FinetuneConfig, PropertyModel, build_property_model
+from crysdiff.diffusion import JointDiffusion
+from crysdiff.finetune import FinetuneConfig, PropertyModel, build_property_model, build_structure_diffusion
 
 __all__ = ["Predictor", "load", "bundled_models"]
 
@@ -53,6 +55,7 @@ class Predictor:
     unit: str
     device: torch.device
     info: dict = field(default_factory=dict)
+    structure_diffusion: JointDiffusion | None = None  # set when the model was fine-tuned with fix_structure=false
 
     def _settings(self):
         from crysdiff.crystal import ValidationSettings
@@ -127,7 +130,9 @@ class Predictor:
 
             jobs = track(jobs, description="predicting", transient=True)
         for batch, ids, sources in jobs:
-            out = self.model.predict(batch.to(self.device), self.diffusion, num_samples=samples, generator=generator)
+            out = self.model.predict(batch.to(self.device), self.diffusion, num_samples=samples, generator=generator,
+                                     structure_diffusion=self.structure_diffusion,
+                                     structure_encodings=self.config.structure_encodings)
             for k, (identifier, source) in enumerate(zip(ids, sources)):
                 rows.append({
                     "id": identifier, "source": source, "mean": float(out["mean"][k]), "std": float(out["std"][k]),
@@ -146,6 +151,7 @@ def load(model: str | Path, device: str | torch.device | None = None) -> Predict
     network = build_property_model(config, normalizer["mean"], normalizer["std"], normalizer.get("lower_bound"))
     network.load_state_dict(payload["state_dict"], strict=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    structure_diffusion = build_structure_diffusion(config)
     return Predictor(
         model=network.to(device).eval(),
         diffusion=PropertyDiffusion(config.property),
@@ -154,4 +160,5 @@ def load(model: str | Path, device: str | torch.device | None = None) -> Predict
         unit=normalizer.get("unit", ""),
         device=device,
         info={"path": str(path), "metrics": payload.get("metrics", {}), "data": payload.get("data", {})},
+        structure_diffusion=None if structure_diffusion is None else structure_diffusion.to(device),
     )

@@ -36,7 +36,11 @@ class PretrainConfig:
 
 
 class PretrainTask(L.LightningModule):
-    """Alg. 1 as a Lightning module: ``loss = L_L + L_F`` from :class:`JointDiffusion`."""
+    """Alg. 1 as a Lightning module: ``loss = L_L + L_F`` from :class:`JointDiffusion`.
+
+    With ``diffusion.mode=lattice`` (or ``coords``) the loss has one term and the other head of the
+    denoiser gets no gradient: on several GPUs use ``train.strategy=ddp_find_unused_parameters_true``.
+    """
 
     def __init__(self, config: PretrainConfig):
         super().__init__()
@@ -51,9 +55,8 @@ class PretrainTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.diffusion.loss(self.model, batch)
         size = int(batch.num_atoms.shape[0])
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
-        self.log("train/loss_lattice", out["loss_lattice"], batch_size=size)
-        self.log("train/loss_coords", out["loss_coords"], batch_size=size)
+        for key, value in out.items():  # loss_lattice and/or loss_coords, as diffusion.mode has them
+            self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=size)
         return out["loss"]
 
     def on_validation_epoch_start(self) -> None:
@@ -64,9 +67,8 @@ class PretrainTask(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         out = self.diffusion.loss(self.model, batch, generator=self._val_generator)
         size = int(batch.num_atoms.shape[0])
-        self.log("val/loss", out["loss"], prog_bar=True, batch_size=size, sync_dist=True)
-        self.log("val/loss_lattice", out["loss_lattice"], batch_size=size, sync_dist=True)
-        self.log("val/loss_coords", out["loss_coords"], batch_size=size, sync_dist=True)
+        for key, value in out.items():
+            self.log(f"val/{key}", value, prog_bar=key == "loss", batch_size=size, sync_dist=True)
 
     def configure_optimizers(self):
         return configure_adamw(self, self.parameters(), self.config.train, int(self.trainer.estimated_stepping_batches))
@@ -116,7 +118,8 @@ def run_pretrain(
         fraction = config.data.val_fraction
         train_idx, val_idx = random_split(len(train_cache), (1 - fraction, fraction), seed=config.train.seed)
     task = PretrainTask(config)
-    trainer = make_trainer(config.train, out_dir, monitor="val/loss", progress=progress, has_validation=len(val_idx) > 0)
+    trainer = make_trainer(config.train, out_dir, monitor="val/loss", progress=progress, has_validation=len(val_idx) > 0,
+                           resume=resume)
     loader_args = dict(batch_size=config.train.batch_size, edges=edges, num_workers=config.train.num_workers,
                        max_atoms_per_batch=config.train.max_atoms_per_batch or None,
                        rank=trainer.global_rank, world_size=trainer.world_size)

@@ -29,7 +29,18 @@ import torch
 
 from crysdiff.diffusion import JointDiffusion, wrap
 
-__all__ = ["sample_structures", "time_schedule"]
+__all__ = ["sample_structures", "time_schedule", "require_joint"]
+
+
+def require_joint(diffusion: JointDiffusion, source: str = "the model") -> None:
+    """Raise ``ValueError`` unless ``diffusion`` diffuses both fields: a model pre-trained with
+    ``diffusion.mode=lattice`` (or ``coords``) never learned to denoise the other field, so it
+    cannot generate structures from noise."""
+    mode = diffusion.config.mode
+    if mode != "joint":
+        other = "fractional coordinates" if mode == "lattice" else "lattice"
+        raise ValueError(f"{source} was pre-trained with diffusion.mode={mode} (the {other} were never noised), "
+                         f"so it cannot generate structures; sampling needs a model pre-trained with diffusion.mode=joint")
 
 
 def time_schedule(total: int, steps: int | None = None) -> list[int]:
@@ -66,6 +77,7 @@ def sample_structures(
         generator: for reproducible samples.
         progress: show a progress bar (needs ``tqdm``).
     """
+    require_joint(diffusion)
     device = batch.atomic_numbers.device
     params = list(model.parameters()) if hasattr(model, "parameters") else []
     dtype = params[0].dtype if params else batch.lattice.dtype

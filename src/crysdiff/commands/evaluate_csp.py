@@ -41,9 +41,11 @@ def run(args) -> int:
         from crysdiff.cache import load_dataset
         from crysdiff.csp import MATCHER_SETTINGS, CSPResult, generate, match
         from crysdiff.pretrain import load_pretrained
+        from crysdiff.sampling import require_joint
 
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, diffusion, config, _ = load_pretrained(args.model, map_location=device)
+        require_joint(diffusion, str(args.model))
         cache = load_dataset(args.data)
         indices = np.arange(len(cache))
         if args.limit and args.limit < len(indices):

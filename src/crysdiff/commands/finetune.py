@@ -5,9 +5,16 @@ new data, e.g. a few experimental values) or nothing (training from scratch, the
 Writes OUT/model.ckpt (best by validation MAE), OUT/val_metrics.json (MAE, RMSE, R², 95% interval
 coverage), OUT/val_predictions.csv, OUT/parity.png, OUT/loss_curve.png and OUT/config.yaml.
 
+Ablations (paper Fig. 5) are config overrides: freeze_encoder=true (without updating the encoder);
+extra_init=B.ckpt (without joint diffusion: --init and B pre-trained with diffusion.mode=lattice and
+diffusion.mode=coords, their encoders averaged); fix_structure=false (without fixing structures: the
+structure is diffused with the property; prediction encodes each crystal structure_encodings times).
+
 Example:
   crysdiff finetune --init runs/pre/model.ckpt --data ../shared/data/mp2018/train.csv.gz \
       --val ../shared/data/mp2018/val.csv.gz --target band_gap --label-fraction 0.1 --out runs/gap
+  crysdiff finetune --init runs/pre_lattice/model.ckpt extra_init=runs/pre_coords/model.ckpt \
+      --data ../shared/data/mp2018/train.csv.gz --target band_gap --out runs/gap_no_jd
 """
 
 from __future__ import annotations

@@ -5,8 +5,13 @@ matching). Writes OUT/model.ckpt (self-describing: config, weights, diffusion co
 summary), OUT/config.yaml, OUT/logs/metrics.csv, OUT/loss_curve.png and resumable Lightning
 checkpoints in OUT/checkpoints/.
 
+Ablations (paper Fig. 5): model.kind=cartesian pre-trains the non-equivariant encoder;
+diffusion.mode=lattice or diffusion.mode=coords diffuses one field only (combine two such models
+with `crysdiff finetune --init A.ckpt extra_init=B.ckpt`).
+
 Example:
   crysdiff pretrain --data ../shared/data/mp2018/train.csv.gz --out runs/pre train.max_epochs=5 model.hidden_dim=128
+  crysdiff pretrain --data ../shared/data/mp2018/train.csv.gz --out runs/pre_lattice diffusion.mode=lattice
 """
 
 from __future__ import annotations

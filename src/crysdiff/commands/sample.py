@@ -42,9 +42,11 @@ def run(args) -> int:
         from crysdiff.crystal import to_ase, to_pymatgen
         from crysdiff.csp import composition_atoms, generate, is_usable
         from crysdiff.pretrain import load_pretrained
+        from crysdiff.sampling import require_joint
 
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, diffusion, config, _ = load_pretrained(args.model, map_location=device)
+        require_joint(diffusion, str(args.model))
         jobs = []
         for formula in args.composition:
             atoms = composition_atoms(formula, args.formula_units, args.num_atoms)
