@@ -1,12 +1,16 @@
-"""Copy the models trained by benchmarks/train_default_models.sh into the repository and write
-their model cards from what the checkpoints themselves record (config, data, budget, metrics).
+"""Copy the models trained by the training scripts into the repository and write their model cards
+from what the checkpoints themselves record (config, data, budget, metrics).
 
-    python benchmarks/export_models.py [--runs runs/default]
+    python benchmarks/export_models.py [--runs runs/default] [--perov runs/perov5]
 
-* ``models/pretrained_pool.ckpt``: the denoiser pre-trained on the whole shared pool.
+* ``models/pretrained_pool.ckpt``: the denoiser pre-trained on the whole shared pool
+  (``benchmarks/train_default_models.sh``, stage ``pretrain``).
 * ``src/crysdiff/models/<target>.ckpt``: the fine-tuned predictors shipped inside the package,
-  loadable by name (``crysdiff predict --model formation_energy_per_atom ...``).
-* ``models/README.md``: one model card per checkpoint.
+  loadable by name (``crysdiff predict --model formation_energy_per_atom ...``). When a second
+  fine-tuning stage exists (``<target>_continued``) it is the one shipped, and the card adds up
+  both stages' budgets.
+* ``models/perov5_csp.ckpt``: the Perov-5 structure-prediction model (``benchmarks/csp_perov5.sh``).
+* ``models/curves/*.png``: the training curves; ``models/README.md``: one model card per checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+NAN = float("nan")
+
+
+def _curve(run: Path, name: str) -> str:
+    source = run / "loss_curve.png"
+    if not source.is_file():
+        return "not drawn"
+    target = ROOT / "models" / "curves" / f"{name}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return f"[`models/curves/{name}.png`](curves/{name}.png)"
 
 
 def _card_pretrain(path: Path, payload: dict, run: Path) -> str:
@@ -26,35 +41,81 @@ def _card_pretrain(path: Path, payload: dict, run: Path) -> str:
 
 * **Data**: every structure under `../shared/data`, labels ignored: {data['train']['num_crystals']:,} crystals for
   training, {data['val']['num_crystals']:,} held out (seeded {config['data']['val_fraction']:.0%}) for validation.
+  The pool contains the structures (not the labels) of every test split too, as unsupervised pre-training allows.
 * **Budget**: {training.get('epochs', '?')} epochs stopped by a {minutes:g}-minute wall-clock cap, {training.get('steps', '?'):,} optimiser steps
   of {config['train']['batch_size']} crystals, on the 2-core CPU of the development machine (no GPU), shared with other work.
 * **Model**: `DenoiserConfig` {json.dumps(config['model'])}; diffusion {json.dumps(config['diffusion'])}.
-* **Validation loss** (the last pass, on the held-out crystals): total {metrics.get('val/loss', float('nan')):.4f},
-  lattice {metrics.get('val/loss_lattice', float('nan')):.4f}, coordinates {metrics.get('val/loss_coords', float('nan')):.4f}
-  (a network that outputs zeros scores about 1 on each term). Curves: `{run.name}/loss_curve.png` when re-run.
-* **Use**: `--init models/{path.name}` for fine-tuning; `crysdiff sample --model models/{path.name}` generates
-  structures, but at this budget expect few matches (CSP quality was not measured; see issue 3).
-* **Reproduce**: `bash benchmarks/train_default_models.sh` (first step).
+* **Validation loss** (the last pass, on the held-out crystals): total {metrics.get('val/loss', NAN):.4f},
+  lattice {metrics.get('val/loss_lattice', NAN):.4f}, coordinates {metrics.get('val/loss_coords', NAN):.4f}
+  (a network that outputs zeros scores about 1 on each term). Curves: {_curve(run, 'pretrained_pool')}.
+* **Use**: `--init models/{path.name}` for fine-tuning (the shipped predictors start from it).
+* **Reproduce**: `STEPS=pretrain bash benchmarks/train_default_models.sh`.
 """
 
 
-def _card_finetune(path: Path, payload: dict, shown: str) -> str:
-    config, data, training, normalizer = payload["config"], payload["data"], payload.get("training", {}), payload["normalizer"]
-    val = json.loads((Path(shown) / "val_metrics.json").read_text()).get("val", {}) if Path(shown, "val_metrics.json").is_file() else payload.get("metrics", {})
+def _stage(payload: dict) -> str:
+    training, config = payload.get("training", {}), payload["config"]
+    return (f"{training.get('epochs', '?')} epochs / {training.get('steps', 0):,} steps, "
+            f"{training.get('seconds', NAN) / 60:.1f} min (cap {config['train'].get('max_time_minutes'):g}), "
+            f"lr {config['train']['lr']:g}")
+
+
+def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None) -> str:
+    import torch  # noqa: F401  (payloads are already loaded)
+
+    config, data, normalizer = payload["config"], payload["data"], payload["normalizer"]
+    metrics_file = run / "val_metrics.json"
+    val = json.loads(metrics_file.read_text()).get("val", {}) if metrics_file.is_file() else payload.get("metrics", {})
     unit = normalizer.get("unit", "")
-    minutes = config["train"].get("max_time_minutes")
+    stages = [first, payload] if first is not None else [payload]
+    total = sum(p.get("training", {}).get("seconds", 0.0) for p in stages) / 60
+    budget = "; then ".join(_stage(p) for p in stages)
+    bound = normalizer.get("lower_bound")
+    uncertainty = ROOT / "benchmarks" / "results" / f"uncertainty_{normalizer['target']}.json"
+    extra = ""
+    if uncertainty.is_file():
+        u = json.loads(uncertainty.read_text())
+        extra = (f"\n* **Uncertainty** (`{u['command']}`, S = {u['samples']}): 95% coverage {u['coverage95']:.3f}, "
+                 f"MAE {u['mae']:.4f}; coverage at every level and predicted std against error in "
+                 f"`benchmarks/results/reliability_{normalizer['target']}.png`.")
     return f"""## `{path.relative_to(ROOT)}`: {normalizer['target']} ({unit})
 
 * **Data**: fine-tuned on `mp2018/train` ({data['train_count']:,} crystals with a value), validated on `mp2018/val`
-  ({data['val_count']:,} crystals); target standardised with mean {normalizer['mean']:.4f} and std {normalizer['std']:.4f} {unit}.
+  ({data['val_count']:,} crystals); target standardised with mean {normalizer['mean']:.4f} and std {normalizer['std']:.4f} {unit}.{
+  f" Training values are all non-negative, so predicted samples are clipped at {bound:g}." if bound is not None else ""}
 * **Start**: the encoder of `models/pretrained_pool.ckpt`; head `{config['head']['kind']}` with prior `{config['head']['prior']}`.
-* **Budget**: {training.get('epochs', '?')} epochs / {training.get('steps', '?'):,} steps within a {minutes:g}-minute wall-clock cap
-  ({training.get('seconds', float('nan')) / 60:.1f} min measured), 2-core CPU, batch {config['train']['batch_size']}, lr {config['train']['lr']:g}.
-* **Validation (mp2018/val, S = 50 samples, T = {config['property']['timesteps']})**: MAE {val.get('mae', float('nan')):.4f} {unit},
-  RMSE {val.get('rmse', float('nan')):.4f}, R² {val.get('r2', float('nan')):.3f}, 95% interval coverage {val.get('coverage95', float('nan')):.3f},
-  mean predicted std {val.get('mean_std', float('nan')):.4f}, correlation of std with |error| {val.get('std_abs_error_corr', float('nan')):.2f}.
+* **Budget**: {total:.0f} min of fine-tuning in all on the 2-core CPU (shared with other work), batch {config['train']['batch_size']}: {budget}.
+* **Validation (mp2018/val, S = 50 samples, T = {config['property']['timesteps']})**: MAE {val.get('mae', NAN):.4f} {unit},
+  RMSE {val.get('rmse', NAN):.4f}, R² {val.get('r2', NAN):.3f}, 95% interval coverage {val.get('coverage95', NAN):.3f},
+  mean predicted std {val.get('mean_std', NAN):.4f}, correlation of std with |error| {val.get('std_abs_error_corr', NAN):.2f}.{extra}
+* **Curves**: {_curve(run, normalizer['target'])}.
 * **Use**: `crysdiff predict --model {path.stem} FILES...` or `crysdiff.load("{path.stem}")`.
-* **Reproduce**: `bash benchmarks/train_default_models.sh`.
+* **Reproduce**: `bash benchmarks/train_default_models.sh` (stages `finetune`{" and `continue`" if first is not None else ""}).
+"""
+
+
+def _card_perov(path: Path, payload: dict, run: Path) -> str:
+    config, data, training, metrics = payload["config"], payload["data"], payload.get("training", {}), payload.get("metrics", {})
+    results = ROOT / "benchmarks" / "results" / "csp_perov5.json"
+    csp = "not measured yet"
+    if results.is_file():
+        r = json.loads(results.read_text())
+        k = r["samples"]
+        csp = (f"on {r['count']} seeded `perov_5/test` crystals: one-shot match rate {r['match_rate']:.1%} "
+               f"(RMSE {r['rmse']:.4f}), best-of-{k} {r[f'match_rate_best_of_{k}']:.1%} (RMSE {r[f'rmse_best_of_{k}']:.4f}); "
+               f"sampling {r['seconds_per_structure'] * 1000:.0f} ms per generated structure "
+               f"(`benchmarks/results/csp_perov5.json`)")
+    return f"""## `models/{path.name}`: crystal structure prediction on Perov-5
+
+* **Data**: `perov_5/train` ({data['train']['num_crystals']:,} crystals), validated on `perov_5/val` ({data['val']['num_crystals']:,}).
+* **Budget**: {training.get('epochs', '?')} epochs / {training.get('steps', 0):,} steps of {config['train']['batch_size']} crystals,
+  {training.get('seconds', NAN) / 60:.1f} min (cap {config['train'].get('max_time_minutes'):g}) on the 2-core CPU, no GPU.
+* **Model**: `DenoiserConfig` {json.dumps(config['model'])}; diffusion {json.dumps(config['diffusion'])}.
+* **Validation loss**: total {metrics.get('val/loss', NAN):.4f}, lattice {metrics.get('val/loss_lattice', NAN):.4f},
+  coordinates {metrics.get('val/loss_coords', NAN):.4f}. Curves: {_curve(run, 'perov5_csp')}.
+* **CSP** (StructureMatcher stol=0.5, angle_tol=10, ltol=0.3): {csp}.
+* **Use**: `crysdiff sample --model models/{path.name} --composition SrTiO3 --num-samples 10 --out samples/`.
+* **Reproduce**: `bash benchmarks/csp_perov5.sh`.
 """
 
 
@@ -63,6 +124,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "default")
+    parser.add_argument("--perov", type=Path, default=ROOT / "runs" / "perov5")
     args = parser.parse_args()
     cards = ["# Shipped models\n\nEach card is generated by `python benchmarks/export_models.py` from what the checkpoint records.\n"
              "All were trained on this project's 2-core CPU development machine; the budgets are far below the\n"
@@ -73,17 +135,25 @@ def main() -> None:
         target = ROOT / "models" / "pretrained_pool.ckpt"
         shutil.copyfile(pre, target)
         cards.append(_card_pretrain(target, torch.load(target, weights_only=True), args.runs / "pretrain"))
-    for run in sorted(p for p in args.runs.iterdir() if p.is_dir() and p.name != "pretrain"):
-        ckpt = run / "model.ckpt"
-        if not ckpt.is_file():
+    runs = {p.name: p for p in args.runs.iterdir() if p.is_dir() and (p / "model.ckpt").is_file()}
+    for name in sorted(runs):
+        if name == "pretrain" or name.endswith("_continued"):
             continue
-        payload = torch.load(ckpt, weights_only=True)
+        payload = torch.load(runs[name] / "model.ckpt", weights_only=True)
         if payload.get("kind") != "finetune":
             continue
+        run, first = runs[name], None
+        if f"{name}_continued" in runs:  # ship the second stage; its card counts both budgets
+            first, run = payload, runs[f"{name}_continued"]
+            payload = torch.load(run / "model.ckpt", weights_only=True)
         target = ROOT / "src" / "crysdiff" / "models" / f"{payload['normalizer']['target']}.ckpt"
         target.parent.mkdir(exist_ok=True)
-        shutil.copyfile(ckpt, target)
-        cards.append(_card_finetune(target, payload, str(run)))
+        shutil.copyfile(run / "model.ckpt", target)
+        cards.append(_card_finetune(target, payload, run, first))
+    if (args.perov / "model.ckpt").is_file():
+        target = ROOT / "models" / "perov5_csp.ckpt"
+        shutil.copyfile(args.perov / "model.ckpt", target)
+        cards.append(_card_perov(target, torch.load(target, weights_only=True), args.perov))
     (ROOT / "models" / "README.md").write_text("\n".join(cards))
     print("\n".join(cards))
 
