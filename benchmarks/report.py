@@ -1,0 +1,510 @@
+"""Turn the suite's results files into ``docs/results.md`` and its figures (issue 5).
+
+    python benchmarks/report.py                 # benchmarks/results/suite/ -> docs/results.md, docs/figures/
+    python benchmarks/report.py --quick         # benchmarks/results/suite-quick/ -> runs/suite-quick/results.md
+    python benchmarks/report.py --results DIR --out FILE.md --figures DIR
+
+Every number in the report is read from a results JSON written by ``benchmarks/suite.py``; the
+analysis sentences are computed from those numbers (counts, medians, correlations), never typed in.
+Missing experiments are reported as missing. Peer columns (ALIGNN, CGCNN...) appear when their
+results exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from suite import EXPERIMENTS, FRACTIONS_SPARSE, MODELS, TASKS  # noqa: E402
+
+OWN_COLUMNS = ("crysdiff", "scratch", "regression")
+
+
+# --- loading and aggregation ------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """One (experiment, task, model, fraction) over its seeds."""
+
+    maes: list[float] = field(default_factory=list)
+    coverages: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)
+
+    @property
+    def mae(self) -> float:
+        return float(np.mean(self.maes)) if self.maes else math.nan
+
+    @property
+    def spread(self) -> float:
+        return float(np.std(self.maes, ddof=1)) if len(self.maes) > 1 else math.nan
+
+    @property
+    def coverage(self) -> float:
+        return float(np.mean(self.coverages)) if self.coverages else math.nan
+
+
+def load_results(results: Path) -> tuple[list[dict], list[dict]]:
+    """(fine-tuning/evaluation results, pre-training results) under ``results/<experiment>/*.json``."""
+    jobs, pretrain = [], []
+    for path in sorted(results.glob("*/*.json")):
+        payload = json.loads(path.read_text())
+        (pretrain if payload.get("experiment") == "pretrain-ablation" else jobs).append(payload)
+    return jobs, pretrain
+
+
+def aggregate(jobs: list[dict]) -> dict[tuple, Cell]:
+    cells: dict[tuple, Cell] = defaultdict(Cell)
+    for r in jobs:
+        cell = cells[(r["experiment"], r["task"], r["model"], float(r["label_fraction"]))]
+        cell.maes.append(r["test"]["mae"])
+        if "coverage95" in r["test"]:
+            cell.coverages.append(r["test"]["coverage95"])
+        cell.seeds.append(r["seed"])
+        cell.results.append(r)
+    return cells
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:.{digits}g}" if abs(x) >= 1e-3 else f"{x:.2e}"
+
+
+def fmt_cell(cell: Cell | None, bold: bool = False) -> str:
+    if cell is None or not cell.maes:
+        return "–"
+    text = fmt(cell.mae) + (f" ± {fmt(cell.spread, 2)}" if len(cell.maes) > 1 else "")
+    text = f"**{text}**" if bold else text
+    return text + (f" ({len(cell.maes)})" if len(cell.maes) > 1 else "")
+
+
+def pct(new: float, old: float) -> float:
+    return 100.0 * (new - old) / old if old else math.nan
+
+
+def signed(x: float) -> str:
+    """A relative change as ``+12%`` / ``-3.4%``."""
+    return f"{x:+.2g}%" if math.isfinite(x) else "–"
+
+
+def median(values) -> float:
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.median(values)) if values else math.nan
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3:
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+def model_label(name: str) -> str:
+    return MODELS[name].label if name in MODELS else f"{name} (peer)"
+
+
+def unit_of(cells: dict, task: str) -> str:
+    for (_, t, _, _), cell in cells.items():
+        if t == task and cell.results:
+            return cell.results[0].get("unit", "")
+    return ""
+
+
+# --- figures ---------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fig_sparse(cells, tasks, models, path: Path) -> bool:
+    plt = _plt()
+    present = [t for t in tasks if any(k[0] == "sparse" and k[1] == t for k in cells)]
+    if not present:
+        return False
+    fig, axes = plt.subplots(1, len(present), figsize=(4.8 * len(present), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], present):
+        for model in models:
+            points = [(f, cells[("sparse", task, model, f)]) for f in FRACTIONS_SPARSE if ("sparse", task, model, f) in cells]
+            if not points:
+                continue
+            x = [100 * f for f, _ in points]
+            y = [c.mae for _, c in points]
+            err = [0 if math.isnan(c.spread) else c.spread for _, c in points]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=model_label(model))
+        ax.set_xscale("log")
+        ax.set_xticks([5, 10, 20, 40, 80, 100], ["5", "10", "20", "40", "80", "100"])
+        ax.set_xlabel("training labels used (%)")
+        ax.set_ylabel(f"test MAE ({unit_of(cells, task)})")
+        ax.set_title(TASKS[task].label, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def fig_ablation(cells, tasks, variants, path: Path) -> bool:
+    plt = _plt()
+    present = [t for t in tasks if any(k[0] == "ablation" and k[1] == t for k in cells)]
+    if not present:
+        return False
+    fig, axes = plt.subplots(1, len(present), figsize=(4.8 * len(present), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], present):
+        names = [v for v in variants if ("ablation", task, v, 1.0) in cells]
+        values = [cells[("ablation", task, v, 1.0)] for v in names]
+        ax.bar(range(len(names)), [c.mae for c in values],
+               yerr=[0 if math.isnan(c.spread) else c.spread for c in values], capsize=3,
+               color=["tab:blue" if v == "crysdiff" else "tab:gray" for v in names])
+        ax.set_xticks(range(len(names)), ["CrysDiff" if v == "crysdiff" else model_label(v).removeprefix("w/o ").join(["w/o ", ""])
+                                          for v in names], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"test MAE ({unit_of(cells, task)})")
+        ax.set_title(TASKS[task].label, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def fig_reliability(cells, tasks, path: Path) -> bool:
+    plt = _plt()
+    present = [t for t in tasks if ("table1", t, "crysdiff", 1.0) in cells
+               and "std_bins" in cells[("table1", t, "crysdiff", 1.0)].results[0]["test"]]
+    if not present:
+        return False
+    cols = min(4, len(present))
+    rows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(present):]:
+        ax.axis("off")
+    for ax, task in zip(axes.flat, present):
+        cell = cells[("table1", task, "crysdiff", 1.0)]
+        top = 0.0
+        for r in cell.results:
+            bins = r["test"]["std_bins"]
+            x, y = [b["mean_predicted_std"] for b in bins], [b["rmse"] for b in bins]
+            ax.plot(x, y, "o-", ms=3, label=f"seed {r['seed']}")
+            top = max(top, *x, *y)
+        ax.plot([0, top], [0, top], "k--", lw=0.8)
+        ax.set_title(f"{TASKS[task].label}\ncoverage {fmt(cell.coverage)}", fontsize=8)
+        ax.set_xlabel(f"mean predicted std ({unit_of(cells, task)})", fontsize=8)
+        ax.set_ylabel("RMSE in the bin", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# --- sections --------------------------------------------------------------------------------------
+
+
+def _tasks_of(cells, experiment: str) -> list[str]:
+    order = list(EXPERIMENTS[experiment].tasks) if experiment in EXPERIMENTS else []
+    seen = {k[1] for k in cells if k[0] == experiment}
+    return [t for t in order if t in seen] + sorted(seen - set(order))
+
+
+def _models_of(cells, experiment: str, preferred) -> list[str]:
+    seen = {k[2] for k in cells if k[0] == experiment}
+    return [m for m in preferred if m in seen] + sorted(seen - set(preferred))
+
+
+def section_setup(jobs, pretrain, cells) -> list[str]:
+    out = ["## Setup", ""]
+    machines = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']} "
+                       f"({r['machine']['torch_threads']} threads), GPU: {r['machine']['gpu']}" for r in jobs + pretrain})
+    commits = sorted({r["git_commit"] for r in jobs + pretrain})
+    out += [f"* **Machine**: {'; '.join(machines) or '–'}.", f"* **Git commit(s)** of the runs: {', '.join(f'`{c}`' for c in commits)}."]
+    seconds = sum(r.get("seconds", {}).get("total", 0) or sum(v for k, v in r.get("seconds", {}).items() if k != "total")
+                  for r in jobs + pretrain if not r.get("reused_from"))
+    out.append(f"* **Results files**: {len(jobs)} evaluations and {len(pretrain)} pre-trainings; "
+               f"{seconds / 60:.0f} min of measured wall clock (reused jobs counted once).")
+    seeds = {e: sorted({r["seed"] for r in jobs if r["experiment"] == e}) for e in EXPERIMENTS}
+    out.append("* **Seeds**: " + "; ".join(f"{e} {', '.join(map(str, s))}" for e, s in seeds.items() if s) + ".")
+    out += ["", "Budgets are wall-clock caps on fine-tuning (`train.max_time_minutes`), equal for every model on a task. "
+            "Splits are written once by `benchmarks/suite_splits.py` (split seed fixed; model seeds vary initialisation, "
+            "data order and the label subset).", "",
+            "| task | target (unit) | split | train / val / test crystals | budget (min) |", "|---|---|---|---|---|"]
+    for task in TASKS:
+        rows = [r for r in jobs if r["task"] == task]
+        if not rows:
+            continue
+        r = rows[0]
+        parts = r["split"]["parts"]
+        budgets = sorted({x["budget_minutes"] for x in rows if x["budget_minutes"] > 0})
+        out.append(f"| {TASKS[task].label} | `{r['target']}` ({r.get('unit', '')}) | `{r['split']['name']}` | "
+                   f"{parts['train']['count']} / {parts['val']['count']} / {parts['test']['count']} | "
+                   f"{', '.join(f'{b:g}' for b in budgets)} |")
+    dedupe = next((r["split"]["dedupe"] for r in jobs if "dedupe" in r["split"]), None)
+    if dedupe:
+        out += ["", f"Second source for Table 2: `matminer/flla_2015` ({dedupe['flla_records']} materials) minus those in "
+                f"mp2018 by id ({dedupe['in_mp2018_by_id']}) or by structure ({dedupe['in_mp2018_by_structure']}; "
+                f"{dedupe['dedupe']}): {dedupe['novel']} materials."]
+    if pretrain:
+        out += ["", "Pre-trained models for the ablation (same data, model and cap as `models/pretrained_pool.ckpt`):", ""]
+        for r in pretrain:
+            fit = r.get("fit", {})
+            out.append(f"* `{r['checkpoint']}` ({', '.join(r['overrides'])}): {fit.get('steps', '–')} steps, "
+                       f"{fit.get('seconds', 0) / 60:.1f} min, validation loss {fmt(r.get('val_loss', {}).get('val/loss', math.nan))}.")
+    out += ["", "Commands (each part, then the report):", "", "```bash"]
+    out += [f"python benchmarks/suite.py --part {p}" for p in ("pretrain-ablation", *EXPERIMENTS)]
+    out += ["python benchmarks/report.py", "```", "", "One command line per model column, as the suite ran it:", "", "```bash"]
+    shown = {}
+    for r in jobs:
+        shown.setdefault(r["model"], r["commands"][0])
+    out += [shown[m] for m in sorted(shown)] + ["```", ""]
+    return out
+
+
+def section_table1(cells) -> list[str]:
+    out = ["## Table 1: test MAE per property", ""]
+    tasks = _tasks_of(cells, "table1")
+    if not tasks:
+        return out + ["*No table1 results yet* (`python benchmarks/suite.py --part table1`).", ""]
+    models = _models_of(cells, "table1", OWN_COLUMNS)
+    out += ["Mean test MAE ± standard deviation over seeds (number of seeds); best per row in bold. "
+            "*coverage*: fraction of test targets inside crysdiff's 95% interval.", "",
+            "| task (unit) | budget | " + " | ".join(model_label(m) for m in models) + " | crysdiff coverage |",
+            "|---|---|" + "---|" * len(models) + "---|"]
+    best_count, gains, head_gains, sizes = 0, {}, {}, {}
+    for task in tasks:
+        row = {m: cells.get(("table1", task, m, 1.0)) for m in models}
+        finite = {m: c.mae for m, c in row.items() if c and c.maes}
+        best = min(finite, key=finite.get) if finite else None
+        best_count += best == "crysdiff"
+        crys, scratch, reg = row.get("crysdiff"), row.get("scratch"), row.get("regression")
+        if crys and scratch:
+            gains[task] = pct(crys.mae, scratch.mae)
+            sizes[task] = crys.results[0].get("train_count") or 0
+        if crys and reg:
+            head_gains[task] = pct(crys.mae, reg.mae)
+        budget = next(iter(row.values())).results[0]["budget_minutes"] if any(row.values()) else math.nan
+        out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {budget:g} min | "
+                   + " | ".join(fmt_cell(row[m], m == best) for m in models)
+                   + f" | {fmt(crys.coverage) if crys else '–'} |")
+    out += ["", "**Analysis** (computed from the table):", ""]
+    out.append(f"* crysdiff is the best column on {best_count} of {len(tasks)} tasks (issue 5 target: at least 5 of 7).")
+    if gains:
+        helped = [t for t, g in gains.items() if g < 0]
+        out.append(f"* Pre-training (crysdiff vs. the same network from scratch) lowers the test MAE on {len(helped)} of "
+                   f"{len(gains)} tasks, median change {fmt(median(gains.values()), 2)}% "
+                   f"(best: {TASKS[min(gains, key=gains.get)].label}, {fmt(min(gains.values()), 2)}%; "
+                   f"worst: {TASKS[max(gains, key=gains.get)].label}, {fmt(max(gains.values()), 2)}%).")
+        not_helped = [TASKS[t].label for t in gains if gains[t] >= 0]
+        if not_helped:
+            out.append(f"* Pre-training does not help on: {', '.join(not_helped)}.")
+        rho = spearman([sizes[t] for t in gains], [gains[t] for t in gains])
+        if math.isfinite(rho):
+            out.append(f"* Spearman correlation between training-set size and the relative change from pre-training: "
+                       f"{fmt(rho, 2)} over {len(gains)} tasks (positive: pre-training helps more where labels are few).")
+    if head_gains:
+        better = sum(g < 0 for g in head_gains.values())
+        out.append(f"* The diffusion head beats a regression head on the same pre-trained encoder on {better} of "
+                   f"{len(head_gains)} tasks (median change {fmt(median(head_gains.values()), 2)}%).")
+    coverages = [cells[("table1", t, "crysdiff", 1.0)].coverage for t in tasks if ("table1", t, "crysdiff", 1.0) in cells]
+    inside = sum(0.90 <= c <= 0.98 for c in coverages if math.isfinite(c))
+    if coverages:
+        out.append(f"* 95% interval coverage of crysdiff is within [0.90, 0.98] on {inside} of {len(coverages)} tasks "
+                   f"(range {fmt(min(coverages))}–{fmt(max(coverages))}). No peer column reports an interval.")
+    out.append("* Domain overlap: the pre-training pool is every structure under `../shared/data` (labels ignored), so the "
+               "structures of every task, test sets included, were seen unlabelled during pre-training.")
+    return out + [""]
+
+
+def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
+    out = ["## Fig. 4: sparse labels", ""]
+    tasks = _tasks_of(cells, "sparse")
+    if not tasks:
+        return out + ["*No sparse results yet* (`python benchmarks/suite.py --part sparse`).", ""]
+    models = _models_of(cells, "sparse", ("crysdiff", "scratch"))
+    if fig_sparse(cells, tasks, models, figures / "fig4_sparse.png"):
+        out += [f"![test MAE against label fraction]({_rel(figures / 'fig4_sparse.png', out_dir)})", ""]
+    out += ["| task | model | " + " | ".join(f"{100 * f:g}%" for f in FRACTIONS_SPARSE) + " |",
+            "|---|---|" + "---|" * len(FRACTIONS_SPARSE)]
+    for task in tasks:
+        for model in models:
+            out.append(f"| {TASKS[task].label} | {model_label(model)} | "
+                       + " | ".join(fmt_cell(cells.get(("sparse", task, model, f))) for f in FRACTIONS_SPARSE) + " |")
+    out += ["", "**Analysis** (computed):", ""]
+    for task in tasks:
+        pairs = [(f, cells[("sparse", task, "crysdiff", f)].mae, cells[("sparse", task, "scratch", f)].mae)
+                 for f in FRACTIONS_SPARSE if ("sparse", task, "crysdiff", f) in cells and ("sparse", task, "scratch", f) in cells]
+        if not pairs:
+            continue
+        low = [(f, a, b) for f, a, b in pairs if f <= 0.4]
+        wins_low = sum(a < b for _, a, b in low)
+        out.append(f"* {TASKS[task].label}: pre-trained beats scratch at {wins_low} of {len(low)} fractions up to 40% "
+                   f"(issue 5 target: all) and at {sum(a < b for _, a, b in pairs)} of {len(pairs)} in all; median change "
+                   f"{fmt(median(pct(a, b) for _, a, b in low), 2)}% up to 40%, "
+                   f"{fmt(median(pct(a, b) for f, a, b in pairs if f > 0.4), 2)}% above.")
+    return out + [""]
+
+
+def section_ablation(cells, figures: Path, out_dir: Path) -> list[str]:
+    out = ["## Fig. 5: ablations", ""]
+    tasks = _tasks_of(cells, "ablation")
+    if not tasks:
+        return out + ["*No ablation results yet* (`python benchmarks/suite.py --part pretrain-ablation` then `--part ablation`).", ""]
+    variants = _models_of(cells, "ablation", EXPERIMENTS["ablation"].models)
+    if fig_ablation(cells, tasks, variants, figures / "fig5_ablation.png"):
+        out += [f"![ablation bar chart]({_rel(figures / 'fig5_ablation.png', out_dir)})", ""]
+    out += ["| variant | " + " | ".join(f"{TASKS[t].label} ({unit_of(cells, t)})" for t in tasks) + " |",
+            "|---|" + "---|" * len(tasks)]
+    for v in variants:
+        out.append(f"| {model_label(v)} | " + " | ".join(fmt_cell(cells.get(("ablation", t, v, 1.0))) for t in tasks) + " |")
+    out += ["", "**Analysis** (computed; change of test MAE relative to the full model):", ""]
+    for v in variants:
+        if v == "crysdiff":
+            continue
+        changes = [pct(cells[("ablation", t, v, 1.0)].mae, cells[("ablation", t, "crysdiff", 1.0)].mae)
+                   for t in tasks if ("ablation", t, v, 1.0) in cells and ("ablation", t, "crysdiff", 1.0) in cells]
+        if changes:
+            out.append(f"* {model_label(v)}: worse than the full model on {sum(c > 0 for c in changes)} of {len(changes)} "
+                       f"tasks (changes: {', '.join(signed(c) for c in changes)}).")
+    return out + [""]
+
+
+def section_refine(cells) -> list[str]:
+    out = ["## Table 2 protocol: computed data refined with a second source", ""]
+    tasks = _tasks_of(cells, "refine")
+    tasks = [t for t in tasks if t.startswith("flla")]
+    if not tasks:
+        return out + ["*No refine results yet* (`python benchmarks/suite.py --part refine`).", ""]
+    out += ["No experimental formation energies with structures can be had offline, so the protocol is reproduced "
+            "with a second computed source: a model fine-tuned on mp2018 formation energies is refined on 20% or 80% "
+            "of the `matminer/flla_2015` materials absent from mp2018 (MP 2015 energies, a different correction "
+            "scheme) and tested on the rest.", "",
+            "| second source used | test on | mp2018 model, before | after refinement | pre-trained, second source only |",
+            "|---|---|---|---|---|"]
+    analysis = []
+    for task in tasks:
+        share = "20%" if task.endswith("20") else "80%"
+        rest = "80%" if share == "20%" else "20%"
+        before, after, direct = (cells.get(("refine", task, m, 1.0)) for m in ("dft_only", "refined", "crysdiff"))
+        out.append(f"| {share} | the other {rest} | {fmt_cell(before)} | {fmt_cell(after)} | {fmt_cell(direct)} |")
+        if before and after:
+            analysis.append(f"* With {share} of the second source, refinement changes the test MAE by "
+                            f"{signed(pct(after.mae, before.mae))} ({fmt(before.mae)} → {fmt(after.mae)} {unit_of(cells, task)})"
+                            + (f"; the mp2018 stage changes it by {signed(pct(after.mae, direct.mae))} against fine-tuning "
+                               f"the pre-trained model on the second source alone." if direct else "."))
+    return out + ["", "**Analysis** (computed):", "", *analysis, ""]
+
+
+def section_variants(cells) -> list[str]:
+    out = ["## Variant table (issue 4): heads, priors, pre-training", ""]
+    tasks = _tasks_of(cells, "variants")
+    if not tasks:
+        return out + ["*No variant results yet* (`python benchmarks/suite.py --part variants`).", ""]
+    task = tasks[0]
+    fractions = sorted({k[3] for k in cells if k[0] == "variants"})
+    variants = _models_of(cells, "variants", EXPERIMENTS["variants"].models)
+    out += [f"{TASKS[task].label}, test MAE ({unit_of(cells, task)}) and 95% coverage, at each share of the training labels.", "",
+            "| variant | " + " | ".join(f"{100 * f:g}% MAE | {100 * f:g}% coverage" for f in fractions) + " |",
+            "|---|" + "---|---|" * len(fractions)]
+    best = {f: min((v for v in variants if ("variants", task, v, f) in cells), key=lambda v: cells[("variants", task, v, f)].mae,
+                   default=None) for f in fractions}
+    for v in variants:
+        row = []
+        for f in fractions:
+            cell = cells.get(("variants", task, v, f))
+            row += [fmt_cell(cell, best[f] == v), fmt(cell.coverage) if cell else "–"]
+        out.append(f"| {model_label(v)} | " + " | ".join(row) + " |")
+    out += ["", "**Analysis** (computed):", ""]
+    for f in fractions:
+        def mae(v):
+            cell = cells.get(("variants", task, v, f))
+            return cell.mae if cell else math.nan
+
+        lines = [f"best: {model_label(best[f])}"] if best[f] else []
+        for a, b, what in (("crysdiff", "scratch", "pre-trained vs. scratch (diffusion head)"),
+                           ("crysdiff", "eq4", "CARD head vs. literal Eq. 4"),
+                           ("crysdiff", "learned_prior", "mean prior vs. learned prior"),
+                           ("regression", "regression_scratch", "regression head: pre-trained vs. random encoder"),
+                           ("crysdiff", "regression", "diffusion vs. regression head (pre-trained)")):
+            if math.isfinite(mae(a)) and math.isfinite(mae(b)):
+                lines.append(f"{what}: MAE {signed(pct(mae(a), mae(b)))}")
+        out.append(f"* {100 * f:g}% of the labels: " + "; ".join(lines) + ".")
+    return out + [""]
+
+
+def section_uncertainty(cells, figures: Path, out_dir: Path) -> list[str]:
+    out = ["## Uncertainty of the crysdiff rows", ""]
+    tasks = _tasks_of(cells, "table1")
+    if fig_reliability(cells, tasks, figures / "reliability.png"):
+        out += ["Test crystals binned by predicted standard deviation (equal-count bins): a calibrated model lies on the "
+                "diagonal.", "", f"![reliability]({_rel(figures / 'reliability.png', out_dir)})", ""]
+    else:
+        out += ["*No table1 crysdiff results with intervals yet.*", ""]
+    return out
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(out_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def render(results: Path, out: Path, figures: Path) -> str:
+    """Write the report ``out`` (and figures into ``figures``) from the JSONs under ``results``."""
+    jobs, pretrain = load_results(results)
+    cells = aggregate(jobs)
+    figures.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quick = any(r.get("quick") for r in jobs + pretrain)
+    lines = ["# Results: CrysDiff's experiments at our scale", "",
+             f"<!-- generated by `python benchmarks/report.py` from {_rel(results, ROOT)}; do not edit by hand -->", "",
+             f"*Generated by `python benchmarks/report.py` from the results files under `{_rel(results, ROOT)}/` "
+             "(written by `python benchmarks/suite.py`). Edits by hand are lost at the next run.*", ""]
+    if quick:
+        lines += ["**Quick mode**: subsets of a few hundred crystals and budgets of seconds; these numbers check the "
+                  "machinery and say nothing about the method.", ""]
+    lines += section_setup(jobs, pretrain, cells)
+    lines += section_table1(cells)
+    lines += section_sparse(cells, figures, out.parent)
+    lines += section_ablation(cells, figures, out.parent)
+    lines += section_refine(cells)
+    lines += section_variants(cells)
+    lines += section_uncertainty(cells, figures, out.parent)
+    text = "\n".join(lines).rstrip() + "\n"
+    out.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="report the quick-mode results (into runs/suite-quick/)")
+    parser.add_argument("--results", type=Path, help="results folder (default benchmarks/results/suite)")
+    parser.add_argument("--out", type=Path, help="markdown file (default docs/results.md)")
+    parser.add_argument("--figures", type=Path, help="figure folder (default docs/figures)")
+    args = parser.parse_args(argv)
+    name = "suite-quick" if args.quick else "suite"
+    results = args.results or ROOT / "benchmarks" / "results" / name
+    out = args.out or (ROOT / "runs" / "suite-quick" / "results.md" if args.quick else ROOT / "docs" / "results.md")
+    figures = args.figures or (out.parent / "figures" if args.quick or args.out else ROOT / "docs" / "figures")
+    render(results, out, figures)
+    print(f"wrote {out} and figures in {figures}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

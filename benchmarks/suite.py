@@ -1,0 +1,783 @@
+"""The paper-reproduction suite (issue 5; the variant table of issue 4), unattended, in parts.
+
+    python benchmarks/suite.py --list                         # every job, its budget, and what is done
+    python benchmarks/suite.py --part pretrain-ablation       # once: the ablation's pre-trained models
+    python benchmarks/suite.py --part table1 [--seeds 0 1] [--budget-minutes M]
+    python benchmarks/suite.py --all                          # every part, in order
+    python benchmarks/suite.py --quick --part variants        # reduced form: small subsets, tiny budgets
+    python benchmarks/suite.py --part sparse --dry-run        # print the command lines only
+    python benchmarks/report.py                               # docs/results.md and docs/figures/
+
+A *job* is (experiment, task, model, label fraction, seed, budget). Every crysdiff job runs the
+real CLI, ``crysdiff finetune ... --out RUN`` with ``train.max_time_minutes`` as its wall-clock
+budget and the task's split files passed explicitly (``suite_splits.py`` writes them once), then
+predicts the task's test file with the fine-tuned model (``crysdiff.load(...).predict``, the code
+behind ``crysdiff predict``) and writes ``benchmarks/results/suite/<experiment>/<job-id>.json``:
+settings, commands, git commit, machine, seconds and test metrics (MAE, RMSE, R², 95% interval
+coverage, reliability bins). A job whose results file exists is skipped; a job whose run folder
+holds a checkpoint continues with ``--resume``; a job identical to one of another experiment (same
+task, model, fraction, seed and budget) reuses its results. Pre-trained checkpoints for the
+ablation are made once (``--part pretrain-ablation``) into ``models/ablation/`` and never redone.
+
+Peer models (ALIGNN, CGCNN) plug in through :data:`PEERS` (see :class:`PeerJob`); the report shows
+their columns when their results exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+PART_LIMIT_MINUTES = 120  # each part must finish within 2 hours on the 2-core machine
+SCHEMA = 1
+
+
+# --- tasks, models, experiments: the declarative table ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """A property on a split. ``budget_minutes``: fine-tuning wall clock of every model on this task
+    (equal across models); ``overhead_minutes``: measured-order start-up, final validation and test
+    prediction per job, for the time estimate only."""
+
+    split: str
+    target: str
+    label: str
+    budget_minutes: float
+    overhead_minutes: float
+    val_every_steps: int
+
+
+TASKS: dict[str, Task] = {
+    # Table 1 (seven properties)
+    "mp2018_formation": Task("mp2018", "formation_energy_per_atom", "formation energy (mp2018)", 4.0, 0.75, 150),
+    "mp2018_band_gap": Task("mp2018", "band_gap", "band gap (mp2018)", 4.0, 0.75, 150),
+    "mp_elastic_bulk": Task("mp_elastic", "K_VRH", "bulk modulus (mp_elastic)", 1.5, 0.3, 50),
+    "mp_elastic_shear": Task("mp_elastic", "G_VRH", "shear modulus (mp_elastic)", 1.5, 0.3, 50),
+    "perov5_heat": Task("perov_5", "heat_ref", "heat of formation (perov_5)", 1.5, 0.4, 50),
+    "dielectric_band_gap": Task("dielectric", "band_gap", "band gap (matminer dielectric)", 1.5, 0.3, 50),
+    "dielectric_n": Task("dielectric", "n", "refractive index (matminer dielectric)", 1.5, 0.3, 50),
+    # Table 2 protocol: the second source (flla_2015 materials absent from mp2018)
+    "flla_refine20": Task("flla_refine20", "formation_energy_per_atom", "flla_2015 novel, refine on 20%", 3.0, 0.3, 50),
+    "flla_refine80": Task("flla_refine80", "formation_energy_per_atom", "flla_2015 novel, refine on 80%", 3.0, 0.3, 50),
+}
+
+
+@dataclass(frozen=True)
+class Model:
+    """How a column is trained. ``init``: ``"pool"`` (models/pretrained_pool.ckpt), an ablation
+    pre-training name (``lattice``, ``coords``, ``cartesian``), ``"job"`` (the fine-tuned model of
+    the job's ``init_job``), or ``None`` (random encoder). ``evaluate_only``: no training, the
+    ``init_job``'s model is tested as it is. ``peer``: trained by a :data:`PEERS` runner."""
+
+    label: str
+    init: str | None = "pool"
+    overrides: tuple[str, ...] = ()
+    extra_init: str = ""
+    evaluate_only: bool = False
+    peer: bool = False
+    extra_overhead_minutes: float = 0.0
+
+
+MODELS: dict[str, Model] = {
+    "crysdiff": Model("crysdiff (pre-trained + diffusion head)"),
+    "scratch": Model("same network from scratch (diffusion head)", init=None),
+    "regression": Model("pre-trained encoder + regression head", overrides=("head.kind=regression",)),
+    "regression_scratch": Model("random encoder + regression head", init=None, overrides=("head.kind=regression",)),
+    "eq4": Model("pre-trained, literal Eq. 4 head", overrides=("head.kind=eq4",)),
+    "learned_prior": Model("pre-trained, CARD learned prior f(x)", overrides=("head.prior=learned",)),
+    "no_jd": Model("w/o joint diffusion", init="lattice", extra_init="coords", extra_overhead_minutes=0.2),
+    "no_egnn": Model("w/o equivariant encoder", init="cartesian"),
+    "no_fs": Model("w/o fixing structures", overrides=("fix_structure=false",), extra_overhead_minutes=2.0),
+    "no_ue": Model("w/o updating the encoder", overrides=("freeze_encoder=true",)),
+    "dft_only": Model("mp2018 model, no refinement (before)", init="job", evaluate_only=True),
+    "refined": Model("mp2018 model refined on the second source (after)", init="job"),
+}
+
+FRACTIONS_SPARSE = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)
+BASE_REFINE = "mp2018_formation"  # the first source of the Table 2 protocol
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One part of the suite: the product tasks x models x fractions x seeds."""
+
+    tasks: tuple[str, ...]
+    models: tuple[str, ...]
+    fractions: tuple[float, ...] = (1.0,)
+    seeds: tuple[int, ...] = (0, 1)
+    peers: tuple[str, ...] = ()  # peer columns, generated when registered in PEERS
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "table1": Experiment(("mp2018_formation", "mp2018_band_gap", "mp_elastic_bulk", "mp_elastic_shear", "perov5_heat",
+                          "dielectric_band_gap", "dielectric_n"), ("crysdiff", "scratch", "regression"),
+                         peers=("alignn", "cgcnn")),
+    "sparse": Experiment(("mp2018_formation", "mp_elastic_bulk"), ("crysdiff", "scratch"), FRACTIONS_SPARSE, seeds=(0,),
+                         peers=("alignn",)),
+    "ablation": Experiment(("mp2018_formation", "mp_elastic_bulk"), ("crysdiff", "no_jd", "no_egnn", "no_fs", "no_ue")),
+    # refine: per seed, the mp2018 model (shared with table1) and, on each second-source split, the
+    # model before refinement, after refinement, and pre-trained + fine-tuned on the second source only
+    "refine": Experiment(("flla_refine20", "flla_refine80"), ("dft_only", "refined", "crysdiff")),
+    "variants": Experiment(("mp2018_formation",), ("crysdiff", "eq4", "learned_prior", "regression", "scratch",
+                                                   "regression_scratch"), (0.1, 1.0), seeds=(0,)),
+}
+
+# Ablation pre-trainings (paper Fig. 5): same data, model and budget as models/pretrained_pool.ckpt
+PRETRAININGS: dict[str, tuple[str, ...]] = {
+    "lattice": ("diffusion.mode=lattice",),
+    "coords": ("diffusion.mode=coords",),
+    "cartesian": ("model.kind=cartesian",),
+}
+PRETRAIN_MINUTES = 32.0  # the pool model's cap (models/README.md)
+PRETRAIN_OVERHEAD_MINUTES = 2.0
+PARTS = ("pretrain-ablation", "table1", "sparse", "ablation", "refine", "variants")
+
+QUICK_BUDGET_MINUTES = 0.15
+QUICK_PRETRAIN_MINUTES = 0.3
+QUICK_OVERHEAD_MINUTES = 0.2
+
+
+# --- peers: the hook for ALIGNN / CGCNN runners -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerJob:
+    """What a peer runner gets: identical split files and the exact training ids crysdiff uses
+    (``train_ids``: the labelled, readable crystals of ``train`` after the seeded label fraction)."""
+
+    train: Path
+    val: Path
+    test: Path
+    target: str
+    label_fraction: float
+    train_ids: tuple[str, ...]
+    seed: int
+    budget_minutes: float
+    out_dir: Path
+
+
+# A peer runner returns the test predictions as a DataFrame with columns ``id`` and ``mean`` (and,
+# if it has them, ``std``, ``p2.5``, ``p97.5``), ids as in the test file.
+PeerRunner = Callable[[PeerJob], "object"]
+
+
+@dataclass(frozen=True)
+class CommandPeer:
+    """A peer run as a shell command template; placeholders are :class:`PeerJob` fields (``{train}``,
+    ``{val}``, ``{test}``, ``{target}``, ``{label_fraction}``, ``{seed}``, ``{budget_minutes}``,
+    ``{out_dir}``) plus ``{train_ids}``, a file with one training id per line. The command writes
+    ``{out_dir}/test_predictions.csv`` (``id,mean[,std,p2.5,p97.5]``)."""
+
+    template: str
+
+    def command(self, job: PeerJob) -> str:
+        fields = {k: (str(v) if not isinstance(v, tuple) else "") for k, v in asdict(job).items()}
+        fields["train_ids"] = str(job.out_dir / "train_ids.txt")
+        return self.template.format(**fields)
+
+    def __call__(self, job: PeerJob):
+        import pandas as pd
+
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        (job.out_dir / "train_ids.txt").write_text("".join(f"{i}\n" for i in job.train_ids))
+        with open(job.out_dir / "peer.log", "w") as log:
+            subprocess.run(self.command(job), shell=True, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return pd.read_csv(job.out_dir / "test_predictions.csv", dtype={"id": str})
+
+
+# Register peers here, e.g. PEERS["alignn"] = CommandPeer("benchmarks/peers/alignn.sh --train {train} ...").
+# Only registered peers get jobs; their budget is the task's, like every other column.
+PEERS: dict[str, PeerRunner] = {}
+
+
+# --- jobs ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    experiment: str
+    task: str
+    model: str
+    label_fraction: float
+    seed: int
+    budget_minutes: float
+    init_job: str = ""  # the fine-tuned model this job refines (refined) or tests (dft_only)
+
+    @property
+    def job_id(self) -> str:
+        """Names the run, not the experiment: equal settings in two experiments are the same job."""
+        budget = "eval" if self.budget_minutes == 0 else f"b{self.budget_minutes:g}m"
+        base = f"{self.task}.{self.model}.lf{self.label_fraction:g}.s{self.seed}.{budget}"
+        return f"{base}.from-{self.init_job}" if self.init_job else base
+
+    def settings(self) -> dict:
+        return asdict(self) | {"job_id": self.job_id}
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    name: str
+    overrides: tuple[str, ...]
+    budget_minutes: float
+
+    experiment = "pretrain-ablation"
+
+    @property
+    def job_id(self) -> str:
+        return f"pretrain.{self.name}"
+
+
+def make_jobs(part: str, *, quick: bool = False, seeds: tuple[int, ...] | None = None,
+              budget_minutes: float | None = None, models: tuple[str, ...] | None = None) -> list:
+    """The jobs of one part, in run order. Deterministic: the same arguments give the same list."""
+    if part == "pretrain-ablation":
+        minutes = budget_minutes or (QUICK_PRETRAIN_MINUTES if quick else PRETRAIN_MINUTES)
+        return [PretrainJob(name, overrides, minutes) for name, overrides in PRETRAININGS.items()
+                if not models or name in models]
+    experiment = EXPERIMENTS[part]
+    run_seeds = tuple(seeds) if seeds else ((0,) if quick else experiment.seeds)
+    columns = [m for m in experiment.models] + [p for p in experiment.peers if p in PEERS]
+
+    def budget(task: str) -> float:
+        return budget_minutes or (QUICK_BUDGET_MINUTES if quick else TASKS[task].budget_minutes)
+
+    jobs: list[Job] = []
+    for seed in run_seeds:
+        if part == "refine":
+            base = Job(part, BASE_REFINE, "crysdiff", 1.0, seed, budget(BASE_REFINE))
+            if not models or "crysdiff" in models:
+                jobs.append(base)
+        for task in experiment.tasks:
+            for fraction in experiment.fractions:
+                for model in columns:
+                    if models and model not in models:
+                        continue
+                    init_job = base.job_id if part == "refine" and MODELS.get(model, Model("")).init == "job" else ""
+                    minutes = 0.0 if MODELS.get(model, Model("")).evaluate_only else budget(task)
+                    jobs.append(Job(part, task, model, fraction, seed, minutes, init_job))
+    return jobs
+
+
+def estimate_minutes(job, quick: bool = False) -> float:
+    """Wall-clock estimate of one job: its budget plus start-up, validation and test prediction."""
+    if isinstance(job, PretrainJob):
+        return job.budget_minutes + (QUICK_OVERHEAD_MINUTES if quick else PRETRAIN_OVERHEAD_MINUTES)
+    model = MODELS.get(job.model, Model(""))
+    overhead = QUICK_OVERHEAD_MINUTES if quick else TASKS[job.task].overhead_minutes + model.extra_overhead_minutes
+    return job.budget_minutes + overhead
+
+
+# --- where things go -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Folders of one mode: results (committed), runs and splits (not committed), ablation models."""
+
+    quick: bool
+    results: Path
+    runs: Path
+    splits: Path
+    ablation_models: Path
+    pool_model: Path = ROOT / "models" / "pretrained_pool.ckpt"
+
+    @classmethod
+    def default(cls, quick: bool = False, root: Path = ROOT) -> "Layout":
+        name = "suite-quick" if quick else "suite"
+        runs = root / "runs" / name
+        ablation = runs / "models" / "ablation" if quick else root / "models" / "ablation"
+        return cls(quick, root / "benchmarks" / "results" / name, runs, runs / "splits", ablation,
+                   root / "models" / "pretrained_pool.ckpt")
+
+    def result_path(self, job) -> Path:
+        return self.results / job.experiment / f"{job.job_id}.json"
+
+    def run_dir(self, job) -> Path:
+        return self.runs / "jobs" / job.job_id
+
+    def pretrained(self, name: str) -> Path:
+        return self.pool_model if name == "pool" else self.ablation_models / f"pretrained_{name}.ckpt"
+
+
+def find_reusable(layout: Layout, job) -> Path | None:
+    """A results file of the same job written by another experiment."""
+    for path in sorted(layout.results.glob(f"*/{job.job_id}.json")):
+        if path.parent.name != job.experiment:
+            return path
+    return None
+
+
+def status(layout: Layout, job) -> str:
+    if layout.result_path(job).is_file():
+        return "done"
+    if find_reusable(layout, job):
+        return "reusable"
+    if isinstance(job, PretrainJob):
+        return "resumable" if (layout.runs / "pretrain" / job.name / "checkpoints" / "last.ckpt").is_file() else "pending"
+    missing = [p for p in required_models(layout, job) if not p.is_file()]
+    if missing and not (job.init_job and missing == [layout.runs / "jobs" / job.init_job / "model.ckpt"]):
+        return "blocked: needs " + ", ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in missing)
+    if (layout.run_dir(job) / "checkpoints" / "last.ckpt").is_file():
+        return "resumable"
+    return "pending"
+
+
+def required_models(layout: Layout, job: Job) -> list[Path]:
+    model = MODELS.get(job.model)
+    if model is None or model.peer:
+        return []
+    out = []
+    if model.init == "job":
+        out.append(layout.runs / "jobs" / job.init_job / "model.ckpt")
+    elif model.init:
+        out.append(layout.pretrained(model.init))
+    if model.extra_init:
+        out.append(layout.pretrained(model.extra_init))
+    return out
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def _crysdiff(*args) -> list[str]:
+    return [sys.executable, "-m", "crysdiff", *map(str, args)]
+
+
+def shown(command: list[str]) -> str:
+    """The command line as a user types it (``crysdiff ...``, paths relative to the repository)."""
+    words = ["crysdiff", *command[3:]] if command[:3] == [sys.executable, "-m", "crysdiff"] else command
+    return shlex.join(_relative(w) for w in words)
+
+
+def _relative(word: str) -> str:
+    for prefix, short in ((str(ROOT) + "/", ""), (str(ROOT.parent / "shared") + "/", "../shared/")):
+        word = word.replace(prefix, short)
+    return word
+
+
+def finetune_command(layout: Layout, job: Job, split, resume: bool = False) -> list[str]:
+    task, model = TASKS[job.task], MODELS[job.model]
+    command = _crysdiff("finetune")
+    if model.init == "job":
+        command += ["--init", layout.runs / "jobs" / job.init_job / "model.ckpt"]
+    elif model.init:
+        command += ["--init", layout.pretrained(model.init)]
+    command += ["--data", split.train, "--val", split.val, "--target", task.target, "--label-fraction", f"{job.label_fraction:g}",
+                "--seed", job.seed, "--out", layout.run_dir(job), "--no-progress"]
+    if resume:
+        command.append("--resume")
+    command += [f"train.max_time_minutes={job.budget_minutes:g}", "train.max_epochs=1000"]
+    if layout.quick:  # a few dozen steps in all: a short warm-up so they do train
+        command += ["train.val_every_steps=10", "train.warmup_steps=5", "train.log_every_steps=5"]
+    else:
+        command += [f"train.val_every_steps={task.val_every_steps}", "train.log_every_steps=20"]
+    command += ["train.checkpoint_every_steps=100", *model.overrides]
+    if model.extra_init:
+        command.append(f"extra_init={layout.pretrained(model.extra_init)}")
+    return [str(c) for c in command]
+
+
+def pretrain_command(layout: Layout, job: PretrainJob, data: list[Path], resume: bool = False) -> list[str]:
+    command = _crysdiff("pretrain", "--data", *data, "--out", layout.runs / "pretrain" / job.name, "--no-progress")
+    if resume:
+        command.append("--resume")
+    # the pool model's settings (benchmarks/train_default_models.sh), one field or encoder changed
+    command += ["train.max_epochs=6", f"train.max_time_minutes={job.budget_minutes:g}", "train.batch_size=64",
+                "train.lr=1e-3", "train.log_every_steps=20", *job.overrides]
+    return [str(c) for c in command]
+
+
+def predict_command(model_path: Path, test: Path, out: Path, seed: int, samples: int) -> list[str]:
+    """The CLI equivalent of the in-process test prediction (recorded in the results file)."""
+    return _crysdiff("predict", "--model", model_path, test, "--samples", samples, "--seed", seed, "--out", out)
+
+
+# --- provenance ------------------------------------------------------------------------------------
+
+
+def git_commit(root: Path = ROOT) -> str:
+    """The checked-out commit, read from ``.git`` (no git process)."""
+    git = root / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+            "python": platform.python_version()}
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+def test_labels(test: Path, target: str) -> dict[str, float]:
+    """``id -> label`` for the readable, labelled crystals of the test file (crysdiff's own reader)."""
+    from crysdiff.cache import load_dataset
+
+    cache = load_dataset([str(test)], progress=False)
+    column = cache.label_names.index(target)
+    values = np.asarray(cache.labels[:, column], dtype=np.float64)
+    labels = {}
+    for i in np.flatnonzero(np.isfinite(values)):
+        key = cache.id(int(i))
+        if key in labels:
+            raise ValueError(f"{test}: id {key!r} occurs twice; test ids must be unique")
+        labels[key] = float(values[i])
+    return labels
+
+
+def training_ids(train: Path, target: str, fraction: float, seed: int) -> tuple[str, ...]:
+    """The training ids ``crysdiff finetune --data TRAIN --label-fraction F --seed S`` uses
+    (labelled crystals in dataset order, then :func:`crysdiff.splits.label_fraction`)."""
+    from crysdiff.cache import load_dataset
+    from crysdiff.splits import label_fraction
+
+    cache = load_dataset([str(train)], progress=False)
+    values = np.asarray(cache.labels[:, cache.label_names.index(target)])
+    indices = np.flatnonzero(np.isfinite(values)).astype(np.int64)
+    if fraction < 1:
+        indices = label_fraction(indices, fraction, seed=seed)
+    return tuple(cache.id(int(i)) for i in indices)
+
+
+def test_metrics(frame, labels: dict[str, float], bins: int = 10) -> dict:
+    """MAE, RMSE, R², 95% coverage and reliability bins of predictions ``frame`` against ``labels``."""
+    from crysdiff.finetune import regression_metrics
+
+    frame = frame[frame["id"].astype(str).isin(labels)]
+    y = np.array([labels[str(i)] for i in frame["id"]])
+    mean = frame["mean"].to_numpy(float)
+    has_spread = "std" in frame and np.nanmax(frame["std"].to_numpy(float), initial=0) > 0
+    if has_spread:
+        std = frame["std"].to_numpy(float)
+        out = regression_metrics(y, mean, frame["p2.5"].to_numpy(float), frame["p97.5"].to_numpy(float), std)
+        order = np.argsort(std)
+        out["std_bins"] = [{"count": int(len(p)), "mean_predicted_std": float(std[p].mean()),
+                            "rmse": float(np.sqrt(np.mean((mean[p] - y[p]) ** 2)))} for p in np.array_split(order, bins) if len(p)]
+    else:
+        out = regression_metrics(y, mean)
+    out["missing_predictions"] = int(len(labels) - len(frame))
+    return out
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+def _run_logged(command: list[str], log: Path, env: dict) -> float:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log, "a") as handle:
+        handle.write(f"$ {shown(command)}\n")
+        handle.flush()
+        result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    if result.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{shown(command)} failed with exit code {result.returncode}; end of {log}:\n{tail}")
+    return time.perf_counter() - started
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)  # never a half-written results file
+
+
+@dataclass
+class Runner:
+    """Runs jobs of one layout. ``dry_run`` prints the commands; ``env`` is passed to subprocesses."""
+
+    layout: Layout
+    dry_run: bool = False
+    samples: int = 100
+    env: dict = field(default_factory=lambda: dict(os.environ))
+    log: Callable[[str], None] = print
+
+    def run(self, jobs: list) -> list[str]:
+        """Run ``jobs`` in order; returns the ids of the jobs that failed (the others are done)."""
+        failed = []
+        for k, job in enumerate(jobs, 1):
+            prefix = f"[{k}/{len(jobs)}] {job.experiment}/{job.job_id}"
+            try:
+                outcome = self.run_job(job)
+                self.log(f"{prefix}: {outcome}")
+            except Exception as error:  # one failed job never stops the suite
+                failed.append(job.job_id)
+                self.log(f"{prefix}: FAILED: {error}")
+        return failed
+
+    def run_job(self, job) -> str:
+        path = self.layout.result_path(job)
+        if path.is_file():
+            return "skipped (results exist)"
+        reusable = find_reusable(self.layout, job)
+        if reusable is not None and not self.dry_run:
+            payload = json.loads(reusable.read_text())
+            payload.update(experiment=job.experiment, reused_from=str(reusable.relative_to(self.layout.results)))
+            _write_json(path, payload)
+            return f"reused {reusable.relative_to(self.layout.results)}"
+        if isinstance(job, PretrainJob):
+            return self._pretrain(job)
+        if job.model in PEERS:
+            return self._peer(job)
+        return self._crysdiff(job)
+
+    # crysdiff columns
+    def _split(self, task: str):
+        from suite_splits import build_split
+
+        return build_split(TASKS[task].split, self.layout.splits, quick=self.layout.quick)
+
+    def _crysdiff(self, job: Job) -> str:
+        model = MODELS[job.model]
+        split = self._split(job.task)
+        run_dir = self.layout.run_dir(job)
+        commands, seconds = [], {}
+        if model.init == "job":  # the refined model's start (and the model tested before refinement)
+            base = self.layout.runs / "jobs" / job.init_job / "model.ckpt"
+            if not base.is_file() and not self.dry_run:
+                raise FileNotFoundError(f"{base} is missing: run the job {job.init_job} first (it comes first in --part refine)")
+        for needed in required_models(self.layout, job):
+            if not needed.is_file() and not self.dry_run and model.init != "job":
+                raise FileNotFoundError(f"{needed} is missing: run `python benchmarks/suite.py --part pretrain-ablation"
+                                        f"{' --quick' if self.layout.quick else ''}` first")
+        model_path = base if model.evaluate_only else run_dir / "model.ckpt"
+        if not model.evaluate_only:
+            done = (run_dir / "model.ckpt").is_file() and (run_dir / "val_metrics.json").is_file()
+            resume = not done and (run_dir / "checkpoints" / "last.ckpt").is_file()
+            command = finetune_command(self.layout, job, split, resume=resume)
+            commands.append(shown(command))
+            if self.dry_run:
+                self.log(commands[-1])
+            elif not done:
+                seconds["finetune"] = _run_logged(command, run_dir / "suite.log", self.env)
+        out_csv = run_dir / "test_predictions.csv"
+        commands.append(shown(predict_command(model_path, split.test, out_csv, job.seed, self.samples)))
+        if self.dry_run:
+            self.log(commands[-1])
+            return "dry run"
+        started = time.perf_counter()
+        frame = self._predict(model_path, split.test, job.seed)
+        seconds["predict"] = time.perf_counter() - started
+        run_dir.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out_csv, index=False)
+        return self._finish(job, split, frame, commands, seconds, model_path)
+
+    def _predict(self, model_path: Path, test: Path, seed: int):
+        import crysdiff
+
+        predictor = crysdiff.load(model_path, device="cpu")
+        return predictor.predict([str(test)], samples=self.samples, seed=seed)
+
+    def _finish(self, job: Job, split, frame, commands, seconds, model_path: Path) -> str:
+        task = TASKS[job.task]
+        metrics = test_metrics(frame, test_labels(split.test, task.target))
+        info = split.info()
+        run_dir = self.layout.run_dir(job)
+        val = json.loads((run_dir / "val_metrics.json").read_text()) if (run_dir / "val_metrics.json").is_file() else {}
+        training = {}
+        if model_path.is_file() and not MODELS.get(job.model, Model("")).peer:
+            from crysdiff.checkpoint import load_checkpoint
+
+            payload = load_checkpoint(model_path, kind="finetune")
+            training = {"training": payload.get("training", {}), "data": payload.get("data", {}),
+                        "unit": payload["normalizer"].get("unit", "")}
+        payload = {
+            "schema": SCHEMA,
+            **job.settings(),
+            "quick": self.layout.quick,
+            "target": task.target,
+            "task_label": task.label,
+            "unit": training.get("unit") or (str(frame["unit"].iloc[0]) if "unit" in frame.columns and len(frame) else ""),
+            "model_label": MODELS[job.model].label if job.model in MODELS else job.model,
+            "model_settings": asdict(MODELS[job.model]) if job.model in MODELS else {"peer": True},
+            "split": {"name": info["name"], "seed": info["seed"],
+                      "parts": {k: {"count": v["count"], "file": v["file"], "sha256": v["sha256"]} for k, v in info["parts"].items()},
+                      **({"dedupe": info["dedupe"]} if "dedupe" in info else {})},
+            "git_commit": git_commit(),
+            "machine": machine(),
+            "commands": commands,
+            "seconds": {**seconds, "total": sum(seconds.values())},
+            "fit": training.get("training", {}),
+            "train_count": training.get("data", {}).get("train_count"),
+            "val": val.get("val", {}),
+            "test": metrics,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _write_json(self.layout.result_path(job), payload)
+        coverage = metrics.get("coverage95")
+        return (f"test MAE {metrics['mae']:.4g} {payload['unit']}" + (f", coverage {coverage:.3f}" if coverage is not None else "")
+                + f" ({metrics['count']} crystals)")
+
+    # peers
+    def _peer(self, job: Job) -> str:
+        split = self._split(job.task)
+        run_dir = self.layout.run_dir(job)
+        peer_job = PeerJob(split.train, split.val, split.test, TASKS[job.task].target, job.label_fraction,
+                           training_ids(split.train, TASKS[job.task].target, job.label_fraction, job.seed), job.seed,
+                           job.budget_minutes, run_dir)
+        runner = PEERS[job.model]
+        commands = [runner.command(peer_job)] if isinstance(runner, CommandPeer) else [f"{job.model} runner (python callable)"]
+        if self.dry_run:
+            self.log(commands[0])
+            return "dry run"
+        started = time.perf_counter()
+        frame = runner(peer_job)
+        seconds = {"peer": time.perf_counter() - started}
+        frame = frame.assign(id=frame["id"].astype(str))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(run_dir / "test_predictions.csv", index=False)
+        return self._finish(job, split, frame, commands, seconds, run_dir / "none")
+
+    # pre-training for the ablation
+    def _pretrain(self, job: PretrainJob) -> str:
+        target = self.layout.pretrained(job.name)
+        run_dir = self.layout.runs / "pretrain" / job.name
+        if self.layout.quick:
+            data = [self._split("mp2018_formation").train]  # a few hundred crystals
+        else:
+            data = [ROOT.parent / "shared" / "data"]  # the whole pool, as for models/pretrained_pool.ckpt
+        resume = (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "model.ckpt").is_file()
+        command = pretrain_command(self.layout, job, data, resume=resume)
+        if self.dry_run:
+            self.log(shown(command))
+            return "dry run"
+        seconds = {}
+        if target.is_file():
+            note = f"{target.name} exists: not pre-trained again"
+        else:
+            if not (run_dir / "model.ckpt").is_file():
+                seconds["pretrain"] = _run_logged(command, run_dir / "suite.log", self.env)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / "model.ckpt", target)
+            note = f"wrote {target}"
+        from crysdiff.checkpoint import load_checkpoint
+
+        payload = load_checkpoint(target, kind="pretrain")
+        _write_json(self.layout.result_path(job), {
+            "schema": SCHEMA, "experiment": job.experiment, "job_id": job.job_id, "name": job.name,
+            "overrides": list(job.overrides), "budget_minutes": job.budget_minutes, "quick": self.layout.quick,
+            "checkpoint": str(target.relative_to(ROOT)) if target.is_relative_to(ROOT) else str(target),
+            "checkpoint_bytes": target.stat().st_size, "git_commit": git_commit(), "machine": machine(),
+            "commands": [shown(command)], "seconds": seconds, "fit": payload.get("training", {}),
+            "val_loss": payload.get("metrics", {}), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        return note
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def select_jobs(parts, args) -> list:
+    jobs = []
+    for part in parts:
+        jobs += make_jobs(part, quick=args.quick, seeds=tuple(args.seeds) if args.seeds else None,
+                          budget_minutes=args.budget_minutes, models=tuple(args.models) if args.models else None)
+    if args.limit:
+        jobs = jobs[: args.limit]
+    return jobs
+
+
+def print_list(layout: Layout, parts, args) -> None:
+    grand = 0.0
+    for part in parts:
+        jobs = select_jobs([part], args)
+        total = sum(estimate_minutes(j, args.quick) for j in jobs)
+        grand += total
+        print(f"\n## {part}: {len(jobs)} jobs, estimated {total:.0f} min if none is done or reused"
+              + ("" if args.quick else f" (limit {PART_LIMIT_MINUTES} min per part)"))
+        for job in jobs:
+            budget = job.budget_minutes
+            print(f"  {job.job_id:<70} budget {budget:>5g} min  est {estimate_minutes(job, args.quick):>5.2f} min  "
+                  f"{status(layout, job)}")
+        by_budget: dict[tuple, int] = {}
+        for job in jobs:
+            key = (job.budget_minutes, round(estimate_minutes(job, args.quick) - job.budget_minutes, 2))
+            by_budget[key] = by_budget.get(key, 0) + 1
+        arithmetic = " + ".join(f"{n} x ({b:g} + {o:g})" for (b, o), n in sorted(by_budget.items()))
+        print(f"  arithmetic: {arithmetic} = {total:.0f} min (jobs x (budget + overhead))")
+    print(f"\nall listed parts: {grand:.0f} min ({grand / 60:.1f} h)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Example:\n  python benchmarks/suite.py --part table1 --seeds 0 1\n"
+                                            "  python benchmarks/suite.py --quick --all")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--part", choices=PARTS, action="append", help="part(s) to run (repeatable)")
+    which.add_argument("--all", action="store_true", help="every part, pretrain-ablation first")
+    parser.add_argument("--quick", action="store_true", help="reduced form: small subsets, tiny budgets, one seed; "
+                                                              "results in benchmarks/results/suite-quick/")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: per experiment, see --list)")
+    parser.add_argument("--budget-minutes", type=float, help="override every job's budget (minutes of training)")
+    parser.add_argument("--models", nargs="+", help="only these model columns (e.g. crysdiff scratch alignn)")
+    parser.add_argument("--limit", type=int, help="only the first N jobs (for checks)")
+    parser.add_argument("--list", action="store_true", help="print the jobs, their budgets and status; run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the command lines; run nothing")
+    parser.add_argument("--samples", type=int, default=100, help="samples per test crystal (default 100)")
+    parser.add_argument("--threads", type=int, help="torch/OpenMP threads for every run (default: torch's choice)")
+    args = parser.parse_args(argv)
+    parts = list(PARTS) if args.all or (args.list and not args.part) else (args.part or [])
+    if not parts:
+        parser.error("choose --part NAME, --all or --list")
+    env = dict(os.environ)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    layout = Layout.default(quick=args.quick)
+    if args.list:
+        print_list(layout, parts, args)
+        return 0
+    runner = Runner(layout, dry_run=args.dry_run, samples=args.samples, env=env)
+    failed = runner.run(select_jobs(parts, args))
+    if failed:
+        print(f"{len(failed)} job(s) failed: {', '.join(failed)} (rerun the same command to retry them)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The reproduction suite's machinery (benchmarks/suite.py, suite_splits.py, report.py): the job
+table, skipping and reusing finished jobs, split files, and the report. Nothing here trains: the
+results files below are fabricated test fixtures written to a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import report  # noqa: E402
+import suite  # noqa: E402
+import suite_splits  # noqa: E402
+
+
+def _layout(tmp_path: Path, quick: bool = False) -> suite.Layout:
+    return suite.Layout(quick, tmp_path / "results", tmp_path / "runs", tmp_path / "runs" / "splits",
+                        tmp_path / "models" / "ablation", tmp_path / "models" / "pool.ckpt")
+
+
+# --- the job table -----------------------------------------------------------------------------------
+
+
+def test_job_table_is_deterministic_and_complete():
+    for part in suite.PARTS:
+        first, second = suite.make_jobs(part), suite.make_jobs(part)
+        assert first == second and [j.job_id for j in first] == [j.job_id for j in second]
+        ids = [j.job_id for j in first]
+        assert len(ids) == len(set(ids)), f"{part}: duplicate job ids"
+        assert sum(suite.estimate_minutes(j) for j in first) <= suite.PART_LIMIT_MINUTES, part
+    assert len(suite.make_jobs("table1")) == 7 * 3 * 2
+    assert len(suite.make_jobs("sparse")) == 2 * 6 * 2
+    quick = suite.make_jobs("table1", quick=True)
+    assert {j.seed for j in quick} == {0} and {j.budget_minutes for j in quick} == {suite.QUICK_BUDGET_MINUTES}
+    assert sum(suite.estimate_minutes(j, True) for p in suite.PARTS for j in suite.make_jobs(p, quick=True)) <= 30
+    # refinement starts from the mp2018 model of its seed, which comes earlier in the part
+    refine = suite.make_jobs("refine", seeds=(3,))
+    ids = [j.job_id for j in refine]
+    for k, job in enumerate(refine):
+        if job.init_job:
+            assert job.init_job in ids[:k] and ".s3." in job.init_job
+    # same settings in two experiments: the same job (run folder and results shared)
+    shared = {j.job_id for j in suite.make_jobs("table1")} & {j.job_id for j in suite.make_jobs("sparse")}
+    assert "mp2018_formation.crysdiff.lf1.s0.b4m" in shared
+    assert suite.make_jobs("variants", seeds=(5,), budget_minutes=2)[0].job_id.endswith(".s5.b2m")
+
+
+def test_commands_pass_split_budget_and_variant(tmp_path):
+    layout = _layout(tmp_path)
+    split = suite_splits.SplitFiles("x", tmp_path, tmp_path / "train.csv.gz", tmp_path / "val.csv.gz", tmp_path / "test.csv.gz")
+    job = suite.Job("ablation", "mp_elastic_bulk", "no_jd", 0.2, 1, 1.5)
+    command = suite.finetune_command(layout, job, split)
+    text = " ".join(command)
+    assert f"--init {layout.pretrained('lattice')}" in text and f"extra_init={layout.pretrained('coords')}" in text
+    assert "--val " + str(split.val) in text and "--target K_VRH" in text and "--label-fraction 0.2" in text
+    assert "train.max_time_minutes=1.5" in command and "--seed" in command and "--resume" not in command
+    scratch = suite.finetune_command(layout, suite.Job("table1", "mp2018_band_gap", "scratch", 1.0, 0, 4), split, resume=True)
+    assert "--init" not in scratch and "--resume" in scratch
+    assert suite.shown(command).startswith("crysdiff finetune ")
+
+
+# --- skipping, reusing ---------------------------------------------------------------------------------
+
+
+def test_finished_jobs_are_skipped_and_identical_jobs_reused(tmp_path, monkeypatch):
+    layout = _layout(tmp_path)
+    runner = suite.Runner(layout, log=lambda message: None)
+    monkeypatch.setattr(suite.Runner, "_crysdiff", lambda self, job: pytest.fail(f"{job.job_id} should not run"))
+    job = suite.Job("table1", "mp2018_formation", "crysdiff", 1.0, 0, 4.0)
+    layout.result_path(job).parent.mkdir(parents=True)
+    layout.result_path(job).write_text(json.dumps({"experiment": "table1", "test": {"mae": 0.1}}))
+    assert suite.status(layout, job) == "done"
+    assert runner.run_job(job).startswith("skipped")
+    twin = suite.Job("sparse", "mp2018_formation", "crysdiff", 1.0, 0, 4.0)
+    assert suite.status(layout, twin) == "reusable"
+    assert runner.run([twin]) == []
+    copied = json.loads(layout.result_path(twin).read_text())
+    assert copied["experiment"] == "sparse" and copied["reused_from"].startswith("table1/")
+    # an interrupted run folder is resumed, a missing ablation checkpoint blocks
+    other = suite.Job("table1", "mp2018_formation", "scratch", 1.0, 0, 4.0)
+    (layout.run_dir(other) / "checkpoints").mkdir(parents=True)
+    (layout.run_dir(other) / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert suite.status(layout, other) == "resumable"
+    assert suite.status(layout, suite.Job("ablation", "mp2018_formation", "no_egnn", 1.0, 0, 4.0)).startswith("blocked")
+
+
+# --- split files ---------------------------------------------------------------------------------------
+
+
+def test_split_files_are_deterministic_disjoint_and_readable(tmp_path, shared_data):
+    source = suite_splits.ExtxyzFrames(shared_data / "matminer" / "dielectric_constant.extxyz")
+    first = suite_splits.seeded_split("dielectric", source, tmp_path / "a", quick=False)
+    second = suite_splits.seeded_split("dielectric", suite_splits.ExtxyzFrames(source.path), tmp_path / "b", quick=False)
+    a, b = first.info()["parts"], second.info()["parts"]
+    assert {k: v["sha256"] for k, v in a.items()} == {k: v["sha256"] for k, v in b.items()}
+    positions = [set(a[p]["positions"]) for p in ("train", "val", "test")]
+    assert not (positions[0] & positions[1] or positions[0] & positions[2] or positions[1] & positions[2])
+    assert set().union(*positions) == set(range(len(source.ids())))
+    assert [a[p]["count"] for p in ("train", "val", "test")] == [810, 101, 101]
+    quick = suite_splits.seeded_split("dielectric", source, tmp_path / "q", quick=True).info()["parts"]
+    for part in ("train", "val", "test"):
+        assert set(quick[part]["positions"]) <= set(a[part]["positions"])
+    # a CSV split (perov_5: train on val, test on test), as crysdiff reads it
+    from crysdiff.cache import load_dataset
+
+    perov = suite_splits.holdout_split("perov_5", suite_splits.CsvTable(shared_data / "perov_5" / "val.csv.gz"),
+                                       suite_splits.CsvTable(shared_data / "perov_5" / "test.csv.gz"), tmp_path / "c",
+                                       quick=True, val_fraction=0.1)
+    info = perov.info()["parts"]
+    assert not set(info["train"]["ids"]) & set(info["val"]["ids"])
+    cache = load_dataset([str(perov.val)], progress=False, workers=1)
+    assert [cache.id(i) for i in range(len(cache))] == info["val"]["ids"]
+    assert "heat_ref" in cache.label_names and "Unnamed: 0" not in cache.label_names
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+
+def _fixture(results: Path, experiment: str, task: str, model: str, seed: int, mae: float, fraction: float = 1.0,
+             coverage: float | None = 0.95) -> None:
+    """A fabricated results file (a test fixture, shaped like the suite's)."""
+    test = {"count": 100, "mae": mae, "rmse": 1.3 * mae, "r2": 0.9}
+    if coverage is not None:
+        test |= {"coverage95": coverage, "std_bins": [{"count": 50, "mean_predicted_std": s, "rmse": 1.1 * s} for s in (0.1, 0.2)]}
+    payload = {
+        "schema": 1, "experiment": experiment, "task": task, "model": model, "label_fraction": fraction, "seed": seed,
+        "budget_minutes": 1.5, "init_job": "", "job_id": f"{task}.{model}.lf{fraction:g}.s{seed}", "quick": False,
+        "target": suite.TASKS[task].target, "unit": "GPa",
+        "split": {"name": "mp_elastic", "seed": 0, "parts": {p: {"count": n, "file": "x", "sha256": "0"}
+                                                            for p, n in (("train", 80), ("val", 10), ("test", 10))}},
+        "git_commit": "0" * 40, "machine": {"cpu": "test cpu", "cores": 2, "torch": "x", "torch_threads": 1, "gpu": "none"},
+        "commands": [f"crysdiff finetune --target {suite.TASKS[task].target} ({model})"], "seconds": {"total": 60.0},
+        "train_count": int(800 * fraction), "test": test,
+    }
+    path = results / experiment / f"{payload['job_id']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def test_report_renders_tables_figures_and_peer_columns(tmp_path):
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        for task, base in (("mp_elastic_bulk", 10.0), ("dielectric_n", 0.3)):
+            _fixture(results, "table1", task, "crysdiff", seed, base * (0.8 + 0.01 * seed))
+            _fixture(results, "table1", task, "scratch", seed, base * (1.0 + 0.01 * seed))
+            _fixture(results, "table1", task, "regression", seed, base * 0.9, coverage=None)
+        _fixture(results, "table1", "mp_elastic_bulk", "alignn", seed, 7.0, coverage=None)  # a peer column
+    for fraction in (0.05, 0.4, 1.0):
+        _fixture(results, "sparse", "mp_elastic_bulk", "crysdiff", 0, 10 / fraction**0.2, fraction)
+        _fixture(results, "sparse", "mp_elastic_bulk", "scratch", 0, 12 / fraction**0.2, fraction)
+    for variant, mae in (("crysdiff", 10.0), ("no_jd", 11.0), ("no_ue", 9.5)):
+        _fixture(results, "ablation", "mp_elastic_bulk", variant, 0, mae)
+    out = tmp_path / "docs" / "results.md"
+    text = report.render(results, out, tmp_path / "docs" / "figures")
+    assert out.read_text() == text and "generated by `python benchmarks/report.py`" in text
+    assert "alignn (peer)" in text and "**7 ± 0" in text  # the peer is best on bulk modulus, in bold
+    assert "crysdiff is the best column on 1 of 2 tasks" in text
+    assert "lowers the test MAE on 2 of 2 tasks" in text
+    assert "pre-trained beats scratch at 2 of 2 fractions up to 40%" in text
+    assert "w/o updating the encoder: worse than the full model on 0 of 1" in text
+    assert "*No refine results yet*" in text
+    for figure in ("fig4_sparse.png", "fig5_ablation.png", "reliability.png"):
+        assert (tmp_path / "docs" / "figures" / figure).stat().st_size > 1000
+        assert f"figures/{figure}" in text
