@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-PART_LIMIT_MINUTES = 120  # each part must finish within 2 hours on the 2-core machine
+PART_LIMIT_MINUTES = 120  # each part, one seed at a time (--seeds S), must finish within 2 hours here
 SCHEMA = 1
 
 
@@ -203,9 +203,15 @@ class CommandPeer:
         return pd.read_csv(job.out_dir / "test_predictions.csv", dtype={"id": str})
 
 
-# Register peers here, e.g. PEERS["alignn"] = CommandPeer("benchmarks/peers/alignn.sh --train {train} ...").
-# Only registered peers get jobs; their budget is the task's, like every other column.
-PEERS: dict[str, PeerRunner] = {}
+# Only registered peers get jobs; their budget is the task's, like every other column, and they use
+# the same threads (OMP_NUM_THREADS from --threads). See benchmarks/peers/README.md.
+_PEER_ARGS = ("--train {train} --val {val} --test {test} --target {target} --minutes {budget_minutes} "
+              "--seed {seed} --train-ids {train_ids} --out {out_dir}")
+PEERS: dict[str, PeerRunner] = {
+    "cgcnn": CommandPeer(f"{sys.executable} -m crysdiff.baselines.cgcnn {_PEER_ARGS}"),
+}
+if (ROOT / ".venv-alignn" / "bin" / "python").is_file():  # made by benchmarks/peers/alignn_setup.sh
+    PEERS["alignn"] = CommandPeer(f".venv-alignn/bin/python benchmarks/peers/alignn_runner.py {_PEER_ARGS}")
 
 
 # --- jobs ------------------------------------------------------------------------------------------
@@ -726,8 +732,14 @@ def print_list(layout: Layout, parts, args) -> None:
         jobs = select_jobs([part], args)
         total = sum(estimate_minutes(j, args.quick) for j in jobs)
         grand += total
-        print(f"\n## {part}: {len(jobs)} jobs, estimated {total:.0f} min if none is done or reused"
-              + ("" if args.quick else f" (limit {PART_LIMIT_MINUTES} min per part)"))
+        per_seed = {}
+        for job in jobs:
+            seed = getattr(job, "seed", "-")
+            per_seed[seed] = per_seed.get(seed, 0.0) + estimate_minutes(job, args.quick)
+        seeds = ", ".join(f"seed {s}: {m:.0f} min" for s, m in sorted(per_seed.items(), key=str))
+        print(f"\n## {part}: {len(jobs)} jobs, estimated {total:.0f} min if none is done or reused ({seeds})"
+              + ("" if args.quick else f"; run one seed at a time (--seeds S) to stay within "
+                                       f"{PART_LIMIT_MINUTES} min per run"))
         for job in jobs:
             budget = job.budget_minutes
             print(f"  {job.job_id:<70} budget {budget:>5g} min  est {estimate_minutes(job, args.quick):>5.2f} min  "

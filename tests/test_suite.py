@@ -26,13 +26,19 @@ def _layout(tmp_path: Path, quick: bool = False) -> suite.Layout:
 # --- the job table -----------------------------------------------------------------------------------
 
 
-def test_job_table_is_deterministic_and_complete():
+def test_job_table_is_deterministic_and_complete(monkeypatch):
+    # with both peers registered, every part fits the 2-hour limit one seed at a time
+    monkeypatch.setattr(suite, "PEERS", {"alignn": suite.CommandPeer("x"), "cgcnn": suite.CommandPeer("x")})
     for part in suite.PARTS:
         first, second = suite.make_jobs(part), suite.make_jobs(part)
         assert first == second and [j.job_id for j in first] == [j.job_id for j in second]
         ids = [j.job_id for j in first]
         assert len(ids) == len(set(ids)), f"{part}: duplicate job ids"
-        assert sum(suite.estimate_minutes(j) for j in first) <= suite.PART_LIMIT_MINUTES, part
+        for seed in {getattr(j, "seed", None) for j in first}:
+            minutes = sum(suite.estimate_minutes(j) for j in first if getattr(j, "seed", None) == seed)
+            assert minutes <= suite.PART_LIMIT_MINUTES, (part, seed, minutes)
+    assert len(suite.make_jobs("table1")) == 7 * 5 * 2
+    monkeypatch.setattr(suite, "PEERS", {})
     assert len(suite.make_jobs("table1")) == 7 * 3 * 2
     assert len(suite.make_jobs("sparse")) == 2 * 6 * 2
     quick = suite.make_jobs("table1", quick=True)
