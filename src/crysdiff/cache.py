@@ -346,9 +346,26 @@ def _build(groups, keys, root: Path, settings, strict, workers, progress) -> Non
     finally:
         stop.set()
         if pool is not None:
-            pool.terminate()
+            _stop_pool(pool)
         if bar is not None:
             bar.stop()
+
+
+def _stop_pool(pool) -> None:
+    """``Pool.terminate()``, made safe after an error. CPython's pool can hang in terminate: its task
+    feeder thread may be blocked writing a large task (raw file text) into the pipe of workers that
+    are already gone, and terminate waits for that thread. So terminate runs in a helper thread; if it
+    has not finished after a few seconds, the parent's read end of the task pipe is closed, which
+    turns the blocked write into an error and lets terminate finish."""
+    closer = threading.Thread(target=pool.terminate, name="crysdiff-pool-terminate", daemon=True)
+    closer.start()
+    closer.join(5.0)
+    if closer.is_alive():
+        try:
+            pool._inqueue._reader.close()  # CPython's Pool keeps the task pipe here
+        except (AttributeError, OSError):
+            pass
+        closer.join(30.0)
 
 
 def _progress(enabled: bool):
