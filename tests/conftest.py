@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -59,3 +60,14 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+class HeadWithoutCoefficients(torch.nn.Module):
+    """The same head, seen through ``forward`` only (forces the generic per-sample chain)."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.inner = head
+
+    def forward(self, features, y_t, mu, t):
+        return self.inner(features, y_t, mu, t)

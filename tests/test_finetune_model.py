@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import HeadWithoutCoefficients
 
 from crysdiff.card import PropertyDiffusion, PropertyDiffusionConfig
 from crysdiff.finetune import PropertyModel, pool_mean
@@ -65,17 +66,6 @@ def test_card_head_learns_mean_and_calibrated_spread(kind, prior):
     assert out["std"][noisy].mean() > 1.6 * out["std"][~noisy].mean()
     coverage = ((y >= out["p2.5"]) & (y <= out["p97.5"])).double().mean()
     assert 0.88 <= coverage <= 0.99, coverage
-
-
-class HeadWithoutCoefficients(torch.nn.Module):
-    """The same head, seen through ``forward`` only (forces the generic per-sample chain)."""
-
-    def __init__(self, head):
-        super().__init__()
-        self.inner = head
-
-    def forward(self, features, y_t, mu, t):
-        return self.inner(features, y_t, mu, t)
 
 
 def test_generic_chain_matches_affine_chain_statistics():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import HeadWithoutCoefficients
 
 from crysdiff.batching import collate_crystals
 from crysdiff.card import PropertyDiffusion, PropertyDiffusionConfig
@@ -190,15 +191,6 @@ def test_unfixed_structure_training_and_prediction(batch):
     for head in (HeadConfig(kind="regression", hidden_dim=16), HeadConfig(prior="learned", hidden_dim=16)):
         with pytest.raises(ValueError, match="fix_structure=false"):
             PropertyModel(RecordingEncoder(), 16, head).loss(batch, y, property_diffusion, structure_diffusion=structure_diffusion)
-
-
-class HeadWithoutCoefficients(torch.nn.Module):
-    def __init__(self, head):
-        super().__init__()
-        self.inner = head
-
-    def forward(self, features, y_t, mu, t):
-        return self.inner(features, y_t, mu, t)
 
 
 def test_unfixed_structure_affine_chain_matches_generic_chain(batch):
