@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from suite import EXPERIMENTS, FRACTIONS_SPARSE, MODELS, TASKS  # noqa: E402
+from suite_jobs import EXPERIMENTS, FRACTIONS_SPARSE, MODELS, TASKS  # noqa: E402
 
 OWN_COLUMNS = ("crysdiff", "scratch", "regression")
 

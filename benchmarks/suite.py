@@ -19,13 +19,14 @@ holds a checkpoint continues with ``--resume``; a job identical to one of anothe
 task, model, fraction, seed and budget) reuses its results. Pre-trained checkpoints for the
 ablation are made once (``--part pretrain-ablation``) into ``models/ablation/`` and never redone.
 
-Peer models (ALIGNN, CGCNN) plug in through :data:`PEERS` (see :class:`PeerJob`); the report shows
+Peer models (ALIGNN, CGCNN) plug in through :data:`suite_jobs.PEERS` (see :class:`PeerJob`); the report shows
 their columns when their results exist.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -41,323 +42,16 @@ from typing import Callable
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-PART_LIMIT_MINUTES = 120  # each part, one seed at a time (--seeds S), must finish within 2 hours here
+import suite_jobs  # noqa: E402  (suite_jobs.PEERS is read through the module, so tests can replace it)
+from suite_jobs import (  # noqa: E402  (the job table)
+    MODELS, PART_LIMIT_MINUTES, PARTS, ROOT, TASKS,
+    CommandPeer, Job, Layout, Model, PeerJob, PretrainJob, estimate_minutes, find_reusable, make_jobs, required_models,
+    status,
+)
+
 SCHEMA = 1
-
-
-# --- tasks, models, experiments: the declarative table ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Task:
-    """A property on a split. ``budget_minutes``: fine-tuning wall clock of every model on this task
-    (equal across models); ``overhead_minutes``: measured-order start-up, final validation and test
-    prediction per job, for the time estimate only."""
-
-    split: str
-    target: str
-    label: str
-    budget_minutes: float
-    overhead_minutes: float
-    val_every_steps: int
-
-
-TASKS: dict[str, Task] = {
-    # Table 1 (seven properties)
-    "mp2018_formation": Task("mp2018", "formation_energy_per_atom", "formation energy (mp2018)", 4.0, 0.75, 150),
-    "mp2018_band_gap": Task("mp2018", "band_gap", "band gap (mp2018)", 4.0, 0.75, 150),
-    "mp_elastic_bulk": Task("mp_elastic", "K_VRH", "bulk modulus (mp_elastic)", 1.5, 0.3, 50),
-    "mp_elastic_shear": Task("mp_elastic", "G_VRH", "shear modulus (mp_elastic)", 1.5, 0.3, 50),
-    "perov5_heat": Task("perov_5", "heat_ref", "heat of formation (perov_5)", 1.5, 0.4, 50),
-    "dielectric_band_gap": Task("dielectric", "band_gap", "band gap (matminer dielectric)", 1.5, 0.3, 50),
-    "dielectric_n": Task("dielectric", "n", "refractive index (matminer dielectric)", 1.5, 0.3, 50),
-    # Table 2 protocol: the second source (flla_2015 materials absent from mp2018)
-    "flla_refine20": Task("flla_refine20", "formation_energy_per_atom", "flla_2015 novel, refine on 20%", 3.0, 0.3, 50),
-    "flla_refine80": Task("flla_refine80", "formation_energy_per_atom", "flla_2015 novel, refine on 80%", 3.0, 0.3, 50),
-}
-
-
-@dataclass(frozen=True)
-class Model:
-    """How a column is trained. ``init``: ``"pool"`` (models/pretrained_pool.ckpt), an ablation
-    pre-training name (``lattice``, ``coords``, ``cartesian``), ``"job"`` (the fine-tuned model of
-    the job's ``init_job``), or ``None`` (random encoder). ``evaluate_only``: no training, the
-    ``init_job``'s model is tested as it is. ``peer``: trained by a :data:`PEERS` runner."""
-
-    label: str
-    init: str | None = "pool"
-    overrides: tuple[str, ...] = ()
-    extra_init: str = ""
-    evaluate_only: bool = False
-    peer: bool = False
-    extra_overhead_minutes: float = 0.0
-
-
-MODELS: dict[str, Model] = {
-    "crysdiff": Model("crysdiff (pre-trained + diffusion head)"),
-    "scratch": Model("same network from scratch (diffusion head)", init=None),
-    "regression": Model("pre-trained encoder + regression head", overrides=("head.kind=regression",)),
-    "regression_scratch": Model("random encoder + regression head", init=None, overrides=("head.kind=regression",)),
-    "eq4": Model("pre-trained, literal Eq. 4 head", overrides=("head.kind=eq4",)),
-    "learned_prior": Model("pre-trained, CARD learned prior f(x)", overrides=("head.prior=learned",)),
-    "no_jd": Model("w/o joint diffusion", init="lattice", extra_init="coords", extra_overhead_minutes=0.2),
-    "no_egnn": Model("w/o equivariant encoder", init="cartesian"),
-    "no_fs": Model("w/o fixing structures", overrides=("fix_structure=false",), extra_overhead_minutes=2.0),
-    "no_ue": Model("w/o updating the encoder", overrides=("freeze_encoder=true",)),
-    "dft_only": Model("mp2018 model, no refinement (before)", init="job", evaluate_only=True),
-    "refined": Model("mp2018 model refined on the second source (after)", init="job"),
-}
-
-FRACTIONS_SPARSE = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)
-BASE_REFINE = "mp2018_formation"  # the first source of the Table 2 protocol
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One part of the suite: the product tasks x models x fractions x seeds."""
-
-    tasks: tuple[str, ...]
-    models: tuple[str, ...]
-    fractions: tuple[float, ...] = (1.0,)
-    seeds: tuple[int, ...] = (0, 1)
-    peers: tuple[str, ...] = ()  # peer columns, generated when registered in PEERS
-
-
-EXPERIMENTS: dict[str, Experiment] = {
-    "table1": Experiment(("mp2018_formation", "mp2018_band_gap", "mp_elastic_bulk", "mp_elastic_shear", "perov5_heat",
-                          "dielectric_band_gap", "dielectric_n"), ("crysdiff", "scratch", "regression"),
-                         peers=("alignn", "cgcnn")),
-    "sparse": Experiment(("mp2018_formation", "mp_elastic_bulk"), ("crysdiff", "scratch"), FRACTIONS_SPARSE, seeds=(0,),
-                         peers=("alignn",)),
-    "ablation": Experiment(("mp2018_formation", "mp_elastic_bulk"), ("crysdiff", "no_jd", "no_egnn", "no_fs", "no_ue")),
-    # refine: per seed, the mp2018 model (shared with table1) and, on each second-source split, the
-    # model before refinement, after refinement, and pre-trained + fine-tuned on the second source only
-    "refine": Experiment(("flla_refine20", "flla_refine80"), ("dft_only", "refined", "crysdiff")),
-    "variants": Experiment(("mp2018_formation",), ("crysdiff", "eq4", "learned_prior", "regression", "scratch",
-                                                   "regression_scratch"), (0.1, 1.0), seeds=(0,)),
-}
-
-# Ablation pre-trainings (paper Fig. 5): same data, model and budget as models/pretrained_pool.ckpt
-PRETRAININGS: dict[str, tuple[str, ...]] = {
-    "lattice": ("diffusion.mode=lattice",),
-    "coords": ("diffusion.mode=coords",),
-    "cartesian": ("model.kind=cartesian",),
-}
-PRETRAIN_MINUTES = 32.0  # the pool model's cap (models/README.md)
-PRETRAIN_OVERHEAD_MINUTES = 2.0
-PARTS = ("pretrain-ablation", "table1", "sparse", "ablation", "refine", "variants")
-
-QUICK_BUDGET_MINUTES = 0.15
-QUICK_PRETRAIN_MINUTES = 0.3
-QUICK_OVERHEAD_MINUTES = 0.2
-
-
-# --- peers: the hook for ALIGNN / CGCNN runners -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PeerJob:
-    """What a peer runner gets: identical split files and the exact training ids crysdiff uses
-    (``train_ids``: the labelled, readable crystals of ``train`` after the seeded label fraction)."""
-
-    train: Path
-    val: Path
-    test: Path
-    target: str
-    label_fraction: float
-    train_ids: tuple[str, ...]
-    seed: int
-    budget_minutes: float
-    out_dir: Path
-
-
-# A peer runner returns the test predictions as a DataFrame with columns ``id`` and ``mean`` (and,
-# if it has them, ``std``, ``p2.5``, ``p97.5``), ids as in the test file.
-PeerRunner = Callable[[PeerJob], "object"]
-
-
-@dataclass(frozen=True)
-class CommandPeer:
-    """A peer run as a shell command template; placeholders are :class:`PeerJob` fields (``{train}``,
-    ``{val}``, ``{test}``, ``{target}``, ``{label_fraction}``, ``{seed}``, ``{budget_minutes}``,
-    ``{out_dir}``) plus ``{train_ids}``, a file with one training id per line. The command writes
-    ``{out_dir}/test_predictions.csv`` (``id,mean[,std,p2.5,p97.5]``)."""
-
-    template: str
-
-    def command(self, job: PeerJob) -> str:
-        fields = {k: (str(v) if not isinstance(v, tuple) else "") for k, v in asdict(job).items()}
-        fields["train_ids"] = str(job.out_dir / "train_ids.txt")
-        return self.template.format(**fields)
-
-    def __call__(self, job: PeerJob):
-        import pandas as pd
-
-        job.out_dir.mkdir(parents=True, exist_ok=True)
-        (job.out_dir / "train_ids.txt").write_text("".join(f"{i}\n" for i in job.train_ids))
-        with open(job.out_dir / "peer.log", "w") as log:
-            subprocess.run(self.command(job), shell=True, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        return pd.read_csv(job.out_dir / "test_predictions.csv", dtype={"id": str})
-
-
-# Only registered peers get jobs; their budget is the task's, like every other column, and they use
-# the same threads (OMP_NUM_THREADS from --threads). See benchmarks/peers/README.md.
-_PEER_ARGS = ("--train {train} --val {val} --test {test} --target {target} --minutes {budget_minutes} "
-              "--seed {seed} --train-ids {train_ids} --out {out_dir}")
-PEERS: dict[str, PeerRunner] = {
-    "cgcnn": CommandPeer(f"{sys.executable} -m crysdiff.baselines.cgcnn {_PEER_ARGS}"),
-}
-if (ROOT / ".venv-alignn" / "bin" / "python").is_file():  # made by benchmarks/peers/alignn_setup.sh
-    PEERS["alignn"] = CommandPeer(f".venv-alignn/bin/python benchmarks/peers/alignn_runner.py {_PEER_ARGS}")
-
-
-# --- jobs ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Job:
-    experiment: str
-    task: str
-    model: str
-    label_fraction: float
-    seed: int
-    budget_minutes: float
-    init_job: str = ""  # the fine-tuned model this job refines (refined) or tests (dft_only)
-
-    @property
-    def job_id(self) -> str:
-        """Names the run, not the experiment: equal settings in two experiments are the same job."""
-        budget = "eval" if self.budget_minutes == 0 else f"b{self.budget_minutes:g}m"
-        base = f"{self.task}.{self.model}.lf{self.label_fraction:g}.s{self.seed}.{budget}"
-        return f"{base}.from-{self.init_job}" if self.init_job else base
-
-    def settings(self) -> dict:
-        return asdict(self) | {"job_id": self.job_id}
-
-
-@dataclass(frozen=True)
-class PretrainJob:
-    name: str
-    overrides: tuple[str, ...]
-    budget_minutes: float
-
-    experiment = "pretrain-ablation"
-
-    @property
-    def job_id(self) -> str:
-        return f"pretrain.{self.name}"
-
-
-def make_jobs(part: str, *, quick: bool = False, seeds: tuple[int, ...] | None = None,
-              budget_minutes: float | None = None, models: tuple[str, ...] | None = None) -> list:
-    """The jobs of one part, in run order. Deterministic: the same arguments give the same list."""
-    if part == "pretrain-ablation":
-        minutes = budget_minutes or (QUICK_PRETRAIN_MINUTES if quick else PRETRAIN_MINUTES)
-        return [PretrainJob(name, overrides, minutes) for name, overrides in PRETRAININGS.items()
-                if not models or name in models]
-    experiment = EXPERIMENTS[part]
-    run_seeds = tuple(seeds) if seeds else ((0,) if quick else experiment.seeds)
-    columns = [m for m in experiment.models] + [p for p in experiment.peers if p in PEERS]
-
-    def budget(task: str) -> float:
-        return budget_minutes or (QUICK_BUDGET_MINUTES if quick else TASKS[task].budget_minutes)
-
-    jobs: list[Job] = []
-    for seed in run_seeds:
-        if part == "refine":
-            base = Job(part, BASE_REFINE, "crysdiff", 1.0, seed, budget(BASE_REFINE))
-            if not models or "crysdiff" in models:
-                jobs.append(base)
-        for task in experiment.tasks:
-            for fraction in experiment.fractions:
-                for model in columns:
-                    if models and model not in models:
-                        continue
-                    init_job = base.job_id if part == "refine" and MODELS.get(model, Model("")).init == "job" else ""
-                    minutes = 0.0 if MODELS.get(model, Model("")).evaluate_only else budget(task)
-                    jobs.append(Job(part, task, model, fraction, seed, minutes, init_job))
-    return jobs
-
-
-def estimate_minutes(job, quick: bool = False) -> float:
-    """Wall-clock estimate of one job: its budget plus start-up, validation and test prediction."""
-    if isinstance(job, PretrainJob):
-        return job.budget_minutes + (QUICK_OVERHEAD_MINUTES if quick else PRETRAIN_OVERHEAD_MINUTES)
-    model = MODELS.get(job.model, Model(""))
-    overhead = QUICK_OVERHEAD_MINUTES if quick else TASKS[job.task].overhead_minutes + model.extra_overhead_minutes
-    return job.budget_minutes + overhead
-
-
-# --- where things go -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Folders of one mode: results (committed), runs and splits (not committed), ablation models."""
-
-    quick: bool
-    results: Path
-    runs: Path
-    splits: Path
-    ablation_models: Path
-    pool_model: Path = ROOT / "models" / "pretrained_pool.ckpt"
-
-    @classmethod
-    def default(cls, quick: bool = False, root: Path = ROOT) -> "Layout":
-        name = "suite-quick" if quick else "suite"
-        runs = root / "runs" / name
-        ablation = runs / "models" / "ablation" if quick else root / "models" / "ablation"
-        return cls(quick, root / "benchmarks" / "results" / name, runs, runs / "splits", ablation,
-                   root / "models" / "pretrained_pool.ckpt")
-
-    def result_path(self, job) -> Path:
-        return self.results / job.experiment / f"{job.job_id}.json"
-
-    def run_dir(self, job) -> Path:
-        return self.runs / "jobs" / job.job_id
-
-    def pretrained(self, name: str) -> Path:
-        return self.pool_model if name == "pool" else self.ablation_models / f"pretrained_{name}.ckpt"
-
-
-def find_reusable(layout: Layout, job) -> Path | None:
-    """A results file of the same job written by another experiment."""
-    for path in sorted(layout.results.glob(f"*/{job.job_id}.json")):
-        if path.parent.name != job.experiment:
-            return path
-    return None
-
-
-def status(layout: Layout, job) -> str:
-    if layout.result_path(job).is_file():
-        return "done"
-    if find_reusable(layout, job):
-        return "reusable"
-    if isinstance(job, PretrainJob):
-        return "resumable" if (layout.runs / "pretrain" / job.name / "checkpoints" / "last.ckpt").is_file() else "pending"
-    missing = [p for p in required_models(layout, job) if not p.is_file()]
-    if missing and not (job.init_job and missing == [layout.runs / "jobs" / job.init_job / "model.ckpt"]):
-        return "blocked: needs " + ", ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in missing)
-    if (layout.run_dir(job) / "checkpoints" / "last.ckpt").is_file():
-        return "resumable"
-    return "pending"
-
-
-def required_models(layout: Layout, job: Job) -> list[Path]:
-    model = MODELS.get(job.model)
-    if model is None or model.peer:
-        return []
-    out = []
-    if model.init == "job":
-        out.append(layout.runs / "jobs" / job.init_job / "model.ckpt")
-    elif model.init:
-        out.append(layout.pretrained(model.init))
-    if model.extra_init:
-        out.append(layout.pretrained(model.extra_init))
-    return out
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -511,6 +205,13 @@ def test_metrics(frame, labels: dict[str, float], bins: int = 10) -> dict:
 # --- running ---------------------------------------------------------------------------------------
 
 
+def known_unit(target: str) -> str:
+    """The unit crysdiff's readers attach to ``target`` (peers write predictions without units)."""
+    from crysdiff.io import KNOWN_UNITS
+
+    return KNOWN_UNITS.get(target, "")
+
+
 def _run_logged(command: list[str], log: Path, env: dict) -> float:
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -566,7 +267,7 @@ class Runner:
             return f"reused {reusable.relative_to(self.layout.results)}"
         if isinstance(job, PretrainJob):
             return self._pretrain(job)
-        if job.model in PEERS:
+        if job.model in suite_jobs.PEERS:
             return self._peer(job)
         return self._crysdiff(job)
 
@@ -636,7 +337,8 @@ class Runner:
             "quick": self.layout.quick,
             "target": task.target,
             "task_label": task.label,
-            "unit": training.get("unit") or (str(frame["unit"].iloc[0]) if "unit" in frame.columns and len(frame) else ""),
+            "unit": training.get("unit") or (str(frame["unit"].iloc[0]) if "unit" in frame.columns and len(frame) else "")
+            or known_unit(task.target),
             "model_label": MODELS[job.model].label if job.model in MODELS else job.model,
             "model_settings": asdict(MODELS[job.model]) if job.model in MODELS else {"peer": True},
             "split": {"name": info["name"], "seed": info["seed"],
@@ -664,7 +366,7 @@ class Runner:
         peer_job = PeerJob(split.train, split.val, split.test, TASKS[job.task].target, job.label_fraction,
                            training_ids(split.train, TASKS[job.task].target, job.label_fraction, job.seed), job.seed,
                            job.budget_minutes, run_dir)
-        runner = PEERS[job.model]
+        runner = suite_jobs.PEERS[job.model]
         commands = [runner.command(peer_job)] if isinstance(runner, CommandPeer) else [f"{job.model} runner (python callable)"]
         if self.dry_run:
             self.log(commands[0])
@@ -784,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print_list(layout, parts, args)
         return 0
+    if not args.dry_run and importlib.util.find_spec("crysdiff") is None:  # else every job fails the same way
+        parser.error(f"crysdiff is not importable with {sys.executable}; run the suite with the project's "
+                     f"environment: .venv/bin/python benchmarks/suite.py ...")
     runner = Runner(layout, dry_run=args.dry_run, samples=args.samples, env=env)
     failed = runner.run(select_jobs(parts, args))
     if failed:

@@ -15,11 +15,12 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import report  # noqa: E402
 import suite  # noqa: E402
+import suite_jobs  # noqa: E402
 import suite_splits  # noqa: E402
 
 
-def _layout(tmp_path: Path, quick: bool = False) -> suite.Layout:
-    return suite.Layout(quick, tmp_path / "results", tmp_path / "runs", tmp_path / "runs" / "splits",
+def _layout(tmp_path: Path, quick: bool = False) -> suite_jobs.Layout:
+    return suite_jobs.Layout(quick, tmp_path / "results", tmp_path / "runs", tmp_path / "runs" / "splits",
                         tmp_path / "models" / "ablation", tmp_path / "models" / "pool.ckpt")
 
 
@@ -28,44 +29,44 @@ def _layout(tmp_path: Path, quick: bool = False) -> suite.Layout:
 
 def test_job_table_is_deterministic_and_complete(monkeypatch):
     # with both peers registered, every part fits the 2-hour limit one seed at a time
-    monkeypatch.setattr(suite, "PEERS", {"alignn": suite.CommandPeer("x"), "cgcnn": suite.CommandPeer("x")})
-    for part in suite.PARTS:
-        first, second = suite.make_jobs(part), suite.make_jobs(part)
+    monkeypatch.setattr(suite_jobs, "PEERS", {"alignn": suite_jobs.CommandPeer("x"), "cgcnn": suite_jobs.CommandPeer("x")})
+    for part in suite_jobs.PARTS:
+        first, second = suite_jobs.make_jobs(part), suite_jobs.make_jobs(part)
         assert first == second and [j.job_id for j in first] == [j.job_id for j in second]
         ids = [j.job_id for j in first]
         assert len(ids) == len(set(ids)), f"{part}: duplicate job ids"
         for seed in {getattr(j, "seed", None) for j in first}:
-            minutes = sum(suite.estimate_minutes(j) for j in first if getattr(j, "seed", None) == seed)
-            assert minutes <= suite.PART_LIMIT_MINUTES, (part, seed, minutes)
-    assert len(suite.make_jobs("table1")) == 7 * 5 * 2
-    monkeypatch.setattr(suite, "PEERS", {})
-    assert len(suite.make_jobs("table1")) == 7 * 3 * 2
-    assert len(suite.make_jobs("sparse")) == 2 * 6 * 2
-    quick = suite.make_jobs("table1", quick=True)
-    assert {j.seed for j in quick} == {0} and {j.budget_minutes for j in quick} == {suite.QUICK_BUDGET_MINUTES}
-    assert sum(suite.estimate_minutes(j, True) for p in suite.PARTS for j in suite.make_jobs(p, quick=True)) <= 30
+            minutes = sum(suite_jobs.estimate_minutes(j) for j in first if getattr(j, "seed", None) == seed)
+            assert minutes <= suite_jobs.PART_LIMIT_MINUTES, (part, seed, minutes)
+    assert len(suite_jobs.make_jobs("table1")) == 7 * 5 * 2
+    monkeypatch.setattr(suite_jobs, "PEERS", {})
+    assert len(suite_jobs.make_jobs("table1")) == 7 * 3 * 2
+    assert len(suite_jobs.make_jobs("sparse")) == 2 * 6 * 2
+    quick = suite_jobs.make_jobs("table1", quick=True)
+    assert {j.seed for j in quick} == {0} and {j.budget_minutes for j in quick} == {suite_jobs.QUICK_BUDGET_MINUTES}
+    assert sum(suite_jobs.estimate_minutes(j, True) for p in suite_jobs.PARTS for j in suite_jobs.make_jobs(p, quick=True)) <= 30
     # refinement starts from the mp2018 model of its seed, which comes earlier in the part
-    refine = suite.make_jobs("refine", seeds=(3,))
+    refine = suite_jobs.make_jobs("refine", seeds=(3,))
     ids = [j.job_id for j in refine]
     for k, job in enumerate(refine):
         if job.init_job:
             assert job.init_job in ids[:k] and ".s3." in job.init_job
     # same settings in two experiments: the same job (run folder and results shared)
-    shared = {j.job_id for j in suite.make_jobs("table1")} & {j.job_id for j in suite.make_jobs("sparse")}
+    shared = {j.job_id for j in suite_jobs.make_jobs("table1")} & {j.job_id for j in suite_jobs.make_jobs("sparse")}
     assert "mp2018_formation.crysdiff.lf1.s0.b4m" in shared
-    assert suite.make_jobs("variants", seeds=(5,), budget_minutes=2)[0].job_id.endswith(".s5.b2m")
+    assert suite_jobs.make_jobs("variants", seeds=(5,), budget_minutes=2)[0].job_id.endswith(".s5.b2m")
 
 
 def test_commands_pass_split_budget_and_variant(tmp_path):
     layout = _layout(tmp_path)
     split = suite_splits.SplitFiles("x", tmp_path, tmp_path / "train.csv.gz", tmp_path / "val.csv.gz", tmp_path / "test.csv.gz")
-    job = suite.Job("ablation", "mp_elastic_bulk", "no_jd", 0.2, 1, 1.5)
+    job = suite_jobs.Job("ablation", "mp_elastic_bulk", "no_jd", 0.2, 1, 1.5)
     command = suite.finetune_command(layout, job, split)
     text = " ".join(command)
     assert f"--init {layout.pretrained('lattice')}" in text and f"extra_init={layout.pretrained('coords')}" in text
     assert "--val " + str(split.val) in text and "--target K_VRH" in text and "--label-fraction 0.2" in text
     assert "train.max_time_minutes=1.5" in command and "--seed" in command and "--resume" not in command
-    scratch = suite.finetune_command(layout, suite.Job("table1", "mp2018_band_gap", "scratch", 1.0, 0, 4), split, resume=True)
+    scratch = suite.finetune_command(layout, suite_jobs.Job("table1", "mp2018_band_gap", "scratch", 1.0, 0, 4), split, resume=True)
     assert "--init" not in scratch and "--resume" in scratch
     assert suite.shown(command).startswith("crysdiff finetune ")
 
@@ -77,22 +78,22 @@ def test_finished_jobs_are_skipped_and_identical_jobs_reused(tmp_path, monkeypat
     layout = _layout(tmp_path)
     runner = suite.Runner(layout, log=lambda message: None)
     monkeypatch.setattr(suite.Runner, "_crysdiff", lambda self, job: pytest.fail(f"{job.job_id} should not run"))
-    job = suite.Job("table1", "mp2018_formation", "crysdiff", 1.0, 0, 4.0)
+    job = suite_jobs.Job("table1", "mp2018_formation", "crysdiff", 1.0, 0, 4.0)
     layout.result_path(job).parent.mkdir(parents=True)
     layout.result_path(job).write_text(json.dumps({"experiment": "table1", "test": {"mae": 0.1}}))
-    assert suite.status(layout, job) == "done"
+    assert suite_jobs.status(layout, job) == "done"
     assert runner.run_job(job).startswith("skipped")
-    twin = suite.Job("sparse", "mp2018_formation", "crysdiff", 1.0, 0, 4.0)
-    assert suite.status(layout, twin) == "reusable"
+    twin = suite_jobs.Job("sparse", "mp2018_formation", "crysdiff", 1.0, 0, 4.0)
+    assert suite_jobs.status(layout, twin) == "reusable"
     assert runner.run([twin]) == []
     copied = json.loads(layout.result_path(twin).read_text())
     assert copied["experiment"] == "sparse" and copied["reused_from"].startswith("table1/")
     # an interrupted run folder is resumed, a missing ablation checkpoint blocks
-    other = suite.Job("table1", "mp2018_formation", "scratch", 1.0, 0, 4.0)
+    other = suite_jobs.Job("table1", "mp2018_formation", "scratch", 1.0, 0, 4.0)
     (layout.run_dir(other) / "checkpoints").mkdir(parents=True)
     (layout.run_dir(other) / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert suite.status(layout, other) == "resumable"
-    assert suite.status(layout, suite.Job("ablation", "mp2018_formation", "no_egnn", 1.0, 0, 4.0)).startswith("blocked")
+    assert suite_jobs.status(layout, other) == "resumable"
+    assert suite_jobs.status(layout, suite_jobs.Job("ablation", "mp2018_formation", "no_egnn", 1.0, 0, 4.0)).startswith("blocked")
 
 
 # --- split files ---------------------------------------------------------------------------------------
@@ -136,11 +137,11 @@ def _fixture(results: Path, experiment: str, task: str, model: str, seed: int, m
     payload = {
         "schema": 1, "experiment": experiment, "task": task, "model": model, "label_fraction": fraction, "seed": seed,
         "budget_minutes": 1.5, "init_job": "", "job_id": f"{task}.{model}.lf{fraction:g}.s{seed}", "quick": False,
-        "target": suite.TASKS[task].target, "unit": "GPa",
+        "target": suite_jobs.TASKS[task].target, "unit": "GPa",
         "split": {"name": "mp_elastic", "seed": 0, "parts": {p: {"count": n, "file": "x", "sha256": "0"}
                                                             for p, n in (("train", 80), ("val", 10), ("test", 10))}},
         "git_commit": "0" * 40, "machine": {"cpu": "test cpu", "cores": 2, "torch": "x", "torch_threads": 1, "gpu": "none"},
-        "commands": [f"crysdiff finetune --target {suite.TASKS[task].target} ({model})"], "seconds": {"total": 60.0},
+        "commands": [f"crysdiff finetune --target {suite_jobs.TASKS[task].target} ({model})"], "seconds": {"total": 60.0},
         "train_count": int(800 * fraction), "test": test,
     }
     path = results / experiment / f"{payload['job_id']}.json"

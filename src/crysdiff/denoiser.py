@@ -28,15 +28,19 @@ step ``t`` (see :mod:`crysdiff.diffusion`).
 Why the fast path is fast (and exactly the same function as :meth:`CrysDiffEncoder.reference_forward`):
 
 1. The first edge layer is split by input block, ``W [h_i, h_j, g, φ] = W_i h_i + W_j h_j + W_g g + W_f φ``:
-   the node terms are computed per atom ``[N, H]`` and the Gram term per crystal, then gathered;
-   only ``W_f φ`` is per edge, and since ``φ`` does not depend on ``h`` it is built once per
-   forward and needs no input gradient (the reference's concatenated input does).
-2. Fourier features come from per-atom phases by angle addition,
-   ``sin(a - b) = sin a cos b - cos a sin b``: per edge a gather and a multiply, no ``sin``/``cos``.
-3. The last layer of ``phi_m`` is linear, so it commutes with the mean over neighbours:
+   the node terms are computed per atom ``[N, H]`` (``W_i`` and ``W_j`` in one matmul) and then
+   gathered; only ``W_f φ`` is per edge, and since ``φ`` does not depend on ``h`` it needs no input
+   gradient (the reference's concatenated input does).
+2. ``W_f φ`` is computed once per unordered atom pair, not per edge: ``φ(-d)`` has the same cosines
+   and negated sines as ``φ(d)``, so the two edges of a pair are ``C ± S`` with ``S = W_sin sin``,
+   ``C = W_cos cos``. On the symmetric all-pairs graph this halves the dominant matmul (and its
+   weight gradient); the four layers' ``W_f`` run as one matmul, once per forward.
+3. Fourier features come from per-atom phases by angle addition,
+   ``sin(a - b) = sin a cos b - cos a sin b``: per pair a gather and a multiply, no ``sin``/``cos``.
+4. The last layer of ``phi_m`` is linear, so it commutes with the mean over neighbours:
    ``mean_j (W act(x_ij) + b) = W mean_j act(x_ij) + b`` is applied per atom, not per edge.
 
-Per edge and layer what remains is the Fourier matmul, two gathers, the activation and a scatter-add.
+Per edge and layer what remains is three gathers, the activation and a scatter-add.
 """
 
 from __future__ import annotations
@@ -159,23 +163,48 @@ class CrysDiffEncoder(nn.Module):
         degree = torch.bincount(target, minlength=num_atoms)  # [N]
         h = self._initial_state(batch, t)  # [N, H]
         dtype = h.dtype
-        # Fourier features of f_j - f_i by angle addition: exp(iθ_j) conj(exp(iθ_i)) = exp(i(θ_j - θ_i)).
-        phase = self._phases(frac_coords.to(dtype)).flatten(1)  # [N, 3K]
-        rotor = torch.polar(torch.ones_like(phase), phase)  # [N, 3K] complex
-        pair = rotor.index_select(0, source) * rotor.index_select(0, target).conj()  # [E, 3K]
-        fourier = torch.cat([pair.imag, pair.real], dim=-1)  # [E, 6K]: sin, cos of 2πk(f_j - f_i)
+        # The Fourier block once per atom pair, for every layer at once (see _fourier_terms).
+        fourier_terms, edge_row = self._fourier_terms(frac_coords.to(dtype), source, target)
         gram = gram_features(lattice.to(dtype)).index_select(0, batch.batch)  # [N, 6]
-        for layer in self.layers:
+        for k, layer in enumerate(self.layers):
             w = layer.edge_in.weight
             hn = layer.norm(h)
-            node_i = hn @ w[:, :hidden].T + gram @ w[:, 2 * hidden : 2 * hidden + 6].T + layer.edge_in.bias  # [N, H]
-            node_j = hn @ w[:, hidden : 2 * hidden].T  # [N, H]
-            # the only per-edge matmul: the Fourier block (no input gradient, since fourier needs none)
-            pre = torch.addmm(node_i.index_select(0, target), fourier, w[:, 2 * hidden + 6 :].T)  # [E, H]
-            pre = pre.add_(node_j.index_select(0, source))  # in place: one fewer [E, H] buffer
+            node = hn @ torch.cat([w[:, :hidden], w[:, hidden : 2 * hidden]]).T  # [N, 2H]: W_i h, W_j h in one matmul
+            node_i = torch.addmm(layer.edge_in.bias, gram, w[:, 2 * hidden : 2 * hidden + 6].T).add_(node[:, :hidden])
+            pre = fourier_terms[k].index_select(0, edge_row)  # [E, H]: W_f φ(f_j - f_i) of each edge
+            pre = pre.add_(node_i.index_select(0, target)).add_(node[:, hidden:].index_select(0, source))  # in place
             message = layer.edge_out(_scatter_mean(layer.edge_act(pre), target, degree))  # [N, H]
             h = h + layer.node_mlp(torch.cat([hn, message], dim=-1))
         return self.final_norm(h)
+
+    def _fourier_terms(self, frac: torch.Tensor, source: torch.Tensor, target: torch.Tensor):
+        """Every layer's Fourier term ``W_f φ(f_j - f_i)``, computed once per unordered atom pair.
+
+        ``φ(-d)`` has the same cosines and negated sines as ``φ(d)``, so with ``W_f = [W_sin, W_cos]``
+        the edges ``j -> i`` and ``i -> j`` need ``C ± S`` of one pair, ``S = W_sin sin``,
+        ``C = W_cos cos``: the per-edge matmul runs over the ``U ≈ E/2`` pairs of the (symmetric,
+        all-pairs) graph, for all layers in one GEMM. Edges without a reverse (kNN graphs of large
+        cells) are pairs of their own, so any graph is handled; sines and cosines come from per-atom
+        phases by angle addition, ``exp(iθ_j) conj(exp(iθ_i)) = exp(i(θ_j - θ_i))``.
+
+        Returns ``(terms [L, 2U, H], edge_row [E])``: edge ``e``'s term in layer ``k`` is
+        ``terms[k, edge_row[e]]`` (rows ``< U`` are ``C + S``, the others ``C - S``).
+        """
+        num_atoms, hidden = frac.shape[0], self.config.hidden_dim
+        low, high = torch.minimum(source, target), torch.maximum(source, target)
+        pairs, pair_of_edge = torch.unique(low * num_atoms + high, return_inverse=True)  # [U], [E]
+        low, high = pairs // num_atoms, pairs % num_atoms  # pair u is the edge high -> low: d = f_high - f_low
+        rotor = torch.polar(torch.ones_like(frac[:, :1]).expand(-1, 3 * self.config.num_frequencies),
+                            self._phases(frac).flatten(1))  # [N, 3K] complex
+        pair = rotor.index_select(0, high) * rotor.index_select(0, low).conj()  # [U, 3K]
+        fourier = 6 * self.config.num_frequencies
+        start = 2 * hidden + 6
+        w_sin = torch.cat([layer.edge_in.weight[:, start : start + fourier // 2] for layer in self.layers])  # [L*H, 3K]
+        w_cos = torch.cat([layer.edge_in.weight[:, start + fourier // 2 :] for layer in self.layers])
+        sines, cosines = pair.imag @ w_sin.T, pair.real @ w_cos.T  # [U, L*H] each: the only per-pair matmuls
+        terms = torch.cat([cosines + sines, cosines - sines]).view(2 * pairs.shape[0], len(self.layers), hidden)
+        reversed_edge = (source == low.index_select(0, pair_of_edge)) & (source != target)  # edge low -> high: d = -d_u
+        return terms.transpose(0, 1), pair_of_edge + pairs.shape[0] * reversed_edge
 
     def reference_forward(self, batch, frac_coords: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The straightforward path: per edge, concatenate ``[h_i, h_j, gram, fourier]`` and run the
