@@ -118,9 +118,11 @@ def model_label(name: str) -> str:
 
 
 def unit_of(cells: dict, task: str) -> str:
+    """The task's unit: the first non-empty one among its results (older peer results have none)."""
     for (_, t, _, _), cell in cells.items():
-        if t == task and cell.results:
-            return cell.results[0].get("unit", "")
+        for result in cell.results if t == task else ():
+            if result.get("unit"):
+                return result["unit"]
     return ""
 
 
@@ -251,7 +253,8 @@ def section_setup(jobs, pretrain, cells) -> list[str]:
         r = rows[0]
         parts = r["split"]["parts"]
         budgets = sorted({x["budget_minutes"] for x in rows if x["budget_minutes"] > 0})
-        out.append(f"| {TASKS[task].label} | `{r['target']}` ({r.get('unit', '')}) | `{r['split']['name']}` | "
+        unit = next((x["unit"] for x in rows if x.get("unit")), "")
+        out.append(f"| {TASKS[task].label} | `{r['target']}` ({unit}) | `{r['split']['name']}` | "
                    f"{parts['train']['count']} / {parts['val']['count']} / {parts['test']['count']} | "
                    f"{', '.join(f'{b:g}' for b in budgets)} |")
     dedupe = next((r["split"]["dedupe"] for r in jobs if "dedupe" in r["split"]), None)
@@ -503,7 +506,28 @@ def main(argv: list[str] | None = None) -> int:
     figures = args.figures or (out.parent / "figures" if args.quick or args.out else ROOT / "docs" / "figures")
     render(results, out, figures)
     print(f"wrote {out} and figures in {figures}")
+    if not args.quick and not args.results and not args.out:
+        readme = ROOT / "README.md"
+        if update_readme(readme, section_table1(aggregate(load_results(results)[0]))):
+            print(f"updated the headline table in {readme}")
     return 0
+
+
+README_BEGIN, README_END = "<!-- results:table1 -->", "<!-- /results:table1 -->"
+
+
+def update_readme(readme: Path, table1: list[str]) -> bool:
+    """Replace the text between the README's Table 1 markers with the report's Table 1 (without its
+    heading): the README's headline numbers come from the same results files. False if no markers."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    body = "\n".join(line for line in table1[1:]).strip()
+    readme.write_text(f"{head}{README_BEGIN}\n{body}\n\nFull report, commands and figures: "
+                      f"[`docs/results.md`](docs/results.md).\n{README_END}{tail}")
+    return True
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ PARTS = ("pretrain-ablation", "table1", "sparse", "ablation", "refine", "variant
 QUICK_BUDGET_MINUTES = 0.15
 QUICK_PRETRAIN_MINUTES = 0.3
 QUICK_OVERHEAD_MINUTES = 0.2
+QUICK_FRACTIONS_SPARSE = (0.1, 0.4, 1.0)  # Fig. 4 in reduced form: three of the six fractions
 
 
 # --- peers: the hook for ALIGNN / CGCNN runners -------------------------------------------------------
@@ -242,7 +243,7 @@ def make_jobs(part: str, *, quick: bool = False, seeds: tuple[int, ...] | None =
             if not models or "crysdiff" in models:
                 jobs.append(base)
         for task in experiment.tasks:
-            for fraction in experiment.fractions:
+            for fraction in (QUICK_FRACTIONS_SPARSE if quick and part == "sparse" else experiment.fractions):
                 for model in columns:
                     if models and model not in models:
                         continue

@@ -174,3 +174,21 @@ def test_report_renders_tables_figures_and_peer_columns(tmp_path):
     for figure in ("fig4_sparse.png", "fig5_ablation.png", "reliability.png"):
         assert (tmp_path / "docs" / "figures" / figure).stat().st_size > 1000
         assert f"figures/{figure}" in text
+
+
+def test_report_updates_the_readme_headline_between_markers(tmp_path):
+    results = tmp_path / "results"
+    for model, mae in (("crysdiff", 8.0), ("scratch", 10.0)):
+        _fixture(results, "table1", "mp_elastic_bulk", model, 0, mae)
+    table = report.section_table1(report.aggregate(report.load_results(results)[0]))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{report.README_BEGIN}\nold numbers\n{report.README_END}\nafter\n")
+    assert report.update_readme(readme, table)
+    text = readme.read_text()
+    assert "old numbers" not in text and "**8" in text  # crysdiff, the best column, in bold
+    assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{report.README_END}\nafter\n")
+    assert "| bulk modulus (mp_elastic) (GPa) |" in text and "docs/results.md" in text
+    assert report.update_readme(readme, table) and readme.read_text() == text  # idempotent
+    unmarked = tmp_path / "OTHER.md"
+    unmarked.write_text("no markers\n")
+    assert not report.update_readme(unmarked, table) and unmarked.read_text() == "no markers\n"
