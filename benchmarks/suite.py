@@ -429,11 +429,12 @@ def select_jobs(parts, args) -> list:
 
 
 def print_list(layout: Layout, parts, args) -> None:
-    grand = 0.0
+    grand, counted = 0.0, set()  # a job listed by several parts runs once (the later parts reuse its results)
     for part in parts:
         jobs = select_jobs([part], args)
         total = sum(estimate_minutes(j, args.quick) for j in jobs)
-        grand += total
+        grand += sum(estimate_minutes(j, args.quick) for j in jobs if j.job_id not in counted)
+        counted.update(j.job_id for j in jobs)
         per_seed = {}
         for job in jobs:
             seed = getattr(job, "seed", "-")
@@ -452,7 +453,8 @@ def print_list(layout: Layout, parts, args) -> None:
             by_budget[key] = by_budget.get(key, 0) + 1
         arithmetic = " + ".join(f"{n} x ({b:g} + {o:g})" for (b, o), n in sorted(by_budget.items()))
         print(f"  arithmetic: {arithmetic} = {total:.0f} min (jobs x (budget + overhead))")
-    print(f"\nall listed parts: {grand:.0f} min ({grand / 60:.1f} h)")
+    print(f"\nall listed parts: {grand:.0f} min ({grand / 60:.1f} h), each job counted once "
+          "(a job shared by several parts runs in the first and is reused by the others)")
 
 
 def main(argv: list[str] | None = None) -> int:

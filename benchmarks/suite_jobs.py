@@ -73,6 +73,7 @@ MODELS: dict[str, Model] = {
     "regression_scratch": Model("random encoder + regression head", init=None, overrides=("head.kind=regression",)),
     "eq4": Model("pre-trained, literal Eq. 4 head", overrides=("head.kind=eq4",)),
     "learned_prior": Model("pre-trained, CARD learned prior f(x)", overrides=("head.prior=learned",)),
+    "gaussian": Model("pre-trained, Gaussian-parameterised diffusion head", overrides=("head.kind=gaussian",)),
     "no_jd": Model("w/o joint diffusion", init="lattice", extra_init="coords", extra_overhead_minutes=0.2),
     "no_egnn": Model("w/o equivariant encoder", init="cartesian"),
     "no_fs": Model("w/o fixing structures", overrides=("fix_structure=false",), extra_overhead_minutes=2.0),
@@ -106,8 +107,8 @@ EXPERIMENTS: dict[str, Experiment] = {
     # refine: per seed, the mp2018 model (shared with table1) and, on each second-source split, the
     # model before refinement, after refinement, and pre-trained + fine-tuned on the second source only
     "refine": Experiment(("flla_refine20", "flla_refine80"), ("dft_only", "refined", "crysdiff")),
-    "variants": Experiment(("mp2018_formation",), ("crysdiff", "eq4", "learned_prior", "regression", "scratch",
-                                                   "regression_scratch"), (0.1, 1.0), seeds=(0,)),
+    "variants": Experiment(("mp2018_formation",), ("crysdiff", "eq4", "learned_prior", "gaussian", "regression",
+                                                   "scratch", "regression_scratch"), (0.1, 1.0), seeds=(0,)),
 }
 
 # Ablation pre-trainings (paper Fig. 5): same data, model and budget as models/pretrained_pool.ckpt

@@ -68,6 +68,7 @@ class HeadWithoutCoefficients(torch.nn.Module):
     def __init__(self, head):
         super().__init__()
         self.inner = head
+        self.uses_schedule = getattr(head, "uses_schedule", False)
 
-    def forward(self, features, y_t, mu, t):
-        return self.inner(features, y_t, mu, t)
+    def forward(self, features, y_t, mu, t, **schedule):
+        return self.inner(features, y_t, mu, t, **schedule)

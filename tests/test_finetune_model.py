@@ -12,7 +12,7 @@ from conftest import HeadWithoutCoefficients
 
 from crysdiff.card import PropertyDiffusion, PropertyDiffusionConfig
 from crysdiff.finetune import PropertyModel, pool_mean
-from crysdiff.heads import HeadConfig
+from crysdiff.heads import GaussianNoiseHead, HeadConfig
 
 
 class ToyEncoder(torch.nn.Module):
@@ -50,7 +50,7 @@ def train(model, diffusion, steps=1200, seed=0):
     return model
 
 
-@pytest.mark.parametrize("kind, prior", [("card", "mean"), ("card", "learned")])
+@pytest.mark.parametrize("kind, prior", [("card", "mean"), ("card", "learned"), ("gaussian", "mean")])
 def test_card_head_learns_mean_and_calibrated_spread(kind, prior):
     torch.manual_seed(0)
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=100))
@@ -68,13 +68,15 @@ def test_card_head_learns_mean_and_calibrated_spread(kind, prior):
     assert 0.88 <= coverage <= 0.99, coverage
 
 
-def test_generic_chain_matches_affine_chain_statistics():
+@pytest.mark.parametrize("kind", ["card", "gaussian"])
+def test_generic_chain_matches_affine_chain_statistics(kind):
     """A head without chain coefficients runs the generic chain: same distribution as the affine path."""
     torch.manual_seed(0)
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=50))
-    model = PropertyModel(ToyEncoder(), 32, HeadConfig(kind="card", hidden_dim=32))
+    model = PropertyModel(ToyEncoder(), 32, HeadConfig(kind=kind, hidden_dim=32))
     with torch.no_grad():
-        model.head.out.bias.copy_(torch.tensor([0.1, -0.3, 0.2]))
+        last = model.head.out if kind == "card" else model.head.net[-1]
+        last.bias.copy_(torch.tensor([0.1, -0.3, 0.2] if kind == "card" else [0.4, -1.0]))
     batch, _, _, _ = toy_batch(4, torch.Generator().manual_seed(3))
     fast = model.predict(batch, diffusion, num_samples=4000, generator=torch.Generator().manual_seed(0))
     model.head = HeadWithoutCoefficients(model.head)
@@ -83,10 +85,45 @@ def test_generic_chain_matches_affine_chain_statistics():
     assert torch.allclose(fast["std"], slow["std"], rtol=0.1)
 
 
+def test_gaussian_head_is_the_exact_noise_posterior_of_a_gaussian_target():
+    """For y_0 ~ N(m, s²), E[eps | y_t] is affine in y_t; its slope and intercept, fitted by least
+    squares on sampled (y_t, eps) pairs, match the head's closed-form coefficients at every step tried."""
+    diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=1000))
+    generator = torch.Generator().manual_seed(0)
+    m, s, mu = 0.7, 0.3, -0.4
+    for t in (1, 50, 300, 700, 1000):
+        ab = diffusion.alpha_bar[t]
+        y0 = m + s * torch.randn(400_000, generator=generator, dtype=torch.float64)
+        eps = torch.randn(400_000, generator=generator, dtype=torch.float64)
+        y_t = ab.sqrt() * y0 + (1 - ab.sqrt()) * mu + (1 - ab).sqrt() * eps
+        design = torch.stack([torch.ones_like(y_t), y_t], dim=1)
+        intercept, slope = torch.linalg.lstsq(design, eps[:, None]).solution[:, 0]
+        a, b, c = GaussianNoiseHead.noise_coefficients(torch.tensor(m, dtype=torch.float64),
+                                                       torch.tensor(s, dtype=torch.float64), ab)
+        assert slope == pytest.approx(float(b), rel=0.02, abs=0.01), t
+        assert intercept == pytest.approx(float(a + c * mu), rel=0.02, abs=0.01), t
+
+
+def test_gaussian_head_chain_returns_its_mean_and_spread():
+    """The reverse chain run with the head's coefficients ends (exact moments of the linear-Gaussian
+    chain) at the head's own N(m, s²), to the discretisation error of T = 1000 steps."""
+    diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=1000))
+    head = GaussianNoiseHead(8, HeadConfig(kind="gaussian", hidden_dim=16))
+    features = torch.randn(5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    head = head.double()
+    with torch.no_grad():
+        m, s = head.moments(features)
+        coeffs = head.chain_coefficients(features, diffusion.timesteps, alpha_bar=diffusion.alpha_bar)
+    mu = torch.zeros(5, dtype=torch.float64)
+    mean, var = diffusion.affine_moments(coeffs, mu)
+    assert torch.allclose(mean, m, atol=0.02)
+    assert torch.allclose(var.sqrt(), s, rtol=0.05)
+
+
 def test_regression_head_and_eq4_variant_run():
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=20))
     batch, y, _, _ = toy_batch(8, torch.Generator().manual_seed(0))
-    for kind in ("regression", "eq4", "card_mlp"):
+    for kind in ("regression", "eq4", "card_mlp", "gaussian"):
         model = PropertyModel(ToyEncoder(), 32, HeadConfig(kind=kind, hidden_dim=16), mean=1.0, std=2.0)
         loss = model.loss(batch, y, diffusion)["loss"]
         loss.backward()

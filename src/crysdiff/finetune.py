@@ -41,7 +41,7 @@ class FinetuneConfig:
     Attributes:
         target: the label column to learn (e.g. ``formation_energy_per_atom``).
         model: the encoder's config (replaced by the ``--init`` checkpoint's own when there is one).
-        head: the property head (``kind="card"`` default; ``"eq4"``, ``"card_mlp"``, ``"regression"``).
+        head: the property head (``kind="card"`` default; ``"gaussian"``, ``"eq4"``, ``"card_mlp"``, ``"regression"``).
         property: the CARD schedule on the target.
         freeze_encoder: keep the pre-trained encoder fixed (ablation "without updating the encoder").
         encoder_lr_ratio: the encoder's learning rate relative to the head's.

@@ -12,6 +12,12 @@ states — and are plain ``nn.Module`` s that know nothing of noise schedules.
   ``y_t``), which is what a regression target needs, and it makes inference cheap: the coefficients
   are computed once per crystal and time step, independent of the number of samples (see
   :meth:`CardNoiseHead.chain_coefficients`).
+* :class:`GaussianNoiseHead` (``kind="gaussian"``): the same affine family, parameterised by what
+  it stands for: the head predicts a mean ``m(z)`` and a spread ``s(z)`` and returns the exact
+  ``E[eps | y_t]`` of the chain started from ``y_0 ~ N(m, s²)``, i.e. ``a, b, c`` in closed form
+  from ``ᾱ_t`` (so it needs the schedule; see :meth:`GaussianNoiseHead.noise_coefficients`). The
+  loss is still Alg. 2's noise loss; only how ``a, b, c`` depend on ``z`` and ``t`` changes (the
+  ``card`` head must learn the product of ``m(z)`` with a function of ``t`` through its MLP).
 * :class:`CardMLPNoiseHead` (``kind="card_mlp"``): ``y_t`` and ``mu`` enter the MLP nonlinearly
   (closest to CARD's published network); every sample runs through the MLP at every step.
 * :class:`Eq4NoiseHead` (``kind="eq4"``): the paper's Eq. 4 as printed,
@@ -32,6 +38,7 @@ __all__ = [
     "HeadConfig",
     "CardNoiseHead",
     "CardMLPNoiseHead",
+    "GaussianNoiseHead",
     "Eq4NoiseHead",
     "RegressionHead",
     "build_noise_head",
@@ -44,7 +51,7 @@ class HeadConfig:
     """Property head settings.
 
     Attributes:
-        kind: ``"card"`` (default), ``"card_mlp"``, ``"eq4"`` (the paper's literal Eq. 4) or
+        kind: ``"card"`` (default), ``"gaussian"``, ``"card_mlp"``, ``"eq4"`` (the paper's literal Eq. 4) or
             ``"regression"`` (plain L1 regression, no diffusion).
         hidden_dim: width of the head MLPs.
         time_dim: size of the sinusoidal time embedding.
@@ -118,6 +125,53 @@ class CardNoiseHead(nn.Module):
         return torch.cat(out, dim=1)
 
 
+class GaussianNoiseHead(nn.Module):
+    """``eps_hat = E[eps | y_t]`` for ``y_0 ~ N(m(z), s(z)²)`` (see the module docstring).
+
+    With ``y_t = √ᾱ y_0 + (1 − √ᾱ) mu + √(1 − ᾱ) eps``, ``eps`` and ``y_t`` are jointly Gaussian, so
+    ``E[eps | y_t] = k (y_t − √ᾱ m − (1 − √ᾱ) mu)`` with ``k = √(1 − ᾱ) / (ᾱ s² + 1 − ᾱ)``: affine
+    in ``y_t`` and ``mu`` with ``a = −k √ᾱ m``, ``b = k``, ``c = −k (1 − √ᾱ)``. The methods take the
+    schedule's ``alpha_bar`` table ``[T+1]`` (``PropertyDiffusion.alpha_bar``) as ``uses_schedule`` says.
+    """
+
+    uses_schedule = True
+    min_std = 1e-3  # standardised units: keeps k finite at t = 1
+
+    def __init__(self, in_dim: int, config: HeadConfig = HeadConfig()):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Dropout(config.dropout), nn.Linear(in_dim, config.hidden_dim), nn.SiLU(),
+            nn.Linear(config.hidden_dim, config.hidden_dim), nn.SiLU(), nn.Linear(config.hidden_dim, 2),
+        )
+
+    def moments(self, crystal_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``m, s`` ``[...]`` (standardised units) for features ``[..., H]``."""
+        m, raw = self.net(crystal_features).unbind(-1)
+        return m, torch.nn.functional.softplus(raw + 0.5413) + self.min_std  # softplus(0.5413) = 1: starts at s ≈ 1
+
+    @staticmethod
+    def noise_coefficients(m: torch.Tensor, s: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+        """``[..., 3]`` coefficients ``(a, b, c)`` of ``E[eps | y_t]`` for broadcastable ``m, s, ᾱ_t``."""
+        root = alpha_bar_t.sqrt()
+        k = (1 - alpha_bar_t).sqrt() / (alpha_bar_t * s ** 2 + 1 - alpha_bar_t)
+        a, b, c = -k * root * m, k, -k * (1 - root)
+        return torch.stack(torch.broadcast_tensors(a, b, c), dim=-1)
+
+    def forward(self, crystal_features, y_t, mu, t, alpha_bar: torch.Tensor):
+        """``eps_hat`` ``[B]`` for features ``[B, H]``, ``y_t``, ``mu``, ``t`` ``[B]`` and the ``[T+1]`` table."""
+        m, s = self.moments(crystal_features)
+        a, b, c = self.noise_coefficients(m, s, alpha_bar.to(m.device, m.dtype)[t]).unbind(-1)
+        return a + b * y_t + c * mu
+
+    def chain_coefficients(self, crystal_features: torch.Tensor, timesteps: int, alpha_bar: torch.Tensor,
+                           chunk: int = 0) -> torch.Tensor:
+        """``[B, T+1, 3]`` coefficients for every step (row 0 unused, zeros), one head call per crystal."""
+        m, s = self.moments(crystal_features)  # [B]
+        ab = alpha_bar.to(m.device, m.dtype)[None, 1:timesteps + 1]  # [1, T]
+        coeffs = self.noise_coefficients(m[:, None], s[:, None], ab)  # [B, T, 3]
+        return torch.cat([torch.zeros_like(coeffs[:, :1]), coeffs], dim=1)
+
+
 class CardMLPNoiseHead(nn.Module):
     """``eps_hat = MLP([z_proj, y_t, mu] modulated by t)``: nonlinear in ``y_t``."""
 
@@ -156,7 +210,7 @@ class Eq4NoiseHead(nn.Module):
 
 def build_noise_head(in_dim: int, config: HeadConfig) -> nn.Module:
     """The noise head named by ``config.kind``."""
-    heads = {"card": CardNoiseHead, "card_mlp": CardMLPNoiseHead, "eq4": Eq4NoiseHead}
+    heads = {"card": CardNoiseHead, "gaussian": GaussianNoiseHead, "card_mlp": CardMLPNoiseHead, "eq4": Eq4NoiseHead}
     if config.kind not in heads:
         raise ValueError(f"unknown diffusion head kind {config.kind!r}: expected one of {sorted(heads)}")
     return heads[config.kind](in_dim, config)

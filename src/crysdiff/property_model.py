@@ -127,7 +127,7 @@ class PropertyModel(nn.Module):
     def check_unfixed_structures(self) -> None:
         """Diffusing the structure with ``y`` needs a diffusion head whose prior needs no structure."""
         if not self.is_diffusion or self.prior is not None:
-            raise ValueError(f"fix_structure=false needs a diffusion head with prior=mean (head.kind card, card_mlp or eq4); "
+            raise ValueError(f"fix_structure=false needs a diffusion head with prior=mean (head.kind card, gaussian, card_mlp or eq4); "
                              f"found head.kind={self.head_config.kind}, head.prior={self.head_config.prior}")
 
     def encode(self, batch, structure_diffusion=None, t: torch.Tensor | None = None,
@@ -150,6 +150,10 @@ class PropertyModel(nn.Module):
 
     def destandardise(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.y_std.to(y.dtype) + self.y_mean.to(y.dtype)
+
+    def _schedule(self, diffusion: PropertyDiffusion) -> dict:
+        """The extra argument of heads that compute their coefficients from the schedule (``uses_schedule``)."""
+        return {"alpha_bar": diffusion.alpha_bar} if getattr(self.head, "uses_schedule", False) else {}
 
     def prior_mean(self, features: torch.Tensor) -> torch.Tensor:
         """``μ`` ``[B]`` in standardised units: 0 (the training mean) or the learned ``f(x)``."""
@@ -181,7 +185,7 @@ class PropertyModel(nn.Module):
             t = diffusion.sample_timesteps(y0.shape[0], device=y0.device, generator=generator)
         noise = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
         y_t = diffusion.add_noise(y0, mu, t, noise)
-        eps_hat = self.head(features, y_t, mu, t)
+        eps_hat = self.head(features, y_t, mu, t, **self._schedule(diffusion))
         noise_loss = ((eps_hat - noise) ** 2).mean()
         out["loss_noise"] = noise_loss.detach()
         out["loss"] = loss + noise_loss
@@ -219,7 +223,8 @@ class PropertyModel(nn.Module):
             return {"mean": mean, "std": nan, "p2.5": nan, "p97.5": nan}
         mu = self.prior_mean(features).double()
         if hasattr(self.head, "chain_coefficients"):
-            per_encoding = [self.head.chain_coefficients(z, diffusion.timesteps) for z in encodings]  # each [B, T+1, 3]
+            per_encoding = [self.head.chain_coefficients(z, diffusion.timesteps, **self._schedule(diffusion))
+                            for z in encodings]  # each [B, T+1, 3]
             index = block_of.to(features.device)[None, :, None].expand_as(per_encoding[0])
             coeffs = torch.stack(per_encoding).gather(0, index[None]).squeeze(0).double()  # [B, T+1, 3]
             samples = diffusion.sample_affine(coeffs, mu, num_samples, generator=generator)
@@ -230,7 +235,8 @@ class PropertyModel(nn.Module):
                 z = z[:, None, :].expand(-1, samples_per, -1).reshape(batch_size * samples_per, -1)
                 t_vec = torch.full((batch_size * samples_per,), t, dtype=torch.long, device=y_t.device)
                 mu_flat = mu[:, None].expand(-1, samples_per).reshape(-1).to(z.dtype)
-                return self.head(z, y_t.reshape(-1).to(z.dtype), mu_flat, t_vec).reshape(batch_size, samples_per).double()
+                eps = self.head(z, y_t.reshape(-1).to(z.dtype), mu_flat, t_vec, **self._schedule(diffusion))
+                return eps.reshape(batch_size, samples_per).double()
 
             samples = diffusion.sample(eps_model, mu, num_samples, generator=generator)
         samples = self.destandardise(samples)  # [B, S]
