@@ -245,6 +245,7 @@ class Runner:
     def run(self, jobs: list) -> list[str]:
         """Run ``jobs`` in order; returns the ids of the jobs that failed (the others are done)."""
         failed = []
+        self.models_needed = {j.init_job for j in jobs if getattr(j, "init_job", "")}
         for k, job in enumerate(jobs, 1):
             prefix = f"[{k}/{len(jobs)}] {job.experiment}/{job.job_id}"
             try:
@@ -255,11 +256,26 @@ class Runner:
                 self.log(f"{prefix}: FAILED: {error}")
         return failed
 
+    def missing_model(self, job) -> Path | None:
+        """The model file a done job must leave for later jobs, when it is gone (``runs/`` cleaned, a
+        fresh clone): an ablation pre-training's checkpoint, or the fine-tuned model a refine job starts from."""
+        if isinstance(job, PretrainJob):
+            target = self.layout.pretrained(job.name)
+        elif job.job_id in getattr(self, "models_needed", ()):
+            target = self.layout.run_dir(job) / "model.ckpt"
+        else:
+            return None
+        return None if target.is_file() else target
+
     def run_job(self, job) -> str:
         path = self.layout.result_path(job)
-        if path.is_file():
+        missing = self.missing_model(job)
+        if path.is_file() and missing is None:
             return "skipped (results exist)"
-        reusable = find_reusable(self.layout, job)
+        if missing is not None and (path.is_file() or find_reusable(self.layout, job)):
+            self.log(f"{job.job_id}: results exist but {missing} is gone and later jobs need it: training it again "
+                     "(its results file is rewritten for the new model)")
+        reusable = None if missing is not None else find_reusable(self.layout, job)
         if reusable is not None and not self.dry_run:
             payload = json.loads(reusable.read_text())
             payload.update(experiment=job.experiment, reused_from=str(reusable.relative_to(self.layout.results)))
@@ -443,10 +459,13 @@ def print_list(layout: Layout, parts, args) -> None:
         print(f"\n## {part}: {len(jobs)} jobs, estimated {total:.0f} min if none is done or reused ({seeds})"
               + ("" if args.quick else f"; run one seed at a time (--seeds S) to stay within "
                                        f"{PART_LIMIT_MINUTES} min per run"))
+        needed = {j.init_job for j in jobs if getattr(j, "init_job", "")}
         for job in jobs:
             budget = job.budget_minutes
-            print(f"  {job.job_id:<70} budget {budget:>5g} min  est {estimate_minutes(job, args.quick):>5.2f} min  "
-                  f"{status(layout, job)}")
+            state = status(layout, job)
+            if job.job_id in needed and state in ("done", "reusable") and not (layout.run_dir(job) / "model.ckpt").is_file():
+                state += ", but its model (needed by later jobs) is gone: trains again"
+            print(f"  {job.job_id:<70} budget {budget:>5g} min  est {estimate_minutes(job, args.quick):>5.2f} min  {state}")
         by_budget: dict[tuple, int] = {}
         for job in jobs:
             key = (job.budget_minutes, round(estimate_minutes(job, args.quick) - job.budget_minutes, 2))

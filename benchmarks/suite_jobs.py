@@ -304,6 +304,8 @@ def find_reusable(layout: Layout, job) -> Path | None:
 
 
 def status(layout: Layout, job) -> str:
+    if isinstance(job, PretrainJob) and layout.result_path(job).is_file() and not layout.pretrained(job.name).is_file():
+        return "done, but its checkpoint is gone: pre-trains again"
     if layout.result_path(job).is_file():
         return "done"
     if find_reusable(layout, job):

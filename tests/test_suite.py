@@ -98,6 +98,35 @@ def test_finished_jobs_are_skipped_and_identical_jobs_reused(tmp_path, monkeypat
     assert suite_jobs.status(layout, suite_jobs.Job("ablation", "mp2018_formation", "no_egnn", 1.0, 0, 4.0)).startswith("blocked")
 
 
+def test_done_jobs_whose_models_are_gone_are_trained_again(tmp_path, monkeypatch):
+    """A fresh clone has the committed results but not runs/: an ablation pre-training whose checkpoint
+    is gone, and the refine part's base model, are made again; other done jobs stay skipped."""
+    layout = _layout(tmp_path)
+    trained = []
+    monkeypatch.setattr(suite.Runner, "_crysdiff", lambda self, job: trained.append(job.job_id) or "trained")
+    monkeypatch.setattr(suite.Runner, "_pretrain", lambda self, job: trained.append(job.job_id) or "pre-trained")
+    refine = suite_jobs.make_jobs("refine", seeds=(0,))
+    base, first_user = refine[0], refine[1]
+    assert first_user.init_job == base.job_id
+    pretrain = suite_jobs.make_jobs("pretrain-ablation")[0]
+    plain = suite_jobs.Job("table1", "mp2018_band_gap", "crysdiff", 1.0, 0, 4.0)
+    for job in (base, pretrain, plain):
+        layout.result_path(job).parent.mkdir(parents=True, exist_ok=True)
+        layout.result_path(job).write_text(json.dumps({"experiment": job.experiment}))
+    assert suite_jobs.status(layout, pretrain).startswith("done, but its checkpoint is gone")
+    runner = suite.Runner(layout, log=lambda message: None)
+    runner.run([pretrain, plain, base, first_user])
+    assert trained == [pretrain.job_id, base.job_id, first_user.job_id]
+    # with the models present nothing done runs again
+    layout.pretrained(pretrain.name).parent.mkdir(parents=True, exist_ok=True)
+    layout.pretrained(pretrain.name).write_bytes(b"")
+    (layout.run_dir(base)).mkdir(parents=True, exist_ok=True)
+    (layout.run_dir(base) / "model.ckpt").write_bytes(b"")
+    trained.clear()
+    runner.run([pretrain, plain, base])
+    assert trained == []
+
+
 # --- split files ---------------------------------------------------------------------------------------
 
 
