@@ -74,3 +74,40 @@ def test_precision_auto_is_full_precision_on_cpu():
     assert resolve_precision(TrainConfig(precision="bf16-mixed")) == "bf16-mixed"
     if not torch.cuda.is_available():
         assert resolve_precision(TrainConfig()) == "32-true"
+
+
+class LrLine(Line):
+    """``Line`` that records the learning rate used at every step."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        self.lrs = []
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("minutes", [1.0, 0.0])
+def test_time_budget_anneals_the_learning_rate(tmp_path, monkeypatch, minutes):
+    """With ``max_time_minutes`` the cosine runs over the wall-clock budget (read from Lightning's
+    Timer, here faked at 6 s per step against a 60 s budget): the run stops after about 10 steps with
+    the rate near its floor. Without a time cap the same 10 steps of a 1000-step run stay near the peak."""
+    from lightning.pytorch.callbacks import Timer
+
+    config = TrainConfig(max_steps=1000 if minutes else 10, max_time_minutes=minutes, lr=0.1, warmup_steps=0,
+                         min_lr_ratio=0.05, accelerator="cpu", ema_decay=0, val_every_steps=1000)
+    module = LrLine(config)
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": 6.0 * module.trainer.global_step)
+    trainer = make_trainer(config, tmp_path, progress=False)
+    if not minutes:  # the step schedule of a 1000-step run, stopped by hand after 10 steps
+        module.configure_optimizers = lambda: configure_adamw(module, module.parameters(), config, 1000)
+    trainer.fit(module, torch.utils.data.DataLoader(range(1000), batch_size=1))
+    lrs = torch.tensor(module.lrs)
+    assert 9 <= len(lrs) <= 12
+    assert torch.all(lrs[1:] <= lrs[:-1] + 1e-12)
+    if minutes:
+        assert lrs[0] == pytest.approx(0.1)
+        assert 0.03 < float(lrs[5]) < 0.075  # about half-way down the cosine: 0.0525 at progress 0.5
+        assert float(lrs[-1]) < 0.012
+    else:
+        assert float(lrs[-1]) > 0.099

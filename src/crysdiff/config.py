@@ -48,7 +48,8 @@ class TrainConfig:
         max_atoms_per_batch: if set, batches are also capped at this many atoms, so big cells get
             small batches and memory stays bounded.
         lr, weight_decay: AdamW settings; the learning rate follows a cosine decay to ``lr * min_lr_ratio``
-            after ``warmup_steps`` of linear warm-up.
+            after ``warmup_steps`` of linear warm-up, over the run's steps or over ``max_time_minutes``,
+            whichever ends first (a run stopped by its time budget ends annealed).
         max_epochs, max_steps, max_time_minutes: stop at whichever comes first (``0`` = no limit).
         grad_clip: gradient norm clip (``0`` = off).
         ema_decay: decay of the exponential moving average of the weights (``0`` = off). Validation,

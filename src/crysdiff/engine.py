@@ -25,16 +25,35 @@ from crysdiff.config import TrainConfig
 __all__ = ["make_trainer", "configure_adamw", "plot_curves", "last_checkpoint", "resolve_precision", "ema_callback"]
 
 
+def _timer_progress(module, budget_seconds: float) -> float:
+    """Fraction of a wall-clock budget used so far by the trainer's training stage (Lightning's
+    ``Timer`` callback, whose elapsed time survives ``--resume``); 0 without a budget or a timer."""
+    from lightning.pytorch.callbacks import Timer
+
+    trainer = getattr(module, "_trainer", None)
+    if budget_seconds <= 0 or trainer is None:
+        return 0.0
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    return timer.time_elapsed("train") / budget_seconds if timer is not None else 0.0
+
+
 def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_steps: int):
-    """AdamW with linear warm-up then cosine decay to ``lr * min_lr_ratio`` over ``total_steps``."""
+    """AdamW with linear warm-up then cosine decay to ``lr * min_lr_ratio``.
+
+    The decay runs over ``total_steps`` or, when ``config.max_time_minutes`` caps the run, over
+    the wall-clock budget, whichever comes first: a run stopped by its time budget still ends
+    annealed (``progress = max(step fraction, time fraction)``, the time read from the trainer's
+    ``Timer``, so a resumed run continues the schedule where it stopped)."""
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(0, int(config.warmup_steps))
     total = max(total_steps, warmup + 1)
+    budget_seconds = 60.0 * float(config.max_time_minutes or 0.0)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = max((step - warmup) / max(1, total - warmup), _timer_progress(module, budget_seconds))
+        progress = min(1.0, progress)
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
