@@ -89,13 +89,13 @@ class LrLine(Line):
 
 @pytest.mark.parametrize("minutes", [1.0, 0.0])
 def test_time_budget_anneals_the_learning_rate(tmp_path, monkeypatch, minutes):
-    """With ``max_time_minutes`` the cosine runs over the wall-clock budget (read from Lightning's
+    """With ``anneal_over_time`` and ``max_time_minutes`` the cosine runs over the wall-clock budget (read from Lightning's
     Timer, here faked at 6 s per step against a 60 s budget): the run stops after about 10 steps with
     the rate near its floor. Without a time cap the same 10 steps of a 1000-step run stay near the peak."""
     from lightning.pytorch.callbacks import Timer
 
     config = TrainConfig(max_steps=1000 if minutes else 10, max_time_minutes=minutes, lr=0.1, warmup_steps=0,
-                         min_lr_ratio=0.05, accelerator="cpu", ema_decay=0, val_every_steps=1000)
+                         min_lr_ratio=0.05, accelerator="cpu", ema_decay=0, val_every_steps=1000, anneal_over_time=True)
     module = LrLine(config)
     monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": 6.0 * module.trainer.global_step)
     trainer = make_trainer(config, tmp_path, progress=False)
@@ -111,3 +111,15 @@ def test_time_budget_anneals_the_learning_rate(tmp_path, monkeypatch, minutes):
         assert float(lrs[-1]) < 0.012
     else:
         assert float(lrs[-1]) > 0.099
+
+
+def test_time_annealing_is_off_by_default(tmp_path, monkeypatch):
+    """The default decays over the planned steps only: a time-capped 1000-step run keeps its peak rate."""
+    from lightning.pytorch.callbacks import Timer
+
+    config = TrainConfig(max_steps=1000, max_time_minutes=1.0, lr=0.1, warmup_steps=0, accelerator="cpu", ema_decay=0,
+                         val_every_steps=1000)
+    module = LrLine(config)
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": 6.0 * module.trainer.global_step)
+    make_trainer(config, tmp_path, progress=False).fit(module, torch.utils.data.DataLoader(range(1000), batch_size=1))
+    assert 9 <= len(module.lrs) <= 12 and min(module.lrs) > 0.099

@@ -47,7 +47,7 @@ def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(0, int(config.warmup_steps))
     total = max(total_steps, warmup + 1)
-    budget_seconds = 60.0 * float(config.max_time_minutes or 0.0)
+    budget_seconds = 60.0 * float(config.max_time_minutes or 0.0) if config.anneal_over_time else 0.0
 
     def factor(step: int) -> float:
         if step < warmup:
