@@ -439,6 +439,8 @@ def select_jobs(parts, args) -> list:
     for part in parts:
         jobs += make_jobs(part, quick=args.quick, seeds=tuple(args.seeds) if args.seeds else None,
                           budget_minutes=args.budget_minutes, models=tuple(args.models) if args.models else None)
+    if getattr(args, "fractions", None):  # pre-trainings have no label fraction and always stay
+        jobs = [j for j in jobs if not hasattr(j, "label_fraction") or j.label_fraction in args.fractions]
     if args.limit:
         jobs = jobs[: args.limit]
     return jobs
@@ -488,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: per experiment, see --list)")
     parser.add_argument("--budget-minutes", type=float, help="override every job's budget (minutes of training)")
     parser.add_argument("--models", nargs="+", help="only these model columns (e.g. crysdiff scratch alignn)")
+    parser.add_argument("--fractions", type=float, nargs="+", help="only these label fractions (e.g. 1 or 0.1 0.4)")
     parser.add_argument("--limit", type=int, help="only the first N jobs (for checks)")
     parser.add_argument("--list", action="store_true", help="print the jobs, their budgets and status; run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the command lines; run nothing")
