@@ -40,10 +40,10 @@ def _timer_progress(module, budget_seconds: float) -> float:
 def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_steps: int):
     """AdamW with linear warm-up then cosine decay to ``lr * min_lr_ratio``.
 
-    The decay runs over ``total_steps`` or, when ``config.max_time_minutes`` caps the run, over
-    the wall-clock budget, whichever comes first: a run stopped by its time budget still ends
-    annealed (``progress = max(step fraction, time fraction)``, the time read from the trainer's
-    ``Timer``, so a resumed run continues the schedule where it stopped)."""
+    The decay runs over ``total_steps``; with ``config.anneal_over_time`` and a
+    ``config.max_time_minutes`` cap, over the wall-clock budget when that ends first
+    (``progress = max(step fraction, time fraction)``, the time read from the trainer's ``Timer``,
+    so a resumed run continues the schedule where it stopped)."""
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(0, int(config.warmup_steps))
     total = max(total_steps, warmup + 1)

@@ -163,8 +163,7 @@ class GaussianNoiseHead(nn.Module):
         a, b, c = self.noise_coefficients(m, s, alpha_bar.to(m.device, m.dtype)[t]).unbind(-1)
         return a + b * y_t + c * mu
 
-    def chain_coefficients(self, crystal_features: torch.Tensor, timesteps: int, alpha_bar: torch.Tensor,
-                           chunk: int = 0) -> torch.Tensor:
+    def chain_coefficients(self, crystal_features: torch.Tensor, timesteps: int, alpha_bar: torch.Tensor) -> torch.Tensor:
         """``[B, T+1, 3]`` coefficients for every step (row 0 unused, zeros), one head call per crystal."""
         m, s = self.moments(crystal_features)  # [B]
         ab = alpha_bar.to(m.device, m.dtype)[None, 1:timesteps + 1]  # [1, T]
