@@ -47,7 +47,8 @@ sys.path.insert(0, str(HERE))
 import suite_jobs  # noqa: E402  (suite_jobs.PEERS is read through the module, so tests can replace it)
 from suite_jobs import (  # noqa: E402  (the job table)
     MODELS, PART_LIMIT_MINUTES, PARTS, ROOT, TASKS,
-    CommandPeer, Job, Layout, Model, PeerJob, PretrainJob, estimate_minutes, find_reusable, make_jobs, required_models,
+    CommandPeer, Job, Layout, Model, PeerJob, PretrainJob, estimate_minutes, find_reusable, make_jobs, missing_model,
+    required_models,
     status,
 )
 
@@ -256,20 +257,9 @@ class Runner:
                 self.log(f"{prefix}: FAILED: {error}")
         return failed
 
-    def missing_model(self, job) -> Path | None:
-        """The model file a done job must leave for later jobs, when it is gone (``runs/`` cleaned, a
-        fresh clone): an ablation pre-training's checkpoint, or the fine-tuned model a refine job starts from."""
-        if isinstance(job, PretrainJob):
-            target = self.layout.pretrained(job.name)
-        elif job.job_id in getattr(self, "models_needed", ()):
-            target = self.layout.run_dir(job) / "model.ckpt"
-        else:
-            return None
-        return None if target.is_file() else target
-
     def run_job(self, job) -> str:
         path = self.layout.result_path(job)
-        missing = self.missing_model(job)
+        missing = missing_model(self.layout, job, getattr(self, "models_needed", frozenset()))
         if path.is_file() and missing is None:
             return "skipped (results exist)"
         if missing is not None and (path.is_file() or find_reusable(self.layout, job)):
@@ -465,7 +455,7 @@ def print_list(layout: Layout, parts, args) -> None:
         for job in jobs:
             budget = job.budget_minutes
             state = status(layout, job)
-            if job.job_id in needed and state in ("done", "reusable") and not (layout.run_dir(job) / "model.ckpt").is_file():
+            if state in ("done", "reusable") and missing_model(layout, job, needed):
                 state += ", but its model (needed by later jobs) is gone: trains again"
             print(f"  {job.job_id:<70} budget {budget:>5g} min  est {estimate_minutes(job, args.quick):>5.2f} min  {state}")
         by_budget: dict[tuple, int] = {}

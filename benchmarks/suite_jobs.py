@@ -303,8 +303,21 @@ def find_reusable(layout: Layout, job) -> Path | None:
     return None
 
 
+def missing_model(layout: Layout, job, needed=frozenset()) -> Path | None:
+    """The model file a job must leave for later jobs, when it is gone (``runs/`` cleaned, a fresh
+    clone): an ablation pre-training's checkpoint, or the fine-tuned model of a job whose id is in
+    ``needed`` (the ``init_job`` s of the jobs being run). ``None`` when nothing is missing."""
+    if isinstance(job, PretrainJob):
+        target = layout.pretrained(job.name)
+    elif job.job_id in needed:
+        target = layout.run_dir(job) / "model.ckpt"
+    else:
+        return None
+    return None if target.is_file() else target
+
+
 def status(layout: Layout, job) -> str:
-    if isinstance(job, PretrainJob) and layout.result_path(job).is_file() and not layout.pretrained(job.name).is_file():
+    if isinstance(job, PretrainJob) and layout.result_path(job).is_file() and missing_model(layout, job):
         return "done, but its checkpoint is gone: pre-trains again"
     if layout.result_path(job).is_file():
         return "done"
