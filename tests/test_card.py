@@ -81,27 +81,29 @@ def test_ancestral_sampler_with_oracle_noise_recovers_target_distribution(proces
     torch.testing.assert_close(samples.std(1), s, atol=0.05, rtol=0.03)
 
 
-def test_affine_chain_equals_generic_chain_and_exact_moments(process):
+@pytest.mark.parametrize("baseline", ["prior", "zero"])
+def test_affine_chain_equals_generic_chain_and_exact_moments(process, baseline):
     """The precomputed-coefficient chain is the same Markov chain as calling the head each step."""
     from crysdiff.heads import CardNoiseHead, HeadConfig
 
     torch.manual_seed(0)
-    head = CardNoiseHead(8, HeadConfig(hidden_dim=16, time_dim=16)).double()
+    head = CardNoiseHead(8, HeadConfig(hidden_dim=16, time_dim=16, baseline=baseline)).double()
+    schedule = {"alpha_bar": process.alpha_bar} if head.uses_schedule else {}
     for p in head.parameters():  # random non-trivial weights (the output layer starts at zero)
         torch.nn.init.normal_(p, std=0.3)
     z = torch.randn(3, 8, dtype=torch.float64)
     mu = torch.tensor([0.0, 0.5, -1.0], dtype=torch.float64)
-    coeffs = head.chain_coefficients(z, process.timesteps)
+    coeffs = head.chain_coefficients(z, process.timesteps, **schedule)
     # same coefficients as the head's forward at a few steps
     for t in (1, 7, process.timesteps):
         y_t = torch.randn(3, dtype=torch.float64)
         tt = torch.full((3,), t)
-        direct = head(z, y_t, mu, tt)
+        direct = head(z, y_t, mu, tt, **schedule)
         via_table = coeffs[:, t, 0] + coeffs[:, t, 1] * y_t + coeffs[:, t, 2] * mu
         torch.testing.assert_close(direct, via_table)
     # identical noise -> identical samples
     generic = process.sample(lambda y, t: head(z[:, None, :].expand(-1, y.shape[1], -1), y, mu[:, None].expand_as(y),
-                                                torch.full_like(y, t, dtype=torch.long)),
+                                                torch.full_like(y, t, dtype=torch.long), **schedule),
                              mu, num_samples=5, generator=torch.Generator().manual_seed(3))
     fast = process.sample_affine(coeffs, mu, num_samples=5, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(fast, generic)

@@ -31,7 +31,7 @@ from crysdiff.heads import HeadConfig
 from crysdiff.property_model import AveragedEncoder, PropertyModel, pool_mean
 
 __all__ = ["FinetuneConfig", "PropertyModel", "FinetuneTask", "pool_mean", "run_finetune", "build_property_model",
-           "build_structure_diffusion", "regression_metrics"]
+           "build_structure_diffusion", "regression_metrics", "stored_finetune_config"]
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def _initial_model(config: FinetuneConfig, init: str | None, mean: float, std: f
         return config, model, info
     # refine a fine-tuned model (Table 2 protocol): keep its encoders, head, structure handling and
     # target standardisation, so the model is unchanged at step 0
-    previous = from_dict(FinetuneConfig, stored)
+    previous = stored_finetune_config(stored)
     if config.extra_init and config.extra_init != previous.extra_init:
         raise ValueError(f"extra_init applies to pre-training checkpoints only: {init} is a fine-tuned model that "
                          f"already holds its encoders")
@@ -210,6 +210,19 @@ def _initial_model(config: FinetuneConfig, init: str | None, mean: float, std: f
     model = build_property_model(config, normalizer["mean"], normalizer["std"])
     model.load_state_dict(payload["state_dict"], strict=True)
     return config, model, {"init": str(init), "init_kind": "finetune", "init_target": normalizer.get("target")}
+
+
+def stored_finetune_config(stored: dict) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of a fine-tuned checkpoint's ``config`` dict.
+
+    Checkpoints written before ``head.baseline`` existed trained their ``card`` head without the
+    prior baseline; they are read with ``baseline="zero"`` so they predict exactly as before.
+    """
+    stored = dict(stored)
+    head = dict(stored.get("head") or {})
+    if "baseline" not in head:
+        stored["head"] = {**head, "baseline": "zero"}
+    return from_dict(FinetuneConfig, stored)
 
 
 def _parity_plot(y, mean, lo, hi, path: Path, target: str, unit: str) -> None:

@@ -1,8 +1,8 @@
 """Property heads on top of the pooled structure representation (fine-tuning, paper Alg. 2/3).
 
 All heads read ``crystal_features`` — ``[B, H]``, the mean over atoms of the encoder's final atom
-states — and are plain ``nn.Module`` s; only :class:`GaussianNoiseHead` reads the noise schedule
-(its ``alpha_bar`` table, passed in by the caller).
+states — and are plain ``nn.Module`` s; heads whose ``uses_schedule`` is true (:class:`GaussianNoiseHead`, and :class:`CardNoiseHead` with
+``baseline="prior"``) read the noise schedule (its ``alpha_bar`` table, passed in by the caller).
 
 * :class:`CardNoiseHead` (default, ``kind="card"``): the noise predictor
   ``eps_hat(z, y_t, mu, t) = a(z, t) + b(z, t) * y_t + c(z, t) * mu``, where ``a, b, c`` come from an
@@ -12,7 +12,13 @@ states — and are plain ``nn.Module`` s; only :class:`GaussianNoiseHead` reads 
   ``p(y | x) = N(m(x), s(x)²)`` (for such a conditional the optimal ``E[eps | y_t]`` is affine in
   ``y_t``), which is what a regression target needs, and it makes inference cheap: the coefficients
   are computed once per crystal and time step, independent of the number of samples (see
-  :meth:`CardNoiseHead.chain_coefficients`).
+  :meth:`CardNoiseHead.chain_coefficients`). With ``baseline="prior"`` (default) the MLP predicts
+  a residual around the prior's own noise predictor, ``E[eps | y_t]`` for ``y_0 ~ N(mu, 1)``, which
+  is ``sqrt(1 − ᾱ_t) (y_t − mu)``: an untrained head then samples the prior ``N(mu, 1)`` instead of
+  a chain that amplifies ``y_t`` (with ``eps_hat = 0`` the reverse chain multiplies the spread by
+  about ``1/sqrt(ᾱ_T)``, ~150x with the default schedule). The family is unchanged; only the
+  starting point and how ``b, c`` depend on ``t`` differ. ``baseline="zero"`` is the earlier
+  parameterisation (plain MLP output), kept so checkpoints written before this field load unchanged.
 * :class:`GaussianNoiseHead` (``kind="gaussian"``): the same affine family, parameterised by what
   it stands for: the head predicts a mean ``m(z)`` and a spread ``s(z)`` and returns the exact
   ``E[eps | y_t]`` of the chain started from ``y_0 ~ N(m, s²)``, i.e. ``a, b, c`` in closed form
@@ -59,6 +65,10 @@ class HeadConfig:
         prior: ``"mean"`` (the paper: the training mean ``ȳ``) or ``"learned"`` (CARD: a
             deterministic regression head ``f(x)`` trained jointly with an L1 loss).
         dropout: dropout on the structure representation inside the heads.
+        baseline: ``card`` head only: ``"prior"`` (default) adds the prior's noise predictor
+            ``sqrt(1 − ᾱ_t) (y_t − mu)`` to the MLP's coefficients, so training starts from the
+            prior ``N(mu, 1)``; ``"zero"`` uses the MLP's coefficients alone (checkpoints written
+            before this field existed; see :func:`crysdiff.finetune.stored_finetune_config`).
     """
 
     kind: str = "card"
@@ -66,6 +76,7 @@ class HeadConfig:
     time_dim: int = 64
     prior: str = "mean"
     dropout: float = 0.0
+    baseline: str = "prior"
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -95,6 +106,9 @@ class CardNoiseHead(nn.Module):
 
     def __init__(self, in_dim: int, config: HeadConfig = HeadConfig()):
         super().__init__()
+        if config.baseline not in ("prior", "zero"):
+            raise ValueError(f"unknown head.baseline {config.baseline!r}: expected 'prior' or 'zero'")
+        self.uses_schedule = config.baseline == "prior"
         self.time_dim = config.time_dim
         self.structure = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(in_dim, config.hidden_dim), nn.SiLU())
         self.time = nn.Linear(config.time_dim, 2 * config.hidden_dim)  # FiLM scale and shift
@@ -103,18 +117,27 @@ class CardNoiseHead(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def coefficients(self, crystal_features: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``[..., 3]`` coefficients (a, b, c) for features ``[..., H]`` and time steps ``t`` ``[...]``."""
+    def coefficients(self, crystal_features: torch.Tensor, t: torch.Tensor,
+                     alpha_bar: torch.Tensor | None = None) -> torch.Tensor:
+        """``[..., 3]`` coefficients (a, b, c) for features ``[..., H]`` and time steps ``t`` ``[...]``
+        (``alpha_bar``, the ``[T+1]`` table, is needed when ``uses_schedule``)."""
         scale, shift = self.time(sinusoidal_embedding(t, self.time_dim).to(crystal_features.dtype)).chunk(2, dim=-1)
         h = self.structure(crystal_features) * (1 + scale) + shift
-        return self.out(torch.nn.functional.silu(self.hidden(h)))
+        coeffs = self.out(torch.nn.functional.silu(self.hidden(h)))
+        if not self.uses_schedule:
+            return coeffs
+        if alpha_bar is None:
+            raise ValueError("CardNoiseHead with baseline='prior' needs the schedule's alpha_bar table")
+        k = (1 - alpha_bar.to(coeffs.device, coeffs.dtype)[t]).sqrt()  # [...]: the prior's E[eps | y_t] = k (y_t - mu)
+        return coeffs + torch.stack([torch.zeros_like(k), k, -k], dim=-1)
 
-    def forward(self, crystal_features, y_t, mu, t):
+    def forward(self, crystal_features, y_t, mu, t, alpha_bar: torch.Tensor | None = None):
         """``eps_hat`` ``[B]`` for features ``[B, H]`` and ``y_t``, ``mu``, ``t`` ``[B]``."""
-        a, b, c = self.coefficients(crystal_features, t).unbind(-1)
+        a, b, c = self.coefficients(crystal_features, t, alpha_bar).unbind(-1)
         return a + b * y_t + c * mu
 
-    def chain_coefficients(self, crystal_features: torch.Tensor, timesteps: int, chunk: int = 100) -> torch.Tensor:
+    def chain_coefficients(self, crystal_features: torch.Tensor, timesteps: int, alpha_bar: torch.Tensor | None = None,
+                           chunk: int = 100) -> torch.Tensor:
         """``[B, T+1, 3]`` coefficients for every step ``t = 0..T`` (row 0 unused), computed once
         per crystal: the reverse chain then needs no network call per sample."""
         batch = crystal_features.shape[0]
@@ -122,7 +145,7 @@ class CardNoiseHead(nn.Module):
         out = [torch.zeros(batch, 1, 3, dtype=crystal_features.dtype, device=crystal_features.device)]
         for start in range(1, timesteps + 1, chunk):
             t = torch.arange(start, min(start + chunk, timesteps + 1), device=crystal_features.device)
-            out.append(self.coefficients(z, t[None, :].expand(batch, -1)))  # [B, chunk, 3]
+            out.append(self.coefficients(z, t[None, :].expand(batch, -1), alpha_bar))  # [B, chunk, 3]
         return torch.cat(out, dim=1)
 
 

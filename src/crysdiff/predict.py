@@ -19,9 +19,9 @@ import torch
 
 from crysdiff.card import PropertyDiffusion
 from crysdiff.checkpoint import CheckpointError, load_checkpoint
-from crysdiff.config import from_dict
 from crysdiff.diffusion import JointDiffusion
-from crysdiff.finetune import FinetuneConfig, PropertyModel, build_property_model, build_structure_diffusion
+from crysdiff.finetune import (FinetuneConfig, PropertyModel, build_property_model, build_structure_diffusion,
+                               stored_finetune_config)
 
 __all__ = ["Predictor", "load", "bundled_models"]
 
@@ -146,7 +146,7 @@ def load(model: str | Path, device: str | torch.device | None = None) -> Predict
     """A :class:`Predictor` from a fine-tuned checkpoint path or a bundled model name."""
     path = _resolve_model(model)
     payload = load_checkpoint(path, kind="finetune")
-    config = from_dict(FinetuneConfig, payload["config"])
+    config = stored_finetune_config(payload["config"])
     normalizer = payload["normalizer"]
     network = build_property_model(config, normalizer["mean"], normalizer["std"], normalizer.get("lower_bound"))
     network.load_state_dict(payload["state_dict"], strict=True)
