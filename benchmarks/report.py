@@ -269,8 +269,9 @@ def section_setup(jobs, pretrain, cells) -> list[str]:
             out.append(f"* `{r['checkpoint']}` ({', '.join(r['overrides'])}): {fit.get('steps', '–')} steps, "
                        f"{fit.get('seconds', 0) / 60:.1f} min, validation loss {fmt(r.get('val_loss', {}).get('val/loss', math.nan))}.")
     out += ["", "Commands (each part, then the report):", "", "```bash"]
-    out += [f"python benchmarks/suite.py --part {p}" for p in ("pretrain-ablation", *EXPERIMENTS)]
-    out += ["python benchmarks/report.py", "```", "", "One command line per model column, as the suite ran it:", "", "```bash"]
+    quick = " --quick" if any(r.get("quick") for r in jobs + pretrain) else ""
+    out += [f"python benchmarks/suite.py{quick} --part {p}" for p in ("pretrain-ablation", *EXPERIMENTS)]
+    out += [f"python benchmarks/report.py{quick}", "```", "", "One command line per model column, as the suite ran it:", "", "```bash"]
     shown = {}
     for r in jobs:
         shown.setdefault(r["model"], r["commands"][0])
@@ -459,6 +460,41 @@ def section_variants(cells) -> list[str]:
     return out + [""]
 
 
+ARCHIVES = {
+    "card-baseline-zero": (
+        "Card head: where it starts",
+        "Rows of the earlier runs whose `card` head started at `ε̂ = 0` (`head.baseline=zero`, before 2026-11-29), "
+        "kept under `archive/card-baseline-zero/`, against the same job (task, model, labels, seed, budget) rerun with "
+        "the current default, the head starting at the prior's noise predictor (`head.baseline=prior`, "
+        "see `docs/method.md`). Same machine type, same budget; one seed each, so differences of a few percent are noise."),
+}
+
+
+def section_archives(results: Path, cells) -> list[str]:
+    """Earlier measurements kept under ``results/archive/<name>/`` next to the current rows of the same jobs."""
+    out = []
+    for name, (title, text) in ARCHIVES.items():
+        old = [json.loads(p.read_text()) for p in sorted((results / "archive" / name).glob("*.json"))]
+        rows, better = [], 0
+        for r in old:
+            cell = cells.get((r["experiment"], r["task"], r["model"], float(r["label_fraction"])))
+            now = [x for x in (cell.results if cell else []) if x["seed"] == r["seed"]]
+            if not now:
+                continue
+            new = now[0]["test"]
+            better += new["mae"] < r["test"]["mae"]
+            rows.append(f"| {TASKS[r['task']].label} | {model_label(r['model'])} | {100 * float(r['label_fraction']):g}% | "
+                        f"{r['seed']} | {fmt(r['test']['mae'])} | {fmt(new['mae'])} | {signed(pct(new['mae'], r['test']['mae']))} | "
+                        f"{fmt(r['test'].get('coverage95', math.nan))} | {fmt(new.get('coverage95', math.nan))} |")
+        if not rows:
+            continue
+        out += [f"## {title}", "", text, "",
+                "| task | model | labels | seed | MAE before | MAE now | change | coverage before | coverage now |",
+                "|---|---|---|---|---|---|---|---|---|", *rows, "",
+                f"Lower MAE now on {better} of {len(rows)} rows.", ""]
+    return out
+
+
 def section_uncertainty(cells, figures: Path, out_dir: Path) -> list[str]:
     out = ["## Uncertainty of the crysdiff rows", ""]
     tasks = _tasks_of(cells, "table1")
@@ -497,6 +533,7 @@ def render(results: Path, out: Path, figures: Path) -> str:
     lines += section_ablation(cells, figures, out.parent)
     lines += section_refine(cells)
     lines += section_variants(cells)
+    lines += section_archives(results, cells)
     lines += section_uncertainty(cells, figures, out.parent)
     text = "\n".join(lines).rstrip() + "\n"
     out.write_text(text)

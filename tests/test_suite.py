@@ -207,6 +207,26 @@ def test_report_renders_tables_figures_and_peer_columns(tmp_path):
         assert f"figures/{figure}" in text
 
 
+def test_report_sets_archived_runs_beside_the_current_rows_of_the_same_jobs(tmp_path):
+    results = tmp_path / "results"
+    _fixture(results, "table1", "mp_elastic_bulk", "crysdiff", 0, 8.0, coverage=0.93)
+    _fixture(results, "table1", "dielectric_n", "crysdiff", 0, 0.5)
+    archive = results / "archive" / "card-baseline-zero"
+    _fixture(archive, "table1", "mp_elastic_bulk", "crysdiff", 0, 10.0, coverage=0.9)
+    _fixture(archive, "table1", "mp_elastic_bulk", "crysdiff", 1, 10.0)  # no current seed-1 row: left out
+    _fixture(archive, "table1", "dielectric_n", "crysdiff", 0, 0.4)
+    for path in (archive / "table1").glob("*.json"):  # the suite's archive holds the files flat
+        path.rename(archive / path.name)
+    text = report.render(results, tmp_path / "results.md", tmp_path / "figures")
+    section = text.split("## Card head: where it starts")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "MAE before" not in line]
+    assert len(rows) == 2
+    assert any("| 10 | 8 | -20% | 0.9 | 0.93 |" in row for row in rows), rows
+    assert "Lower MAE now on 1 of 2 rows." in section
+    # archived files do not enter the current tables
+    assert report.aggregate(report.load_results(results)[0])[("table1", "mp_elastic_bulk", "crysdiff", 1.0)].maes == [8.0]
+
+
 def test_report_updates_the_readme_headline_between_markers(tmp_path):
     results = tmp_path / "results"
     for model, mae in (("crysdiff", 8.0), ("scratch", 10.0)):
