@@ -6,6 +6,7 @@
     python benchmarks/suite.py --all                          # every part, in order
     python benchmarks/suite.py --quick --part variants        # reduced form: small subsets, tiny budgets
     python benchmarks/suite.py --part sparse --dry-run        # print the command lines only
+    python benchmarks/suite.py --part table1 --models crysdiff --rerun   # after a code change: run again
     python benchmarks/report.py                               # docs/results.md and docs/figures/
 
 A *job* is (experiment, task, model, label fraction, seed, budget). Every crysdiff job runs the
@@ -18,6 +19,10 @@ coverage, reliability bins). A job whose results file exists is skipped; a job w
 holds a checkpoint continues with ``--resume``; a job identical to one of another experiment (same
 task, model, fraction, seed and budget) reuses its results. Pre-trained checkpoints for the
 ablation are made once (``--part pretrain-ablation``) into ``models/ablation/`` and never redone.
+Because reused results are copies, a job made stale by a code change must be invalidated in every
+part: ``--rerun`` moves all of a selected job's results files, its run folder (and an ablation
+checkpoint) under ``runs/suite[-quick]/superseded/<time>/`` and runs it again; jobs that started
+from its model (the refine part) are not invalidated with it: select them too.
 
 Peer models (ALIGNN, CGCNN) plug in through :data:`suite_jobs.PEERS` (see :class:`PeerJob`); the report shows
 their columns when their results exist.
@@ -231,6 +236,30 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(path)  # never a half-written results file
+
+
+def supersede(layout: Layout, jobs: list, stamp: str | None = None) -> tuple[Path, int]:
+    """Move the outputs of ``jobs`` aside so they run again: every results file of the job (its own
+    and the copies other parts reused), its run folder and, for an ablation pre-training, its
+    checkpoint go under ``runs/<mode>/superseded/<UTC stamp>/``. Nothing is deleted. Returns that
+    folder and the number of paths moved."""
+    stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = layout.runs / "superseded" / stamp
+    moves = []
+    for job_id, job in {j.job_id: j for j in jobs}.items():
+        moves += [(path, dest / "results" / path.parent.name / path.name)
+                  for path in sorted(layout.results.glob(f"*/{job_id}.json"))]
+        moves.append((layout.run_dir(job), dest / "jobs" / job_id))
+        if isinstance(job, PretrainJob) and job.name != "pool":
+            checkpoint = layout.pretrained(job.name)
+            moves.append((checkpoint, dest / "models" / checkpoint.name))
+    moved = 0
+    for source, target in moves:
+        if source.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(source), str(target))
+            moved += 1
+    return dest, moved
 
 
 @dataclass
@@ -486,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the command lines; run nothing")
     parser.add_argument("--samples", type=int, default=100, help="samples per test crystal (default 100)")
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads for every run (default: torch's choice)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run the selected jobs again although they are done (e.g. after a code change): their "
+                             "results files, in every part holding a copy, and run folders move to "
+                             "runs/suite[-quick]/superseded/<time>/ first; nothing is deleted")
     args = parser.parse_args(argv)
     parts = list(PARTS) if args.all or (args.list and not args.part) else (args.part or [])
     if not parts:
@@ -504,7 +537,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"crysdiff is not importable with {sys.executable}; run the suite with the project's "
                      f"environment: .venv/bin/python benchmarks/suite.py ...")
     runner = Runner(layout, dry_run=args.dry_run, samples=args.samples, env=env)
-    failed = runner.run(select_jobs(parts, args))
+    jobs = select_jobs(parts, args)
+    if args.rerun and not args.dry_run:
+        folder, moved = supersede(layout, jobs)
+        print(f"--rerun: moved {moved} earlier result(s) and run folder(s) of {len(jobs)} job(s) to {folder}")
+    failed = runner.run(jobs)
     if failed:
         print(f"{len(failed)} job(s) failed: {', '.join(failed)} (rerun the same command to retry them)")
     return 1 if failed else 0

@@ -127,6 +127,43 @@ def test_done_jobs_whose_models_are_gone_are_trained_again(tmp_path, monkeypatch
     assert trained == []
 
 
+def test_rerun_moves_every_copy_of_a_jobs_outputs_aside_and_runs_it_again(tmp_path, monkeypatch):
+    """--rerun: the job's results file, the copy another part reused, its run folder and an ablation
+    checkpoint move under runs/superseded/<stamp>/ (nothing deleted); other jobs are untouched."""
+    layout = _layout(tmp_path)
+    job = suite_jobs.Job("table1", "mp2018_formation", "crysdiff", 1.0, 0, 4.0)
+    twin = suite_jobs.Job("variants", "mp2018_formation", "crysdiff", 1.0, 0, 4.0)
+    other = suite_jobs.Job("table1", "mp2018_formation", "scratch", 1.0, 0, 4.0)
+    pretrain = suite_jobs.make_jobs("pretrain-ablation")[0]
+    for j in (job, twin, other, pretrain):
+        layout.result_path(j).parent.mkdir(parents=True, exist_ok=True)
+        layout.result_path(j).write_text(json.dumps({"experiment": j.experiment, "job": j.job_id}))
+    layout.run_dir(job).mkdir(parents=True)
+    (layout.run_dir(job) / "model.ckpt").write_bytes(b"old model")
+    layout.pretrained(pretrain.name).parent.mkdir(parents=True)
+    layout.pretrained(pretrain.name).write_bytes(b"old pre-training")
+    folder, moved = suite.supersede(layout, [job, pretrain], stamp="T0")
+    assert folder == layout.runs / "superseded" / "T0" and moved == 5
+    assert (folder / "results" / "table1" / f"{job.job_id}.json").is_file()
+    assert (folder / "results" / "variants" / f"{job.job_id}.json").is_file()
+    assert (folder / "jobs" / job.job_id / "model.ckpt").read_bytes() == b"old model"
+    assert (folder / "models" / layout.pretrained(pretrain.name).name).read_bytes() == b"old pre-training"
+    for j in (job, twin, pretrain):
+        assert suite_jobs.status(layout, j) not in ("done", "reusable"), j
+    assert suite_jobs.status(layout, other) == "done"
+    # through the command line: the selected job runs again, the others stay skipped
+    trained = []
+    monkeypatch.setattr(suite.Runner, "_crysdiff", lambda self, j: trained.append(j.job_id) or "trained")
+    monkeypatch.setattr(suite.Layout, "default", classmethod(lambda cls, quick=False: layout))
+    layout.result_path(job).write_text(json.dumps({"experiment": "table1"}))
+    args = ["--part", "table1", "--seeds", "0", "--models", "crysdiff", "scratch", "--fractions", "1"]
+    suite.main(args + ["--limit", "2"])
+    assert trained == []  # both done: skipped
+    suite.main(args + ["--limit", "2", "--rerun"])
+    assert sorted(trained) == sorted([job.job_id, other.job_id])
+    assert len(list((layout.runs / "superseded").iterdir())) == 2
+
+
 # --- split files ---------------------------------------------------------------------------------------
 
 
