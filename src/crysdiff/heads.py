@@ -1,8 +1,9 @@
 """Property heads on top of the pooled structure representation (fine-tuning, paper Alg. 2/3).
 
 All heads read ``crystal_features`` — ``[B, H]``, the mean over atoms of the encoder's final atom
-states — and are plain ``nn.Module`` s; heads whose ``uses_schedule`` is true (:class:`GaussianNoiseHead`, and :class:`CardNoiseHead` with
-``baseline="prior"``) read the noise schedule (its ``alpha_bar`` table, passed in by the caller).
+states — and are plain ``nn.Module`` s. Heads whose ``uses_schedule`` is true
+(:class:`GaussianNoiseHead`, and :class:`CardNoiseHead` with ``baseline="prior"``) read the noise
+schedule (its ``alpha_bar`` table, passed in by the caller).
 
 * :class:`CardNoiseHead` (default, ``kind="card"``): the noise predictor
   ``eps_hat(z, y_t, mu, t) = a(z, t) + b(z, t) * y_t + c(z, t) * mu``, where ``a, b, c`` come from an
