@@ -369,6 +369,28 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
                    f"(issue 5 target: all) and at {sum(a < b for _, a, b in pairs)} of {len(pairs)} in all; median change "
                    f"{fmt(median(pct(a, b) for _, a, b in low), 2)}% up to 40%, "
                    f"{fmt(median(pct(a, b) for f, a, b in pairs if f > 0.4), 2)}% above.")
+        for peer in (m for m in models if m not in ("crysdiff", "scratch")):
+            versus = [(f, cells[("sparse", task, "crysdiff", f)].mae, cells[("sparse", task, peer, f)].mae)
+                      for f in FRACTIONS_SPARSE if ("sparse", task, "crysdiff", f) in cells and ("sparse", task, peer, f) in cells]
+            if versus:
+                out.append(f"  * against {model_label(peer)}: crysdiff is better at {sum(a < b for _, a, b in versus)} of "
+                           f"{len(versus)} fractions (changes: {', '.join(f'{100 * f:g}% {signed(pct(a, b))}' for f, a, b in versus)}).")
+        coverage = [(f, cells[("sparse", task, "crysdiff", f)].coverage) for f in FRACTIONS_SPARSE
+                    if ("sparse", task, "crysdiff", f) in cells]
+        if coverage:
+            out.append("  * crysdiff's 95% interval coverage, by fraction: "
+                       + ", ".join(f"{100 * f:g}% {fmt(c)}" for f, c in coverage) + "."
+                       + (" Below 0.90 at the fractions where it falls short: the interval is the spread of p(y | structure) "
+                          "as fitted to the training labels and has no term for the model's own uncertainty, so a small "
+                          "label set seen for many epochs gives intervals too narrow for new crystals."
+                          if any(c < 0.90 for _, c in coverage) else ""))
+        steps = [(f, r["fit"]["steps"], r["fit"].get("epochs")) for f in FRACTIONS_SPARSE
+                 if ("sparse", task, "crysdiff", f) in cells
+                 for r in cells[("sparse", task, "crysdiff", f)].results[:1] if r.get("fit", {}).get("steps")]
+        if steps:
+            out.append("  * crysdiff's optimizer steps (epochs started) within the budget, by fraction: "
+                       + ", ".join(f"{100 * f:g}% {n} ({e})" for f, n, e in steps)
+                       + ": at a fixed wall-clock budget a smaller label set is seen more often, not trained for longer.")
     return out + [""]
 
 

@@ -7,6 +7,7 @@
     python benchmarks/suite.py --quick --part variants        # reduced form: small subsets, tiny budgets
     python benchmarks/suite.py --part sparse --dry-run        # print the command lines only
     python benchmarks/suite.py --part table1 --models crysdiff --rerun   # after a code change: run again
+    python benchmarks/suite.py --part table1 --seeds 1 --tasks perov5_heat   # one task's row only
     python benchmarks/report.py                               # docs/results.md and docs/figures/
 
 A *job* is (experiment, task, model, label fraction, seed, budget). Every crysdiff job runs the
@@ -460,6 +461,11 @@ def select_jobs(parts, args) -> list:
                           budget_minutes=args.budget_minutes, models=tuple(args.models) if args.models else None)
     if getattr(args, "fractions", None):  # pre-trainings have no label fraction and always stay
         jobs = [j for j in jobs if not hasattr(j, "label_fraction") or j.label_fraction in args.fractions]
+    if getattr(args, "tasks", None):  # likewise, pre-trainings have no task
+        unknown = sorted(set(args.tasks) - set(TASKS))
+        if unknown:
+            raise SystemExit(f"unknown task(s) {', '.join(unknown)}: expected some of {', '.join(TASKS)}")
+        jobs = [j for j in jobs if not hasattr(j, "task") or j.task in args.tasks]
     if args.limit:
         jobs = jobs[: args.limit]
     return jobs
@@ -510,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-minutes", type=float, help="override every job's budget (minutes of training)")
     parser.add_argument("--models", nargs="+", help="only these model columns (e.g. crysdiff scratch alignn)")
     parser.add_argument("--fractions", type=float, nargs="+", help="only these label fractions (e.g. 1 or 0.1 0.4)")
+    parser.add_argument("--tasks", nargs="+", help="only these tasks (e.g. mp_elastic_bulk perov5_heat; see --list)")
     parser.add_argument("--limit", type=int, help="only the first N jobs (for checks)")
     parser.add_argument("--list", action="store_true", help="print the jobs, their budgets and status; run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the command lines; run nothing")

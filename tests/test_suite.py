@@ -59,6 +59,20 @@ def test_job_table_is_deterministic_and_complete(monkeypatch):
     assert suite_jobs.make_jobs("variants", seeds=(5,), budget_minutes=2)[0].job_id.endswith(".s5.b2m")
 
 
+def test_command_line_filters_select_tasks_models_and_fractions():
+    args = suite.argparse.Namespace(quick=False, seeds=[1], budget_minutes=None, models=["crysdiff", "cgcnn"],
+                                    fractions=None, tasks=["perov5_heat", "mp_elastic_bulk"], limit=None)
+    picked = {(j.task, j.model, j.seed) for j in suite.select_jobs(["table1"], args)}
+    assert picked == {(t, m, 1) for t in args.tasks for m in args.models}
+    args.models = None
+    jobs = suite.select_jobs(["pretrain-ablation", "ablation"], args)
+    assert sum(not hasattr(j, "task") for j in jobs) == 3  # pre-trainings have no task and stay
+    assert {j.task for j in jobs if hasattr(j, "task")} == {"mp_elastic_bulk"}  # the ablation has no perov5_heat
+    args.tasks = ["perov5_heat", "no_such_task"]
+    with pytest.raises(SystemExit, match="no_such_task"):
+        suite.select_jobs(["table1"], args)
+
+
 def test_commands_pass_split_budget_and_variant(tmp_path):
     layout = _layout(tmp_path)
     split = suite_splits.SplitFiles("x", tmp_path, tmp_path / "train.csv.gz", tmp_path / "val.csv.gz", tmp_path / "test.csv.gz")
@@ -228,6 +242,7 @@ def test_report_renders_tables_figures_and_peer_columns(tmp_path):
     for fraction in (0.05, 0.4, 1.0):
         _fixture(results, "sparse", "mp_elastic_bulk", "crysdiff", 0, 10 / fraction**0.2, fraction)
         _fixture(results, "sparse", "mp_elastic_bulk", "scratch", 0, 12 / fraction**0.2, fraction)
+        _fixture(results, "sparse", "mp_elastic_bulk", "alignn", 0, 11.0, fraction, coverage=None)
     for variant, mae in (("crysdiff", 10.0), ("no_jd", 11.0), ("no_ue", 9.5)):
         _fixture(results, "ablation", "mp_elastic_bulk", variant, 0, mae)
     out = tmp_path / "docs" / "results.md"
@@ -237,6 +252,8 @@ def test_report_renders_tables_figures_and_peer_columns(tmp_path):
     assert "crysdiff is the best column on 1 of 2 tasks" in text
     assert "lowers the test MAE on 2 of 2 tasks" in text
     assert "pre-trained beats scratch at 2 of 2 fractions up to 40%" in text
+    assert "95% interval coverage, by fraction: 5% 0.95, 40% 0.95, 100% 0.95" in text
+    assert "against alignn (peer): crysdiff is better at 1 of 3 fractions (changes: 5% +66%, 40% +9.2%, 100% -9.1%)" in text
     assert "w/o updating the encoder: worse than the full model on 0 of 1" in text
     assert "*No refine results yet*" in text
     for figure in ("fig4_sparse.png", "fig5_ablation.png", "reliability.png"):
