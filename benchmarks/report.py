@@ -380,7 +380,7 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
         if coverage:
             out.append("  * crysdiff's 95% interval coverage, by fraction: "
                        + ", ".join(f"{100 * f:g}% {fmt(c)}" for f, c in coverage) + "."
-                       + (" Below 0.90 at the fractions where it falls short: the interval is the spread of p(y | structure) "
+                       + (" Where it is below 0.90: the interval is the spread of p(y | structure) "
                           "as fitted to the training labels and has no term for the model's own uncertainty, so a small "
                           "label set seen for many epochs gives intervals too narrow for new crystals."
                           if any(c < 0.90 for _, c in coverage) else ""))

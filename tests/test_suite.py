@@ -224,7 +224,7 @@ def _fixture(results: Path, experiment: str, task: str, model: str, seed: int, m
                                                             for p, n in (("train", 80), ("val", 10), ("test", 10))}},
         "git_commit": "0" * 40, "machine": {"cpu": "test cpu", "cores": 2, "torch": "x", "torch_threads": 1, "gpu": "none"},
         "commands": [f"crysdiff finetune --target {suite_jobs.TASKS[task].target} ({model})"], "seconds": {"total": 60.0},
-        "train_count": int(800 * fraction), "test": test,
+        "train_count": int(800 * fraction), "test": test, "fit": {"steps": 900, "epochs": round(24 / fraction)},
     }
     path = results / experiment / f"{payload['job_id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,6 +253,7 @@ def test_report_renders_tables_figures_and_peer_columns(tmp_path):
     assert "lowers the test MAE on 2 of 2 tasks" in text
     assert "pre-trained beats scratch at 2 of 2 fractions up to 40%" in text
     assert "95% interval coverage, by fraction: 5% 0.95, 40% 0.95, 100% 0.95" in text
+    assert "optimizer steps (epochs started) within the budget, by fraction: 5% 900 (480), 40% 900 (60), 100% 900 (24)" in text
     assert "against alignn (peer): crysdiff is better at 1 of 3 fractions (changes: 5% +66%, 40% +9.2%, 100% -9.1%)" in text
     assert "w/o updating the encoder: worse than the full model on 0 of 1" in text
     assert "*No refine results yet*" in text
