@@ -60,6 +60,8 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
     """(fine-tuning/evaluation results, pre-training results) under ``results/<experiment>/*.json``."""
     jobs, pretrain = [], []
     for path in sorted(results.glob("*/*.json")):
+        if path.parent.name == "ensemble":  # benchmarks/ensemble.py's files: see section_ensemble
+            continue
         payload = json.loads(path.read_text())
         (pretrain if payload.get("experiment") == "pretrain-ablation" else jobs).append(payload)
     return jobs, pretrain
@@ -75,6 +77,27 @@ def aggregate(jobs: list[dict]) -> dict[tuple, Cell]:
         cell.seeds.append(r["seed"])
         cell.results.append(r)
     return cells
+
+
+def matched_seeds(cells: dict, experiment: str) -> dict[tuple, Cell]:
+    """``cells`` with each (task, fraction) of ``experiment`` cut to the seeds every model there has,
+    so that a model with extra seeds (e.g. the ensemble runs) is not averaged against single seeds."""
+    groups: dict[tuple, list[tuple]] = defaultdict(list)
+    for key in cells:
+        if key[0] == experiment:
+            groups[(key[1], key[3])].append(key)
+    matched = dict(cells)
+    for keys in groups.values():
+        common = set.intersection(*(set(cells[k].seeds) for k in keys))
+        for key in keys:
+            cell = cells[key]
+            keep = [i for i, seed in enumerate(cell.seeds) if seed in common]
+            if len(keep) < len(cell.seeds):
+                matched[key] = Cell(maes=[cell.maes[i] for i in keep], seeds=[cell.seeds[i] for i in keep],
+                                    results=[cell.results[i] for i in keep],
+                                    coverages=[r["test"]["coverage95"] for r in (cell.results[i] for i in keep)
+                                               if "coverage95" in r["test"]])
+    return matched
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -349,6 +372,9 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
     if not tasks:
         return out + ["*No sparse results yet* (`python benchmarks/suite.py --part sparse`).", ""]
     models = _models_of(cells, "sparse", ("crysdiff", "scratch"))
+    extra = sorted({seed for key, cell in cells.items() if key[0] == "sparse" for seed in cell.seeds}
+                   - {seed for key, cell in matched_seeds(cells, "sparse").items() if key[0] == "sparse" for seed in cell.seeds})
+    cells = matched_seeds(cells, "sparse")
     if fig_sparse(cells, tasks, models, figures / "fig4_sparse.png"):
         out += [f"![test MAE against label fraction]({_rel(figures / 'fig4_sparse.png', out_dir)})", ""]
     out += ["| task | model | " + " | ".join(f"{100 * f:g}%" for f in FRACTIONS_SPARSE) + " |",
@@ -357,10 +383,15 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
         for model in models:
             out.append(f"| {TASKS[task].label} | {model_label(model)} | "
                        + " | ".join(fmt_cell(cells.get(("sparse", task, model, f))) for f in FRACTIONS_SPARSE) + " |")
+    if extra:
+        out += ["", f"Each cell averages the seeds that every model at that fraction has; seeds that only some models have "
+                    f"({', '.join(map(str, extra))}) are left out here and used by the ensemble analysis below."]
     out += ["", "**Analysis** (computed):", ""]
     for task in tasks:
-        pairs = [(f, cells[("sparse", task, "crysdiff", f)].mae, cells[("sparse", task, "scratch", f)].mae)
-                 for f in FRACTIONS_SPARSE if ("sparse", task, "crysdiff", f) in cells and ("sparse", task, "scratch", f) in cells]
+        by_model = {m: {f: cells[("sparse", task, m, f)] for f in FRACTIONS_SPARSE if ("sparse", task, m, f) in cells}
+                    for m in models}
+        ours = by_model.get("crysdiff", {})
+        pairs = [(f, ours[f].mae, cell.mae) for f, cell in by_model.get("scratch", {}).items() if f in ours]
         if not pairs:
             continue
         low = [(f, a, b) for f, a, b in pairs if f <= 0.4]
@@ -370,13 +401,11 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
                    f"{fmt(median(pct(a, b) for _, a, b in low), 2)}% up to 40%, "
                    f"{fmt(median(pct(a, b) for f, a, b in pairs if f > 0.4), 2)}% above.")
         for peer in (m for m in models if m not in ("crysdiff", "scratch")):
-            versus = [(f, cells[("sparse", task, "crysdiff", f)].mae, cells[("sparse", task, peer, f)].mae)
-                      for f in FRACTIONS_SPARSE if ("sparse", task, "crysdiff", f) in cells and ("sparse", task, peer, f) in cells]
+            versus = [(f, ours[f].mae, cell.mae) for f, cell in by_model[peer].items() if f in ours]
             if versus:
                 out.append(f"  * against {model_label(peer)}: crysdiff is better at {sum(a < b for _, a, b in versus)} of "
                            f"{len(versus)} fractions (changes: {', '.join(f'{100 * f:g}% {signed(pct(a, b))}' for f, a, b in versus)}).")
-        coverage = [(f, cells[("sparse", task, "crysdiff", f)].coverage) for f in FRACTIONS_SPARSE
-                    if ("sparse", task, "crysdiff", f) in cells]
+        coverage = [(f, cell.coverage) for f, cell in ours.items()]
         if coverage:
             out.append("  * crysdiff's 95% interval coverage, by fraction: "
                        + ", ".join(f"{100 * f:g}% {fmt(c)}" for f, c in coverage) + "."
@@ -384,14 +413,51 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
                           "as fitted to the training labels and has no term for the model's own uncertainty, so a small "
                           "label set seen for many epochs gives intervals too narrow for new crystals."
                           if any(c < 0.90 for _, c in coverage) else ""))
-        steps = [(f, r["fit"]["steps"], r["fit"].get("epochs")) for f in FRACTIONS_SPARSE
-                 if ("sparse", task, "crysdiff", f) in cells
-                 for r in cells[("sparse", task, "crysdiff", f)].results[:1] if r.get("fit", {}).get("steps")]
+        steps = [(f, r["fit"]["steps"], r["fit"].get("epochs")) for f, cell in ours.items()
+                 for r in cell.results[:1] if r.get("fit", {}).get("steps")]
         if steps:
             out.append("  * crysdiff's optimizer steps (epochs started) within the budget, by fraction: "
                        + ", ".join(f"{100 * f:g}% {n} ({e})" for f, n, e in steps)
                        + ": at a fixed wall-clock budget a smaller label set is seen more often, not trained for longer.")
     return out + [""]
+
+
+def section_ensemble(results: Path) -> list[str]:
+    """The seed ensembles of ``benchmarks/ensemble.py``: one model's interval against the pooled one."""
+    files = sorted((results / "ensemble").glob("*.json"))
+    if not files:
+        return []
+    out = ["### Few labels: one model's interval against a seed ensemble", "",
+           "The same sparse-label crysdiff runs, differing only in `--seed`, predicted alone and pooled as one ensemble "
+           "(`crysdiff predict --model A --model B ...`: S samples from each). *Single* is the mean over the seeds of "
+           "each model alone; *std between models* is the spread of the members' means, the epistemic part that a single "
+           "model's interval lacks.", "",
+           "| task | labels | test | single: MAE | single: 95% coverage | single: mean std | ensemble: MAE | "
+           "ensemble: 95% coverage | ensemble: mean std | std between models |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for path in files:
+        report = json.loads(path.read_text())
+        label = TASKS[report["task"]].label if report["task"] in TASKS else report["task"]
+        for row in report["rows"]:
+            members, ensemble = row["members"], row["ensemble"]
+            single = {key: float(np.mean([m[key] for m in members])) for key in ("mae", "coverage95", "mean_predicted_std")}
+            out.append(f"| {label} | {100 * row['label_fraction']:g}% ({row['train_count']}) | {row['test_count']} | "
+                       f"{fmt(single['mae'])} | {fmt(single['coverage95'])} | {fmt(single['mean_predicted_std'])} | "
+                       f"{fmt(ensemble['mae'])} | {fmt(ensemble['coverage95'])} | {fmt(ensemble['mean_predicted_std'])} | "
+                       f"{fmt(ensemble['std_models'])} |")
+            notes.append((label, row["label_fraction"], single, ensemble, len(members)))
+        out += ["", f"Seeds {', '.join(map(str, report['seeds']))}, {report['samples_per_model']} samples per crystal "
+                    f"and model; `{report['command']}` at commit `{report['git_commit'][:10]}`.", ""]
+    if notes:
+        out += ["**Analysis** (computed):", ""]
+        for label, fraction, single, ensemble, count in notes:
+            out.append(f"* {label}, {100 * fraction:g}%: coverage {fmt(single['coverage95'])} alone, "
+                       f"{fmt(ensemble['coverage95'])} with {count} models "
+                       f"({'inside' if 0.90 <= ensemble['coverage95'] <= 0.98 else 'outside'} [0.90, 0.98]); MAE "
+                       f"{signed(pct(ensemble['mae'], single['mae']))} against the mean single model.")
+        out.append("")
+    return out
 
 
 def section_ablation(cells, figures: Path, out_dir: Path) -> list[str]:
@@ -552,6 +618,7 @@ def render(results: Path, out: Path, figures: Path) -> str:
     lines += section_setup(jobs, pretrain, cells)
     lines += section_table1(cells)
     lines += section_sparse(cells, figures, out.parent)
+    lines += section_ensemble(results)
     lines += section_ablation(cells, figures, out.parent)
     lines += section_refine(cells)
     lines += section_variants(cells)

@@ -2,8 +2,11 @@
 level, and predicted spread against the actual error, with a reliability plot.
 
     python benchmarks/uncertainty.py --model formation_energy_per_atom [--data ../shared/data/mp2018/val.csv.gz] [--samples 100]
+    python benchmarks/uncertainty.py --model a.ckpt b.ckpt c.ckpt --data test.csv --out benchmarks/results/x.json
 
-Writes benchmarks/results/uncertainty_<target>.json and benchmarks/results/reliability_<target>.png.
+Writes benchmarks/results/uncertainty_<target>.json (or --out) and the reliability plot beside it
+(reliability_<target>.png, or --out with .png). Several --model paths are scored as an ensemble
+(S samples from each, pooled; see crysdiff.predict), and each member alone as well.
 The central interval at level c is [q((1-c)/2), q((1+c)/2)] of the S samples of each crystal; a
 calibrated model covers a fraction c of the targets. Crystals are also binned by predicted std
 (equal-count bins): in each bin the RMSE of the mean should match the mean predicted std.
@@ -26,31 +29,61 @@ LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, nargs="+", help="a model, or several for an ensemble")
     parser.add_argument("--data", default=str(DATA / "mp2018" / "val.csv.gz"))
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--bins", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/uncertainty_<target>.json)")
     args = parser.parse_args()
 
-    from crysdiff.cache import load_dataset
-    from crysdiff.loader import make_loader
     from crysdiff.predict import load
 
-    predictor = load(args.model, device="cpu")
-    cache = load_dataset([args.data], progress=False)
+    predictor = load(args.model if len(args.model) > 1 else args.model[0], device="cpu")
+    y, samples, seconds = draw(predictor, args.data, args.samples, args.seed)
+    result = {"model": args.model if len(args.model) > 1 else args.model[0], "target": predictor.target,
+              "unit": predictor.unit, "data": args.data, "count": int(len(y)), "samples": args.samples,
+              "timesteps": predictor.config.property.timesteps, "seed": args.seed,
+              **score(y, samples, args.bins), "predict_seconds": seconds,
+              "command": f"python benchmarks/uncertainty.py --model {' '.join(args.model)} --samples {args.samples}"
+                         + (f" --data {args.data}" if args.data != parser.get_default("data") else "")
+                         + (f" --out {args.out}" if args.out else "")}
+    if len(args.model) > 1:
+        per_member = np.split(samples, len(args.model), axis=1)
+        result["std_models"] = float(np.mean(np.std([s.mean(axis=1) for s in per_member], axis=0, ddof=1)))
+        result["members"] = [{"model": m, **{k: v for k, v in score(y, s, args.bins).items() if k != "std_bins"}}
+                             for m, s in zip(args.model, per_member)]
+    out = args.out or ROOT / "benchmarks" / "results" / f"uncertainty_{predictor.target}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    _plot(result, out.with_suffix(".png") if args.out else out.parent / f"reliability_{predictor.target}.png")
+    print(f"{predictor.target}: MAE {result['mae']:.4f} {predictor.unit}, 95% coverage {result['coverage95']:.3f}, "
+          f"mean std {result['mean_predicted_std']:.4f}, Spearman(std, |error|) {result['spearman_std_vs_abs_error']:.2f}")
+    for member in result.get("members", []):
+        print(f"  member {member['model']}: MAE {member['mae']:.4f}, 95% coverage {member['coverage95']:.3f}, "
+              f"mean std {member['mean_predicted_std']:.4f}")
+
+
+def draw(predictor, data: str | Path, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Targets ``[B]``, samples ``[B, S * members]`` and seconds, for the labelled crystals of ``data``."""
+    from crysdiff.cache import load_dataset
+    from crysdiff.loader import make_loader
+
+    cache = load_dataset([data], progress=False)
     column = cache.label_names.index(predictor.target)
     labels = np.asarray(cache.labels[:, column], dtype=np.float64)
     indices = np.flatnonzero(np.isfinite(labels))
-    generator = torch.Generator().manual_seed(args.seed)
-    ys, samples = [], []
+    generator = torch.Generator().manual_seed(seed)
+    ys, draws = [], []
     start = time.perf_counter()
     for batch in make_loader(cache, indices, batch_size=64, targets=[predictor.target]):
-        out = predictor.model.predict(batch, predictor.diffusion, num_samples=args.samples, generator=generator, keep_samples=True)
         ys.append(batch.y[:, 0].double().numpy())
-        samples.append(out["samples"].numpy())
-    seconds = time.perf_counter() - start
-    y, samples = np.concatenate(ys), np.concatenate(samples)  # [B], [B, S]
+        draws.append(predictor.sample(batch, samples, generator)["samples"].numpy())
+    return np.concatenate(ys), np.concatenate(draws), time.perf_counter() - start
+
+
+def score(y: np.ndarray, samples: np.ndarray, bins: int) -> dict:
+    """Accuracy and calibration of samples ``[B, S]`` against targets ``[B]``."""
     mean, std = samples.mean(axis=1), samples.std(axis=1, ddof=1)
     error = np.abs(mean - y)
     coverage = {}
@@ -58,25 +91,12 @@ def main() -> None:
         lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=1)
         coverage[f"{level:g}"] = float(np.mean((y >= lo) & (y <= hi)))
     order = np.argsort(std)
-    bins = []
-    for part in np.array_split(order, args.bins):
-        bins.append({"count": int(len(part)), "mean_predicted_std": float(std[part].mean()),
-                     "rmse": float(np.sqrt(np.mean((mean[part] - y[part]) ** 2))), "mae": float(error[part].mean())})
-    result = {
-        "model": args.model, "target": predictor.target, "unit": predictor.unit, "data": args.data, "count": int(len(y)),
-        "samples": args.samples, "timesteps": predictor.config.property.timesteps, "seed": args.seed,
-        "mae": float(error.mean()), "rmse": float(np.sqrt(np.mean((mean - y) ** 2))),
-        "coverage95": coverage["0.95"], "coverage_by_level": coverage,
-        "mean_predicted_std": float(std.mean()), "spearman_std_vs_abs_error": _spearman(std, error),
-        "std_bins": bins, "predict_seconds": seconds,
-        "command": f"python benchmarks/uncertainty.py --model {args.model} --samples {args.samples}",
-    }
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"uncertainty_{predictor.target}.json").write_text(json.dumps(result, indent=2))
-    _plot(result, results / f"reliability_{predictor.target}.png")
-    print(f"{predictor.target}: MAE {result['mae']:.4f} {predictor.unit}, 95% coverage {result['coverage95']:.3f}, "
-          f"mean std {result['mean_predicted_std']:.4f}, Spearman(std, |error|) {result['spearman_std_vs_abs_error']:.2f}")
+    std_bins = [{"count": int(len(part)), "mean_predicted_std": float(std[part].mean()),
+                 "rmse": float(np.sqrt(np.mean((mean[part] - y[part]) ** 2))), "mae": float(error[part].mean())}
+                for part in np.array_split(order, bins)]
+    return {"mae": float(error.mean()), "rmse": float(np.sqrt(np.mean((mean - y) ** 2))),
+            "coverage95": coverage["0.95"], "coverage_by_level": coverage, "mean_predicted_std": float(std.mean()),
+            "spearman_std_vs_abs_error": _spearman(std, error), "std_bins": std_bins}
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

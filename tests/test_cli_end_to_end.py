@@ -178,6 +178,60 @@ def test_predict_skips_bad_records_and_fails_when_nothing_is_usable(finetuned, t
     assert "no usable" in err and "Traceback" not in err
 
 
+def _finetune_tiny(pretrained, perov_small, out, *extra):
+    assert main(["finetune", "--init", str(pretrained / "model.ckpt"), "--data", str(perov_small / "train.csv"),
+                 "--val", str(perov_small / "val.csv"), "--target", "heat_ref", "--out", str(out), "--no-progress",
+                 "--workers", "1", "property.timesteps=20", "train.max_steps=3", "train.batch_size=8", "eval_samples=5",
+                 "train.warmup_steps=1", *extra]) == 0
+    return out / "model.ckpt"
+
+
+def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_small, tmp_path):
+    """Two fine-tuning runs that differ only in --seed, used together: the ensemble's samples are
+    each member's draws side by side, its summary is taken over all of them, and ``std_models`` is
+    the spread of the members' means."""
+    import crysdiff
+    from crysdiff.loader import make_loader
+    from crysdiff.cache import load_dataset
+
+    second = _finetune_tiny(pretrained, perov_small, tmp_path / "s1", "--seed", "1")
+    first = finetuned / "model.ckpt"
+    ensemble = crysdiff.load([first, second], device="cpu")
+    assert [m.path for m in ensemble.members] == [str(first), str(second)] and ensemble.target == "heat_ref"
+    batch = next(iter(make_loader(load_dataset([perov_small / "val.csv"], progress=False), batch_size=6)))
+    out = ensemble.sample(batch, 7, torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    alone = [member.sample(batch, 7, generator)["samples"] for member in ensemble.members]
+    assert out["samples"].shape == (6, 14)
+    torch.testing.assert_close(out["samples"], torch.cat(alone, dim=1))
+    torch.testing.assert_close(out["mean"], torch.cat(alone, dim=1).mean(dim=1))
+    torch.testing.assert_close(out["std_models"], torch.stack([a.mean(dim=1) for a in alone], dim=1).std(dim=1))
+    assert not torch.allclose(alone[0].mean(dim=1), alone[1].mean(dim=1))  # the seeds made different models
+
+    preds = tmp_path / "preds.json"
+    assert main(["predict", "--model", str(first), "--model", str(second), "examples/structures", "--samples", "5",
+                 "--out", str(preds), "--device", "cpu"]) == 0
+    report = json.loads(preds.read_text())
+    assert report["models"] == [str(first), str(second)]
+    rows = pd.DataFrame(report["predictions"])
+    assert list(rows.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "std_models", "unit"]
+    assert len(rows) == 10 and (rows["std_models"] > 0).all() and (rows["p2.5"] <= rows["p97.5"]).all()
+
+
+def test_an_ensemble_rejects_members_it_cannot_pool(finetuned, pretrained, perov_small, tmp_path, capsys):
+    regression = _finetune_tiny(pretrained, perov_small, tmp_path / "reg", "head.kind=regression")
+    assert main(["predict", "--model", str(finetuned / "model.ckpt"), "--model", str(regression), "examples/structures",
+                 "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert str(regression) in err and "diffusion heads" in err and "Traceback" not in err
+    other = _finetune_tiny(pretrained, perov_small, tmp_path / "knn", "data.knn_neighbors=6")
+    import crysdiff
+    from crysdiff.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="knn_neighbors"):
+        crysdiff.load([finetuned / "model.ckpt", other], device="cpu")
+
+
 def test_refine_a_finetuned_model(finetuned, perov_small, tmp_path):
     out = tmp_path / "refined"
     assert main(["finetune", "--init", str(finetuned / "model.ckpt"), "--data", str(perov_small / "val.csv"),

@@ -262,6 +262,33 @@ def test_report_renders_tables_figures_and_peer_columns(tmp_path):
         assert f"figures/{figure}" in text
 
 
+def test_report_compares_sparse_cells_on_matched_seeds_and_shows_ensembles(tmp_path):
+    """Extra crysdiff seeds (run for the ensemble) do not enter the Fig. 4 comparison, which uses the
+    seeds every model has; the ensemble file of benchmarks/ensemble.py gets its own table."""
+    results = tmp_path / "results"
+    for fraction in (0.05, 0.4):
+        _fixture(results, "sparse", "mp_elastic_bulk", "crysdiff", 0, 10.0, fraction, coverage=0.5)
+        _fixture(results, "sparse", "mp_elastic_bulk", "scratch", 0, 12.0, fraction)
+    _fixture(results, "sparse", "mp_elastic_bulk", "crysdiff", 1, 100.0, 0.05, coverage=0.7)  # would flip the 5% cell
+    cells = report.matched_seeds(report.aggregate(report.load_results(results)[0]), "sparse")
+    assert cells[("sparse", "mp_elastic_bulk", "crysdiff", 0.05)].maes == [10.0]
+    assert cells[("sparse", "mp_elastic_bulk", "crysdiff", 0.05)].coverages == [0.5]
+    member = {"mae": 10.0, "rmse": 13.0, "coverage95": 0.5, "mean_predicted_std": 2.0, "spearman_std_vs_abs_error": 0.3,
+              "coverage_by_level": {"0.95": 0.5}}
+    ensemble = {**member, "mae": 9.0, "coverage95": 0.91, "mean_predicted_std": 5.0, "std_models": 4.0}
+    (results / "ensemble").mkdir()
+    (results / "ensemble" / "mp_elastic_bulk.json").write_text(json.dumps({
+        "task": "mp_elastic_bulk", "target": "K_VRH", "unit": "GPa", "samples_per_model": 100, "seeds": [0, 1],
+        "command": "python benchmarks/ensemble.py --seeds 0 1", "git_commit": "a" * 40, "quick": False,
+        "rows": [{"label_fraction": 0.05, "train_count": 40, "test_count": 10, "seconds": 1.0, "ensemble": ensemble,
+                  "members": [member | {"seed": 0}, member | {"seed": 1, "mae": 12.0, "coverage95": 0.7}]}]}))
+    text = report.render(results, tmp_path / "results.md", tmp_path / "figures")
+    assert "pre-trained beats scratch at 2 of 2 fractions up to 40%" in text
+    assert "seeds that only some models have (1) are left out here" in text
+    assert "| bulk modulus (mp_elastic) | 5% (40) | 10 | 11 | 0.6 | 2 | 9 | 0.91 | 5 | 4 |" in text
+    assert "5%: coverage 0.6 alone, 0.91 with 2 models (inside [0.90, 0.98]); MAE -18% against the mean single model." in text
+
+
 def test_report_sets_archived_runs_beside_the_current_rows_of_the_same_jobs(tmp_path):
     results = tmp_path / "results"
     _fixture(results, "table1", "mp_elastic_bulk", "crysdiff", 0, 8.0, coverage=0.93)

@@ -7,6 +7,13 @@ objects, and returns one row per structure: ``id``, ``source``, ``mean``, ``std`
 ``p97.5``, ``unit``. Each crystal is encoded once; the ``S`` samples of the reverse chain then run
 through the head only (Alg. 3). A model fine-tuned with ``fix_structure=false`` encodes each crystal
 ``structure_encodings`` times instead (see :mod:`crysdiff.property_model`).
+
+``load`` also takes several checkpoints of the same target (for example the same fine-tuning run
+with ``--seed 0 1 2``): an *ensemble*. Each member draws ``S`` samples and the summary is taken over
+all of them, so the spread holds both what one model expects y to scatter by (the CARD distribution)
+and how much the members disagree; the second part alone is the ``std_models`` column. One model's
+interval has no term for the second part, and is too narrow when it was trained for many epochs
+on few labels (see docs/method.md, "What the interval is, and when not to trust it").
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from crysdiff.checkpoint import CheckpointError, load_checkpoint
 from crysdiff.diffusion import JointDiffusion
 from crysdiff.finetune import (FinetuneConfig, PropertyModel, build_property_model, build_structure_diffusion,
                                stored_finetune_config)
+from crysdiff.property_model import summarise
 
-__all__ = ["Predictor", "load", "bundled_models"]
+__all__ = ["Predictor", "Member", "load", "bundled_models"]
 
 MODELS_DIR = Path(__file__).parent / "models"
 
@@ -45,17 +53,62 @@ def _resolve_model(model: str | Path) -> Path:
 
 
 @dataclass
-class Predictor:
-    """A fine-tuned model ready to predict (see :func:`load`)."""
+class Member:
+    """One fine-tuned model of a :class:`Predictor` (several make an ensemble)."""
 
     model: PropertyModel
     diffusion: PropertyDiffusion
     config: FinetuneConfig
+    structure_diffusion: JointDiffusion | None = None  # set when the model was fine-tuned with fix_structure=false
+    path: str = ""
+
+    def sample(self, batch, samples: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.model.predict(batch, self.diffusion, num_samples=samples, generator=generator, keep_samples=True,
+                                  structure_diffusion=self.structure_diffusion,
+                                  structure_encodings=self.config.structure_encodings)
+
+
+@dataclass
+class Predictor:
+    """One fine-tuned model, or an ensemble of several for the same target, ready to predict (see :func:`load`)."""
+
+    members: list[Member]
     target: str
     unit: str
     device: torch.device
     info: dict = field(default_factory=dict)
-    structure_diffusion: JointDiffusion | None = None  # set when the model was fine-tuned with fix_structure=false
+
+    @property
+    def model(self) -> PropertyModel:
+        return self.members[0].model
+
+    @property
+    def diffusion(self) -> PropertyDiffusion:
+        return self.members[0].diffusion
+
+    @property
+    def config(self) -> FinetuneConfig:
+        return self.members[0].config
+
+    @property
+    def structure_diffusion(self) -> JointDiffusion | None:
+        return self.members[0].structure_diffusion
+
+    @property
+    def columns(self) -> list[str]:
+        extra = ["std_models"] if len(self.members) > 1 else []
+        return ["id", "source", "mean", "std", "p2.5", "p97.5", *extra, "unit"]
+
+    def sample(self, batch, samples: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Summary of ``samples`` draws per member for a collated batch already on the device: ``mean``,
+        ``std``, ``p2.5``, ``p97.5`` and ``samples`` ``[B, S * members]``; for an ensemble also
+        ``std_models``, the spread of the members' means."""
+        if len(self.members) == 1:
+            return self.members[0].sample(batch, samples, generator)
+        draws = [member.sample(batch, samples, generator)["samples"] for member in self.members]
+        out = summarise(torch.cat(draws, dim=1))
+        out["std_models"] = torch.stack([d.mean(dim=1) for d in draws], dim=1).std(dim=1)
+        return out
 
     def _settings(self):
         from crysdiff.crystal import ValidationSettings
@@ -130,35 +183,57 @@ class Predictor:
 
             jobs = track(jobs, description="predicting", transient=True)
         for batch, ids, sources in jobs:
-            out = self.model.predict(batch.to(self.device), self.diffusion, num_samples=samples, generator=generator,
-                                     structure_diffusion=self.structure_diffusion,
-                                     structure_encodings=self.config.structure_encodings)
+            out = self.sample(batch.to(self.device), samples, generator)
+            numbers = [name for name in self.columns if name in out]
             for k, (identifier, source) in enumerate(zip(ids, sources)):
-                rows.append({
-                    "id": identifier, "source": source, "mean": float(out["mean"][k]), "std": float(out["std"][k]),
-                    "p2.5": float(out["p2.5"][k]), "p97.5": float(out["p97.5"][k]), "unit": self.unit,
-                })
-        frame = pd.DataFrame(rows, columns=["id", "source", "mean", "std", "p2.5", "p97.5", "unit"])
+                rows.append({"id": identifier, "source": source, **{name: float(out[name][k]) for name in numbers},
+                             "unit": self.unit})
+        frame = pd.DataFrame(rows, columns=self.columns)
         return (frame, errors) if return_errors else frame
 
 
-def load(model: str | Path, device: str | torch.device | None = None) -> Predictor:
-    """A :class:`Predictor` from a fine-tuned checkpoint path or a bundled model name."""
-    path = _resolve_model(model)
-    payload = load_checkpoint(path, kind="finetune")
-    config = stored_finetune_config(payload["config"])
-    normalizer = payload["normalizer"]
-    network = build_property_model(config, normalizer["mean"], normalizer["std"], normalizer.get("lower_bound"))
-    network.load_state_dict(payload["state_dict"], strict=True)
+def load(model: str | Path | list | tuple, device: str | torch.device | None = None) -> Predictor:
+    """A :class:`Predictor` from a fine-tuned checkpoint path or a bundled model name, or an ensemble
+    from a list of them (same target, unit and structure settings; diffusion heads only)."""
+    names = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not names:
+        raise CheckpointError("no model given")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    structure_diffusion = build_structure_diffusion(config)
-    return Predictor(
-        model=network.to(device).eval(),
-        diffusion=PropertyDiffusion(config.property),
-        config=config,
-        target=normalizer["target"],
-        unit=normalizer.get("unit", ""),
-        device=device,
-        info={"path": str(path), "metrics": payload.get("metrics", {}), "data": payload.get("data", {})},
-        structure_diffusion=None if structure_diffusion is None else structure_diffusion.to(device),
-    )
+    members, normalizers, infos = [], [], []
+    for name in names:
+        path = _resolve_model(name)
+        payload = load_checkpoint(path, kind="finetune")
+        config = stored_finetune_config(payload["config"])
+        normalizer = payload["normalizer"]
+        network = build_property_model(config, normalizer["mean"], normalizer["std"], normalizer.get("lower_bound"))
+        network.load_state_dict(payload["state_dict"], strict=True)
+        structure_diffusion = build_structure_diffusion(config)
+        members.append(Member(model=network.to(device).eval(), diffusion=PropertyDiffusion(config.property),
+                              config=config, path=str(path),
+                              structure_diffusion=None if structure_diffusion is None else structure_diffusion.to(device)))
+        normalizers.append(normalizer)
+        infos.append({"path": str(path), "metrics": payload.get("metrics", {}), "data": payload.get("data", {})})
+    if len(members) > 1:
+        _check_ensemble(members, normalizers)
+    info = infos[0] if len(infos) == 1 else {"members": infos}
+    return Predictor(members=members, target=normalizers[0]["target"], unit=normalizers[0].get("unit", ""),
+                     device=device, info=info)
+
+
+def _check_ensemble(members: list[Member], normalizers: list[dict]) -> None:
+    """Members must predict the same quantity from identically built graphs, with sampled intervals."""
+    first, reference = members[0], normalizers[0]
+    structure = ("min_distance", "max_atoms", "max_dense_atoms", "knn_neighbors")
+    for member, normalizer in zip(members, normalizers):
+        if not member.model.is_diffusion:
+            raise CheckpointError(f"{member.path}: an ensemble needs diffusion heads, and this model has a "
+                                  f"{member.config.head.kind!r} head (no sampled interval to pool)")
+        for key in ("target", "unit"):
+            if normalizer.get(key) != reference.get(key):
+                raise CheckpointError(f"{member.path}: {key} {normalizer.get(key)!r} differs from {reference.get(key)!r} "
+                                      f"of {first.path}; an ensemble's members must predict the same quantity")
+        for key in structure:
+            if getattr(member.config.data, key) != getattr(first.config.data, key):
+                raise CheckpointError(f"{member.path}: data.{key}={getattr(member.config.data, key)} differs from "
+                                      f"{getattr(first.config.data, key)} of {first.path}; ensemble members must read "
+                                      f"structures the same way")

@@ -39,7 +39,7 @@ from torch import nn
 from crysdiff.card import PropertyDiffusion
 from crysdiff.heads import HeadConfig, RegressionHead, build_noise_head
 
-__all__ = ["PropertyModel", "AveragedEncoder", "pool_mean", "structure_timestep", "structure_blocks", "noise_structure"]
+__all__ = ["PropertyModel", "AveragedEncoder", "pool_mean", "summarise", "structure_timestep", "structure_blocks", "noise_structure"]
 
 
 def pool_mean(node_features: torch.Tensor, batch_index: torch.Tensor, num_crystals: int) -> torch.Tensor:
@@ -242,12 +242,19 @@ class PropertyModel(nn.Module):
         samples = self.destandardise(samples)  # [B, S]
         if self.lower_bound is not None:
             samples = samples.clamp_min(self.lower_bound)
-        out = {
-            "mean": samples.mean(dim=1),
-            "std": samples.std(dim=1) if num_samples > 1 else torch.zeros(samples.shape[0], dtype=samples.dtype),
-            "p2.5": torch.quantile(samples, 0.025, dim=1),
-            "p97.5": torch.quantile(samples, 0.975, dim=1),
-        }
-        if keep_samples:
-            out["samples"] = samples
+        out = summarise(samples)
+        if not keep_samples:
+            del out["samples"]
         return out
+
+
+def summarise(samples: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``mean``, ``std``, ``p2.5``, ``p97.5`` ``[B]`` of samples ``[B, S]`` (kept as ``samples``)."""
+    return {
+        "mean": samples.mean(dim=1),
+        "std": samples.std(dim=1) if samples.shape[1] > 1 else torch.zeros(samples.shape[0], dtype=samples.dtype,
+                                                                             device=samples.device),
+        "p2.5": torch.quantile(samples, 0.025, dim=1),
+        "p97.5": torch.quantile(samples, 0.975, dim=1),
+        "samples": samples,
+    }

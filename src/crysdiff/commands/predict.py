@@ -2,10 +2,13 @@
 
 SOURCES are anything crysdiff reads (CIF/POSCAR files, folders, CSV/JSON/extxyz datasets). One row
 per structure: id, source, mean, std, p2.5, p97.5, unit. Bad records are reported on stderr and
-skipped. --model takes a fine-tuned checkpoint or a bundled model name (--list-models).
+skipped. --model takes a fine-tuned checkpoint or a bundled model name (--list-models). Repeat
+--model to predict with an ensemble of models of the same target (e.g. one fine-tuning run per
+--seed): S samples from each, pooled, plus a std_models column (how much the models disagree).
 
-Example:
+Examples:
   crysdiff predict --model formation_energy_per_atom examples/structures --samples 100 --out preds.csv
+  crysdiff predict --model run-s0/model.ckpt --model run-s1/model.ckpt --model run-s2/model.ckpt my_cifs/
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from crysdiff.commands._common import fail, run_guarded
 
 def add_arguments(parser) -> None:
     parser.add_argument("sources", nargs="*", help="structure files, folders or datasets")
-    parser.add_argument("--model", help="fine-tuned checkpoint path or bundled model name")
+    parser.add_argument("--model", action="append", help="fine-tuned checkpoint path or bundled model name; repeat it "
+                                                         "for an ensemble of models of the same target")
     parser.add_argument("--samples", type=int, default=100, help="samples of the reverse chain per crystal (default 100)")
     parser.add_argument("--out", type=Path, help="output file (.csv or .json); default: print a table")
     parser.add_argument("--json", action="store_true", help="write JSON (records) instead of CSV")
@@ -41,7 +45,7 @@ def run(args) -> int:
         return fail("predict needs --model and at least one source (see crysdiff predict --help)", 2)
 
     def go():
-        predictor = load(args.model, device=args.device)
+        predictor = load(args.model if len(args.model) > 1 else args.model[0], device=args.device)
         frame, errors = predictor.predict(args.sources, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
                                           strict=args.strict, progress=True, return_errors=True)
         for error in errors:
@@ -55,6 +59,7 @@ def run(args) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             if as_json:
                 args.out.write_text(json.dumps({"target": predictor.target, "unit": predictor.unit,
+                                                "models": [member.path for member in predictor.members],
                                                 "predictions": frame.to_dict(orient="records"),
                                                 "skipped": [e.as_dict() for e in errors]}, indent=1))
             else:
