@@ -372,9 +372,10 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
     if not tasks:
         return out + ["*No sparse results yet* (`python benchmarks/suite.py --part sparse`).", ""]
     models = _models_of(cells, "sparse", ("crysdiff", "scratch"))
+    matched = matched_seeds(cells, "sparse")
     extra = sorted({seed for key, cell in cells.items() if key[0] == "sparse" for seed in cell.seeds}
-                   - {seed for key, cell in matched_seeds(cells, "sparse").items() if key[0] == "sparse" for seed in cell.seeds})
-    cells = matched_seeds(cells, "sparse")
+                   - {seed for key, cell in matched.items() if key[0] == "sparse" for seed in cell.seeds})
+    cells = matched
     if fig_sparse(cells, tasks, models, figures / "fig4_sparse.png"):
         out += [f"![test MAE against label fraction]({_rel(figures / 'fig4_sparse.png', out_dir)})", ""]
     out += ["| task | model | " + " | ".join(f"{100 * f:g}%" for f in FRACTIONS_SPARSE) + " |",
