@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from suite import git_commit, machine  # noqa: E402
 from suite_jobs import TASKS, Layout  # noqa: E402
-from uncertainty import draw, score  # noqa: E402
+from uncertainty import draw, score, split_members  # noqa: E402
 
 
 def _job(layout: Layout, task: str, fraction: float, seed: int) -> tuple[Path, dict]:
@@ -69,14 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         predictor = load([str(path) for path, _ in jobs], device="cpu")
         y, samples, _ = draw(predictor, test_file, args.samples, seed=0)
-        per_member = np.split(samples, len(jobs), axis=1)
+        per_member, std_models = split_members(samples, len(jobs))
         members = []
         for seed, (path, record), own in zip(args.seeds, jobs, per_member):
             members.append({"seed": seed, "job_id": record["job_id"], "train_count": record["train_count"],
                             "suite_test_mae": record["test"]["mae"], "suite_coverage95": record["test"].get("coverage95"),
                             **_summary(score(y, own, bins=5))})
-        ensemble = {**_summary(score(y, samples, bins=5)),
-                    "std_models": float(np.mean(np.std([own.mean(axis=1) for own in per_member], axis=0, ddof=1)))}
+        ensemble = {**_summary(score(y, samples, bins=5)), "std_models": std_models}
         rows.append({"label_fraction": fraction, "train_count": jobs[0][1]["train_count"], "test_count": int(len(y)),
                      "members": members, "ensemble": ensemble, "seconds": time.perf_counter() - start})
         single = np.mean([m["coverage95"] for m in members])

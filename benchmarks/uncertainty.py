@@ -39,7 +39,7 @@ def main() -> None:
 
     from crysdiff.predict import load
 
-    predictor = load(args.model if len(args.model) > 1 else args.model[0], device="cpu")
+    predictor = load(args.model, device="cpu")
     y, samples, seconds = draw(predictor, args.data, args.samples, args.seed)
     result = {"model": args.model if len(args.model) > 1 else args.model[0], "target": predictor.target,
               "unit": predictor.unit, "data": args.data, "count": int(len(y)), "samples": args.samples,
@@ -49,8 +49,7 @@ def main() -> None:
                          + (f" --data {args.data}" if args.data != parser.get_default("data") else "")
                          + (f" --out {args.out}" if args.out else "")}
     if len(args.model) > 1:
-        per_member = np.split(samples, len(args.model), axis=1)
-        result["std_models"] = float(np.mean(np.std([s.mean(axis=1) for s in per_member], axis=0, ddof=1)))
+        per_member, result["std_models"] = split_members(samples, len(args.model))
         result["members"] = [{"model": m, **{k: v for k, v in score(y, s, args.bins).items() if k != "std_bins"}}
                              for m, s in zip(args.model, per_member)]
     out = args.out or ROOT / "benchmarks" / "results" / f"uncertainty_{predictor.target}.json"
@@ -80,6 +79,13 @@ def draw(predictor, data: str | Path, samples: int, seed: int) -> tuple[np.ndarr
         ys.append(batch.y[:, 0].double().numpy())
         draws.append(predictor.sample(batch, samples, generator)["samples"].numpy())
     return np.concatenate(ys), np.concatenate(draws), time.perf_counter() - start
+
+
+def split_members(samples: np.ndarray, members: int) -> tuple[list[np.ndarray], float]:
+    """An ensemble's pooled samples ``[B, S * members]`` per member, and the mean over crystals of
+    the spread of the members' means (``std_models``)."""
+    per_member = np.split(samples, members, axis=1)
+    return per_member, float(np.mean(np.std([own.mean(axis=1) for own in per_member], axis=0, ddof=1)))
 
 
 def score(y: np.ndarray, samples: np.ndarray, bins: int) -> dict:

@@ -45,7 +45,7 @@ def run(args) -> int:
         return fail("predict needs --model and at least one source (see crysdiff predict --help)", 2)
 
     def go():
-        predictor = load(args.model if len(args.model) > 1 else args.model[0], device=args.device)
+        predictor = load(args.model, device=args.device)
         frame, errors = predictor.predict(args.sources, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
                                           strict=args.strict, progress=True, return_errors=True)
         for error in errors:
