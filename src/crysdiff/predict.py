@@ -70,7 +70,8 @@ class Member:
 
 @dataclass
 class Predictor:
-    """One fine-tuned model, or an ensemble of several for the same target, ready to predict (see :func:`load`)."""
+    """One fine-tuned model, or an ensemble of several for the same target, ready to predict (see :func:`load`).
+    ``model``, ``diffusion``, ``config`` and ``structure_diffusion`` are those of the first member."""
 
     members: list[Member]
     target: str
