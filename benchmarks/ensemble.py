@@ -8,7 +8,8 @@ model's own uncertainty; with a few hundred labels it covers far less than 95% o
 them first: ``python benchmarks/suite.py --part sparse --tasks T --models crysdiff --seeds 0 1 2
 --fractions F...``), predicts the task's test split with each alone and with all of them as one
 ensemble (``crysdiff predict --model A --model B ...``: S samples from each, pooled), and scores
-accuracy and coverage. Writes ``benchmarks/results/suite[-quick]/ensemble/<task>.json``, which
+accuracy and coverage, for both ways of pooling: the members' draws as drawn, and widened by the
+small-ensemble correction that ``crysdiff predict`` applies (``crysdiff.predict.pool_members``). Writes ``benchmarks/results/suite[-quick]/ensemble/<task>.json``, which
 ``benchmarks/report.py`` reads.
 """
 
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.seeds) < 2:
         parser.error("an ensemble needs at least two --seeds")
 
-    from crysdiff.predict import load
+    from crysdiff.predict import load, pool_members
 
     layout = Layout.default(quick=args.quick)
     rows = []
@@ -68,20 +70,24 @@ def main(argv: list[str] | None = None) -> int:
         test_file = layout.splits / jobs[0][1]["split"]["name"] / jobs[0][1]["split"]["parts"]["test"]["file"]
         start = time.perf_counter()
         predictor = load([str(path) for path, _ in jobs], device="cpu")
+        predictor.widen = False  # the members' own draws; both poolings are scored below
         y, samples, _ = draw(predictor, test_file, args.samples, seed=0)
         per_member, std_models = split_members(samples, len(jobs))
+        widened = pool_members([torch.from_numpy(own) for own in per_member], lower_bound=predictor.lower_bound).numpy()
         members = []
         for seed, (path, record), own in zip(args.seeds, jobs, per_member):
             members.append({"seed": seed, "job_id": record["job_id"], "train_count": record["train_count"],
                             "suite_test_mae": record["test"]["mae"], "suite_coverage95": record["test"].get("coverage95"),
                             **_summary(score(y, own, bins=5))})
-        ensemble = {**_summary(score(y, samples, bins=5)), "std_models": std_models}
+        ensemble = {**_summary(score(y, widened, bins=5)), "std_models": std_models, "pooling": "widened"}
+        pooled = {**_summary(score(y, samples, bins=5)), "std_models": std_models, "pooling": "as drawn"}
         rows.append({"label_fraction": fraction, "train_count": jobs[0][1]["train_count"], "test_count": int(len(y)),
-                     "members": members, "ensemble": ensemble, "seconds": time.perf_counter() - start})
+                     "members": members, "ensemble": ensemble, "ensemble_as_drawn": pooled,
+                     "seconds": time.perf_counter() - start})
         single = np.mean([m["coverage95"] for m in members])
         print(f"{args.task} {100 * fraction:g}%: members' 95% coverage {single:.3f} (mean), MAE "
               f"{np.mean([m['mae'] for m in members]):.3f}; ensemble of {len(jobs)}: coverage {ensemble['coverage95']:.3f}, "
-              f"MAE {ensemble['mae']:.3f}")
+              f"MAE {ensemble['mae']:.3f} (pooled as drawn: coverage {pooled['coverage95']:.3f})")
     out = layout.results / "ensemble" / f"{args.task}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = (f"python benchmarks/ensemble.py --task {args.task} --fractions {' '.join(f'{f:g}' for f in args.fractions)} "

@@ -28,7 +28,11 @@ sys.path.insert(0, str(HERE))
 
 from suite_jobs import EXPERIMENTS, FRACTIONS_SPARSE, MODELS, TASKS  # noqa: E402
 
-OWN_COLUMNS = ("crysdiff", "scratch", "regression")
+OWN_COLUMNS = ("crysdiff", "scratch", "gaussian_learned", "scratch_gaussian_learned", "regression")
+# crysdiff's diffusion heads in Table 1, each with its from-scratch twin: the paper's (CARD head,
+# constant prior) and the Gaussian head around CARD's learned prior
+CRYSDIFF_HEADS = (("crysdiff", "scratch", "CARD head, constant prior (the paper)"),
+                  ("gaussian_learned", "scratch_gaussian_learned", "Gaussian head, learned prior"))
 
 
 # --- loading and aggregation ------------------------------------------------------------------------
@@ -67,10 +71,15 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
     return jobs, pretrain
 
 
+# parts whose cells the report shows as columns of another part's table
+SHOWN_WITH = {"table1-heads": "table1", "variants-extra": "variants"}
+
+
 def aggregate(jobs: list[dict]) -> dict[tuple, Cell]:
     cells: dict[tuple, Cell] = defaultdict(Cell)
     for r in jobs:
-        cell = cells[(r["experiment"], r["task"], r["model"], float(r["label_fraction"]))]
+        experiment = SHOWN_WITH.get(r["experiment"], r["experiment"])
+        cell = cells[(experiment, r["task"], r["model"], float(r["label_fraction"]))]
         cell.maes.append(r["test"]["mae"])
         if "coverage95" in r["test"]:
             cell.coverages.append(r["test"]["coverage95"])
@@ -308,45 +317,58 @@ def section_table1(cells) -> list[str]:
     if not tasks:
         return out + ["*No table1 results yet* (`python benchmarks/suite.py --part table1`).", ""]
     models = _models_of(cells, "table1", OWN_COLUMNS)
+    heads = [(own, twin, what) for own, twin, what in CRYSDIFF_HEADS if own in models]
     out += ["Mean test MAE ± standard deviation over seeds (number of seeds); best per row in bold. "
-            "*coverage*: fraction of test targets inside crysdiff's 95% interval.", "",
-            "| task (unit) | budget | " + " | ".join(model_label(m) for m in models) + " | crysdiff coverage |",
-            "|---|---|" + "---|" * len(models) + "---|"]
-    best_count, gains, head_gains, sizes = 0, {}, {}, {}
+            "*coverage*: fraction of test targets inside the 95% interval of each crysdiff head.", "",
+            "| task (unit) | budget | " + " | ".join(model_label(m) for m in models) + " | "
+            + " | ".join(f"coverage, {what}" for _, _, what in heads) + " |",
+            "|---|---|" + "---|" * (len(models) + len(heads))]
+    best_of = {}
     for task in tasks:
         row = {m: cells.get(("table1", task, m, 1.0)) for m in models}
         finite = {m: c.mae for m, c in row.items() if c and c.maes}
-        best = min(finite, key=finite.get) if finite else None
-        best_count += best == "crysdiff"
-        crys, scratch, reg = row.get("crysdiff"), row.get("scratch"), row.get("regression")
-        if crys and scratch:
-            gains[task] = pct(crys.mae, scratch.mae)
-            sizes[task] = crys.results[0].get("train_count") or 0
-        if crys and reg:
-            head_gains[task] = pct(crys.mae, reg.mae)
+        best_of[task] = min(finite, key=finite.get) if finite else None
         budget = next(iter(row.values())).results[0]["budget_minutes"] if any(row.values()) else math.nan
+        coverage = [fmt(row[own].coverage) if row.get(own) else "–" for own, _, _ in heads]
         out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {budget:g} min | "
-                   + " | ".join(fmt_cell(row[m], m == best) for m in models)
-                   + f" | {fmt(crys.coverage) if crys else '–'} |")
+                   + " | ".join(fmt_cell(row[m], m == best_of[task]) for m in models) + " | " + " | ".join(coverage) + " |")
     out += ["", "**Analysis** (computed from the table):", ""]
-    out.append(f"* crysdiff is the best column on {best_count} of {len(tasks)} tasks (issue 5 target: at least 5 of 7).")
-    if gains:
+    own_heads = {own for own, _, _ in heads}
+    for own, twin, what in heads:
+        count = sum(best == own for best in best_of.values())
+        out.append(f"* crysdiff ({what}) is the best column on {count} of {len(tasks)} tasks (issue 5 target: at least 5 of 7).")
+    if len(heads) > 1:
+        count = sum(best in own_heads for best in best_of.values())
+        out.append(f"* One of crysdiff's diffusion heads is the best column on {count} of {len(tasks)} tasks.")
+    for own, twin, what in heads:
+        gains, sizes = {}, {}
+        for task in tasks:
+            crys, scratch = cells.get(("table1", task, own, 1.0)), cells.get(("table1", task, twin, 1.0))
+            if crys and scratch:
+                gains[task] = pct(crys.mae, scratch.mae)
+                sizes[task] = crys.results[0].get("train_count") or 0
+        if not gains:
+            continue
         helped = [t for t, g in gains.items() if g < 0]
-        out.append(f"* Pre-training (crysdiff vs. the same network from scratch) lowers the test MAE on {len(helped)} of "
-                   f"{len(gains)} tasks, median change {signed(median(gains.values()))} "
+        out.append(f"* Pre-training ({what}: pre-trained vs. the same network from scratch) lowers the test MAE on "
+                   f"{len(helped)} of {len(gains)} tasks, median change {signed(median(gains.values()))} "
                    f"(most favourable: {TASKS[min(gains, key=gains.get)].label}, {signed(min(gains.values()))}; "
                    f"least: {TASKS[max(gains, key=gains.get)].label}, {signed(max(gains.values()))}).")
         not_helped = [TASKS[t].label for t in gains if gains[t] >= 0]
         if not_helped:
-            out.append(f"* Pre-training does not help on: {', '.join(not_helped)}.")
+            out.append(f"* Pre-training ({what}) does not help on: {', '.join(not_helped)}.")
         rho = spearman([sizes[t] for t in gains], [gains[t] for t in gains])
         if math.isfinite(rho):
-            out.append(f"* Spearman correlation between training-set size and the relative change from pre-training: "
-                       f"{fmt(rho, 2)} over {len(gains)} tasks (positive: pre-training helps more where labels are few).")
-    if head_gains:
-        better = sum(g < 0 for g in head_gains.values())
-        out.append(f"* The diffusion head beats a regression head on the same pre-trained encoder on {better} of "
-                   f"{len(head_gains)} tasks (median change {signed(median(head_gains.values()))}).")
+            out.append(f"* Spearman correlation between training-set size and the relative change from pre-training "
+                       f"({what}): {fmt(rho, 2)} over {len(gains)} tasks (positive: pre-training helps more where labels "
+                       f"are few).")
+    for own, _, what in heads:
+        head_gains = {t: pct(cells[("table1", t, own, 1.0)].mae, cells[("table1", t, "regression", 1.0)].mae)
+                      for t in tasks if ("table1", t, own, 1.0) in cells and ("table1", t, "regression", 1.0) in cells}
+        if head_gains:
+            better = sum(g < 0 for g in head_gains.values())
+            out.append(f"* The diffusion head ({what}) beats a regression head on the same pre-trained encoder on {better} "
+                       f"of {len(head_gains)} tasks (median change {signed(median(head_gains.values()))}).")
     done = [(t, r["fit"]["steps"], r["fit"].get("epochs"), r.get("train_count"))
             for t in tasks if ("table1", t, "crysdiff", 1.0) in cells
             for r in cells[("table1", t, "crysdiff", 1.0)].results[:1] if r.get("fit", {}).get("steps")]
@@ -356,11 +378,13 @@ def section_table1(cells) -> list[str]:
                                                              for t, n, e, c in done)
                    + ". The budgets compare how fast the models learn, not where they end up; the bundled models, "
                      "fine-tuned for about an hour per property, are in `models/README.md`.")
-    coverages = [cells[("table1", t, "crysdiff", 1.0)].coverage for t in tasks if ("table1", t, "crysdiff", 1.0) in cells]
-    inside = sum(0.90 <= c <= 0.98 for c in coverages if math.isfinite(c))
-    if coverages:
-        out.append(f"* 95% interval coverage of crysdiff is within [0.90, 0.98] on {inside} of {len(coverages)} tasks "
-                   f"(range {fmt(min(coverages))}–{fmt(max(coverages))}). No peer column reports an interval.")
+    for own, _, what in heads:
+        coverages = [cells[("table1", t, own, 1.0)].coverage for t in tasks if ("table1", t, own, 1.0) in cells]
+        inside = sum(0.90 <= c <= 0.98 for c in coverages if math.isfinite(c))
+        if coverages:
+            out.append(f"* 95% interval coverage of crysdiff ({what}) is within [0.90, 0.98] on {inside} of "
+                       f"{len(coverages)} tasks (range {fmt(min(coverages))}–{fmt(max(coverages))}).")
+    out.append("* No peer column reports an interval.")
     out.append("* Domain overlap: the pre-training pool is every structure under `../shared/data` (labels ignored), so the "
                "structures of every task, test sets included, were seen unlabelled during pre-training.")
     return out + [""]
@@ -432,29 +456,33 @@ def section_ensemble(results: Path) -> list[str]:
            "The same sparse-label crysdiff runs, differing only in `--seed`, predicted alone and pooled as one ensemble "
            "(`crysdiff predict --model A --model B ...`: S samples from each). *Single* is the mean over the seeds of "
            "each model alone; *std between models* is the spread of the members' means, the epistemic part that a single "
-           "model's interval lacks.", "",
+           "model's interval lacks. *Ensemble* pools the members' samples with the small-ensemble correction that "
+           "`crysdiff predict` applies (`pool_members`: the members' means moved apart so that the variance is "
+           "`W + (1 + 1/M) B`); *as drawn* pools them unchanged.", "",
            "| task | labels | test | single: MAE | single: 95% coverage | single: mean std | ensemble: MAE | "
-           "ensemble: 95% coverage | ensemble: mean std | std between models |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "ensemble: 95% coverage | ensemble: mean std | as drawn: 95% coverage | std between models |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for path in files:
         report = json.loads(path.read_text())
         label = TASKS[report["task"]].label if report["task"] in TASKS else report["task"]
         for row in report["rows"]:
             members, ensemble = row["members"], row["ensemble"]
+            as_drawn = row.get("ensemble_as_drawn")
             single = {key: float(np.mean([m[key] for m in members])) for key in ("mae", "coverage95", "mean_predicted_std")}
             out.append(f"| {label} | {100 * row['label_fraction']:g}% ({row['train_count']}) | {row['test_count']} | "
                        f"{fmt(single['mae'])} | {fmt(single['coverage95'])} | {fmt(single['mean_predicted_std'])} | "
                        f"{fmt(ensemble['mae'])} | {fmt(ensemble['coverage95'])} | {fmt(ensemble['mean_predicted_std'])} | "
-                       f"{fmt(ensemble['std_models'])} |")
-            notes.append((label, row["label_fraction"], single, ensemble, len(members)))
+                       f"{fmt(as_drawn['coverage95']) if as_drawn else '–'} | {fmt(ensemble['std_models'])} |")
+            notes.append((label, row["label_fraction"], single, ensemble, as_drawn, len(members)))
         out += ["", f"Seeds {', '.join(map(str, report['seeds']))}, {report['samples_per_model']} samples per crystal "
                     f"and model; `{report['command']}` at commit `{report['git_commit'][:10]}`.", ""]
     if notes:
         out += ["**Analysis** (computed):", ""]
-        for label, fraction, single, ensemble, count in notes:
+        for label, fraction, single, ensemble, as_drawn, count in notes:
+            drawn = f" ({fmt(as_drawn['coverage95'])} pooled as drawn)" if as_drawn else ""
             out.append(f"* {label}, {100 * fraction:g}%: coverage {fmt(single['coverage95'])} alone, "
-                       f"{fmt(ensemble['coverage95'])} with {count} models "
+                       f"{fmt(ensemble['coverage95'])} with {count} models{drawn} "
                        f"({'inside' if 0.90 <= ensemble['coverage95'] <= 0.98 else 'outside'} [0.90, 0.98]); MAE "
                        f"{signed(pct(ensemble['mae'], single['mae']))} against the mean single model.")
         out.append("")
@@ -518,7 +546,7 @@ def section_variants(cells) -> list[str]:
         return out + ["*No variant results yet* (`python benchmarks/suite.py --part variants`).", ""]
     task = tasks[0]
     fractions = sorted({k[3] for k in cells if k[0] == "variants"})
-    variants = _models_of(cells, "variants", EXPERIMENTS["variants"].models)
+    variants = _models_of(cells, "variants", EXPERIMENTS["variants"].models + EXPERIMENTS["variants-extra"].models)
     out += [f"{TASKS[task].label}, test MAE ({unit_of(cells, task)}) and 95% coverage, at each share of the training labels.", "",
             "| variant | " + " | ".join(f"{100 * f:g}% MAE | {100 * f:g}% coverage" for f in fractions) + " |",
             "|---|" + "---|---|" * len(fractions)]
@@ -542,7 +570,12 @@ def section_variants(cells) -> list[str]:
                            ("crysdiff", "learned_prior", "mean prior vs. learned prior"),
                            ("gaussian", "crysdiff", "Gaussian-parameterised vs. CARD head"),
                            ("regression", "regression_scratch", "regression head: pre-trained vs. random encoder"),
-                           ("crysdiff", "regression", "diffusion vs. regression head (pre-trained)")):
+                           ("crysdiff", "regression", "diffusion vs. regression head (pre-trained)"),
+                           ("composition", "crysdiff", "composition skip vs. none (diffusion head)"),
+                           ("regression_composition", "regression", "composition skip vs. none (regression head)"),
+                           ("gaussian_learned", "crysdiff", "Gaussian head around a learned prior vs. CARD head"),
+                           ("gaussian_learned", "scratch_gaussian_learned",
+                            "Gaussian head around a learned prior: pre-trained vs. scratch")):
             if math.isfinite(mae(a)) and math.isfinite(mae(b)):
                 lines.append(f"{what}: MAE {signed(pct(mae(a), mae(b)))}")
         out.append(f"* {100 * f:g}% of the labels: " + "; ".join(lines) + ".")
@@ -581,6 +614,48 @@ def section_archives(results: Path, cells) -> list[str]:
                 "| task | model | labels | seed | MAE before | MAE now | change | coverage before | coverage now |",
                 "|---|---|---|---|---|---|---|---|---|", *rows, "",
                 f"Lower MAE now on {better} of {len(rows)} rows.", ""]
+    return out
+
+
+PROBE_FEATURES = (("layer0", "input states"), ("layer1", "after layer 1"), ("layer2", "after layer 2"),
+                  ("layer3", "after layer 3"), ("pooled", "output (what the head reads)"),
+                  ("all_layers", "all layers concatenated"))
+
+
+def section_probe(path: Path) -> list[str]:
+    """Linear probes of frozen encoders (``benchmarks/probe.py``): where pre-training keeps or loses
+    what a property needs."""
+    out = ["## What the pre-trained encoder holds: linear probes (issue 4)", ""]
+    if not path.is_file():
+        return out + [f"*No probe results yet* (`python benchmarks/probe.py`, writes `{_rel(path, ROOT)}`).", ""]
+    probe = json.loads(path.read_text())
+    encoders = probe["encoders"]
+    targets = list(next(iter(encoders.values()))["probes"])
+    out += [f"Ridge regression (penalty chosen on a held-out fifth) on mean-pooled atom states of a *frozen* encoder at "
+            f"`t = 0`, fitted on the first {probe['train_count']} `mp2018/train` crystals and scored on the "
+            f"{probe['val_count']} of `mp2018/val`: validation MAE. Command: `{probe['command']}`.", ""]
+    for target in targets:
+        names = [n for n in encoders if target in encoders[n]["probes"]]
+        features = [(key, label) for key, label in PROBE_FEATURES
+                    if all(key in encoders[n]["probes"][target] for n in names)]
+        out += [f"**{target}**", "", "| features | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for key, label in features:
+            row = [encoders[n]["probes"][target][key]["mae"] for n in names]
+            best = min(row)
+            out.append(f"| {label} | " + " | ".join(f"**{fmt(v)}**" if v == best else fmt(v) for v in row) + " |")
+        out.append("")
+    if {"pool", "random"} <= set(encoders):
+        lines = []
+        for target in targets:
+            pool, rand = encoders["pool"]["probes"][target], encoders["random"]["probes"][target]
+            lines.append(f"{target}: pooled output, pre-trained {fmt(pool['pooled']['mae'])} vs. random "
+                         f"{fmt(rand['pooled']['mae'])} ({signed(pct(pool['pooled']['mae'], rand['pooled']['mae']))})")
+            depth = [pool[k]["mae"] for k in ("layer0", "layer1", "layer2", "layer3", "pooled") if k in pool]
+            if len(depth) > 2:
+                trend = "rises" if all(b >= a for a, b in zip(depth, depth[1:])) else "does not rise steadily"
+                lines.append(f"{target}: through the pre-trained layers the probe error {trend} "
+                             f"({' → '.join(fmt(v) for v in depth)})")
+        out += ["**Analysis** (computed):", ""] + [f"* {line}." for line in lines] + [""]
     return out
 
 
@@ -623,6 +698,8 @@ def render(results: Path, out: Path, figures: Path) -> str:
     lines += section_ablation(cells, figures, out.parent)
     lines += section_refine(cells)
     lines += section_variants(cells)
+    if not quick:  # the probe is one full-scale run with no quick form
+        lines += section_probe(results.parent / "probe" / "mp2018.json")
     lines += section_archives(results, cells)
     lines += section_uncertainty(cells, figures, out.parent)
     text = "\n".join(lines).rstrip() + "\n"

@@ -3,6 +3,7 @@ pretrain -> sample -> evaluate-csp -> finetune (from the pre-trained encoder) ->
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -199,23 +200,42 @@ def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_smal
     ensemble = crysdiff.load([first, second], device="cpu")
     assert [m.path for m in ensemble.members] == [str(first), str(second)] and ensemble.target == "heat_ref"
     batch = next(iter(make_loader(load_dataset([perov_small / "val.csv"], progress=False), batch_size=6)))
+    ensemble.widen = False
     out = ensemble.sample(batch, 7, torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(3)
     alone = [member.sample(batch, 7, generator)["samples"] for member in ensemble.members]
     assert out["samples"].shape == (6, 14)
     torch.testing.assert_close(out["samples"], torch.cat(alone, dim=1))
     torch.testing.assert_close(out["mean"], torch.cat(alone, dim=1).mean(dim=1))
-    torch.testing.assert_close(out["std_models"], torch.stack([a.mean(dim=1) for a in alone], dim=1).std(dim=1))
+    means = torch.stack([a.mean(dim=1) for a in alone], dim=1)  # [6, 2]
+    torch.testing.assert_close(out["std_models"], means.std(dim=1))
     assert not torch.allclose(alone[0].mean(dim=1), alone[1].mean(dim=1))  # the seeds made different models
+    # the default, widened pooling: each member moved by (sqrt(3) - 1) x its offset from the centre, so
+    # the pooled variance is W + (1 + 1/M) B (here M = 2) and the mean is unchanged
+    ensemble.widen = True
+    widened = ensemble.sample(batch, 7, torch.Generator().manual_seed(3))["samples"]
+    centre = means.mean(dim=1, keepdim=True)
+    shift = (3 ** 0.5 - 1) * (means - centre)
+    torch.testing.assert_close(widened, torch.cat([alone[0] + shift[:, :1], alone[1] + shift[:, 1:]], dim=1))
+    within = torch.stack([a.var(dim=1, unbiased=False) for a in alone], dim=1).mean(dim=1)
+    torch.testing.assert_close(widened.var(dim=1, unbiased=False), within + 1.5 * means.var(dim=1))
+    torch.testing.assert_close(widened.mean(dim=1), out["mean"])
 
     preds = tmp_path / "preds.json"
     assert main(["predict", "--model", str(first), "--model", str(second), "examples/structures", "--samples", "5",
                  "--out", str(preds), "--device", "cpu"]) == 0
     report = json.loads(preds.read_text())
-    assert report["models"] == [str(first), str(second)]
+    assert report["models"] == [str(first), str(second)] and report["pooling"] == "widened"
     rows = pd.DataFrame(report["predictions"])
     assert list(rows.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "std_models", "unit"]
     assert len(rows) == 10 and (rows["std_models"] > 0).all() and (rows["p2.5"] <= rows["p97.5"]).all()
+    raw = tmp_path / "raw.json"
+    assert main(["predict", "--model", str(first), "--model", str(second), "examples/structures", "--samples", "5",
+                 "--out", str(raw), "--device", "cpu", "--as-drawn"]) == 0
+    raw_rows = pd.DataFrame(json.loads(raw.read_text())["predictions"])
+    assert json.loads(raw.read_text())["pooling"] == "as drawn"
+    assert (raw_rows["std"] < rows["std"]).all()  # same draws (same seed), members' means not moved apart
+    assert np.allclose(raw_rows["mean"], rows["mean"])
 
 
 def test_an_ensemble_rejects_members_it_cannot_pool(finetuned, pretrained, perov_small, tmp_path, capsys):
@@ -277,3 +297,19 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(perov_small, tmp_path):
     steps = [row["step"] for row in read_metrics(out) if "train/loss" in row]
     assert min(steps) == 0 and max(steps) >= resumed_budget - 1  # the killed run's log is kept, then continued
     assert (out / "logs" / "metrics-part1.csv").is_file()
+
+
+def test_composition_skip_round_trips_through_the_checkpoint(pretrained, perov_small, tmp_path):
+    """``head.composition=true`` adds a head-side element embedding; the saved model loads and
+    predicts with it (the embedding's weights are in the checkpoint, not re-initialised)."""
+    import crysdiff
+    from crysdiff.checkpoint import load_checkpoint
+
+    path = _finetune_tiny(pretrained, perov_small, tmp_path / "comp", "head.composition=true")
+    payload = load_checkpoint(path, kind="finetune")
+    assert payload["config"]["head"]["composition"] is True
+    stored = payload["state_dict"]["composition.weight"]
+    predictor = crysdiff.load(path, device="cpu")
+    torch.testing.assert_close(predictor.model.composition.weight, stored)
+    frame = predictor.predict(["examples/structures"], samples=5)
+    assert len(frame) == 10 and frame["mean"].notna().all()

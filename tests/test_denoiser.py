@@ -136,3 +136,16 @@ def test_shapes_encoder_and_time_zero(batch):
     with pytest.raises(ValueError, match="max_atomic_number"):
         model(bad, bad.frac_coords, bad.lattice, torch.ones(b, dtype=torch.long))
     assert np.isfinite(out["eps_lattice"].detach().numpy()).all()
+
+
+def test_all_layers_returns_each_layers_input_and_the_output(batch):
+    from crysdiff.denoiser import CrysDiffEncoder, DenoiserConfig
+
+    torch.manual_seed(0)
+    encoder = CrysDiffEncoder(DenoiserConfig(hidden_dim=16, num_layers=3, num_frequencies=4, time_dim=8))
+    t = torch.full((batch.num_atoms.shape[0],), 5, dtype=torch.long)
+    states = encoder(batch, batch.frac_coords, batch.lattice, t, all_layers=True)
+    assert len(states) == 4
+    assert torch.equal(states[-1], encoder(batch, batch.frac_coords, batch.lattice, t))
+    assert torch.allclose(states[0], encoder._initial_state(batch, t))
+    assert not torch.allclose(states[1], states[0])  # each layer changes the states

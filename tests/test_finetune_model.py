@@ -50,7 +50,7 @@ def train(model, diffusion, steps=1200, seed=0):
     return model
 
 
-@pytest.mark.parametrize("kind, prior", [("card", "mean"), ("card", "learned"), ("gaussian", "mean")])
+@pytest.mark.parametrize("kind, prior", [("card", "mean"), ("card", "learned"), ("gaussian", "mean"), ("gaussian", "learned")])
 def test_card_head_learns_mean_and_calibrated_spread(kind, prior):
     torch.manual_seed(0)
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=100))
@@ -126,38 +126,42 @@ def test_checkpoints_without_baseline_field_load_as_zero_baseline():
         PropertyModel(ToyEncoder(), 32, HeadConfig(baseline="ones"))
 
 
-def test_gaussian_head_is_the_exact_noise_posterior_of_a_gaussian_target():
-    """For y_0 ~ N(m, s²), E[eps | y_t] is affine in y_t; its slope and intercept, fitted by least
-    squares on sampled (y_t, eps) pairs, match the head's closed-form coefficients at every step tried."""
+@pytest.mark.parametrize("relative", [False, True])
+def test_gaussian_head_is_the_exact_noise_posterior_of_a_gaussian_target(relative):
+    """For y_0 ~ N(m, s²) (or N(mu + m, s²), the residual form), E[eps | y_t] is affine in y_t; its
+    slope and intercept, fitted by least squares on sampled (y_t, eps) pairs, match the head's
+    closed-form coefficients at every step tried."""
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=1000))
     generator = torch.Generator().manual_seed(0)
     m, s, mu = 0.7, 0.3, -0.4
     for t in (1, 50, 300, 700, 1000):
         ab = diffusion.alpha_bar[t]
-        y0 = m + s * torch.randn(400_000, generator=generator, dtype=torch.float64)
+        y0 = m + (mu if relative else 0.0) + s * torch.randn(400_000, generator=generator, dtype=torch.float64)
         eps = torch.randn(400_000, generator=generator, dtype=torch.float64)
         y_t = ab.sqrt() * y0 + (1 - ab.sqrt()) * mu + (1 - ab).sqrt() * eps
         design = torch.stack([torch.ones_like(y_t), y_t], dim=1)
         intercept, slope = torch.linalg.lstsq(design, eps[:, None]).solution[:, 0]
         a, b, c = GaussianNoiseHead.noise_coefficients(torch.tensor(m, dtype=torch.float64),
-                                                       torch.tensor(s, dtype=torch.float64), ab)
+                                                       torch.tensor(s, dtype=torch.float64), ab, relative)
         assert slope == pytest.approx(float(b), rel=0.02, abs=0.01), t
         assert intercept == pytest.approx(float(a + c * mu), rel=0.02, abs=0.01), t
 
 
-def test_gaussian_head_chain_returns_its_mean_and_spread():
+@pytest.mark.parametrize("baseline", ["zero", "prior"])
+def test_gaussian_head_chain_returns_its_mean_and_spread(baseline):
     """The reverse chain run with the head's coefficients ends (exact moments of the linear-Gaussian
-    chain) at the head's own N(m, s²), to the discretisation error of T = 1000 steps."""
+    chain) at the head's own N(m, s²), or N(mu + m, s²) with the prior baseline, to the
+    discretisation error of T = 1000 steps."""
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=1000))
-    head = GaussianNoiseHead(8, HeadConfig(kind="gaussian", hidden_dim=16))
+    head = GaussianNoiseHead(8, HeadConfig(kind="gaussian", hidden_dim=16, baseline=baseline))
     features = torch.randn(5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     head = head.double()
     with torch.no_grad():
         m, s = head.moments(features)
         coeffs = head.chain_coefficients(features, diffusion.timesteps, alpha_bar=diffusion.alpha_bar)
-    mu = torch.zeros(5, dtype=torch.float64)
+    mu = torch.linspace(-1.0, 1.5, 5, dtype=torch.float64)  # a learned prior's f(x), one per crystal
     mean, var = diffusion.affine_moments(coeffs, mu)
-    assert torch.allclose(mean, m, atol=0.02)
+    assert torch.allclose(mean, m + (mu if baseline == "prior" else 0.0), atol=0.02)
     assert torch.allclose(var.sqrt(), s, rtol=0.05)
 
 
@@ -187,3 +191,37 @@ def test_lower_bound_clips_samples_and_intervals():
     assert (raw["samples"] < 0).float().mean() > 0.2
     assert torch.equal(clipped["samples"], raw["samples"].clamp_min(0.0))
     assert (clipped["p2.5"] >= 0).all() and (clipped["mean"] > raw["mean"]).all()
+
+
+class BlindEncoder(torch.nn.Module):
+    """An encoder whose atom states carry no composition at all (the same vector for every atom)."""
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.state = torch.nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, batch, frac_coords, lattice, t):
+        return self.state.expand(batch.atomic_numbers.shape[0], -1)
+
+
+@pytest.mark.parametrize("kind", ["regression", "gaussian"])
+def test_composition_skip_recovers_what_the_encoder_lost(kind):
+    """A composition-determined target through an encoder blind to composition: without the skip
+    the head can predict only the mean; with ``head.composition`` it learns the target."""
+    diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=50))
+    errors = {}
+    for composition in (False, True):
+        torch.manual_seed(0)
+        model = PropertyModel(BlindEncoder(), 32, HeadConfig(kind=kind, hidden_dim=32, composition=composition),
+                              mean=3.0, std=2.0, max_atomic_number=8)
+        assert (model.composition is not None) == composition
+        train(model, diffusion, steps=400)
+        batch, _, target_mean, _ = toy_batch(400, torch.Generator().manual_seed(9))
+        with torch.no_grad():
+            if kind == "regression":
+                prediction = model.destandardise(model.head(model.encode(batch)).double())
+            else:
+                prediction = model.predict(batch, diffusion, num_samples=20, generator=torch.Generator().manual_seed(1))["mean"]
+        errors[composition] = (prediction.double() - target_mean.double()).abs().mean().item()
+    # the target's mean varies with composition by about 1.3 (MAE of the constant predictor)
+    assert errors[False] > 0.9 and errors[True] < 0.25, errors

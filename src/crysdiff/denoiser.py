@@ -156,8 +156,11 @@ class CrysDiffEncoder(nn.Module):
     def _phases(self, frac_coords: torch.Tensor) -> torch.Tensor:
         return 2 * math.pi * frac_coords[:, :, None] * self.frequencies.to(frac_coords.dtype)  # [N, 3, K]
 
-    def forward(self, batch, frac_coords: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Fast path (see the module docstring). Returns ``[N, H]``."""
+    def forward(self, batch, frac_coords: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor,
+                *, all_layers: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Fast path (see the module docstring). Returns ``[N, H]``; with ``all_layers`` the list of
+        the atom states entering each layer, then the final (normalised) states: ``num_layers + 1``
+        tensors ``[N, H]``."""
         source, target = batch.edge_index  # [E] each
         hidden, num_atoms = self.config.hidden_dim, frac_coords.shape[0]
         degree = torch.bincount(target, minlength=num_atoms)  # [N]
@@ -166,7 +169,9 @@ class CrysDiffEncoder(nn.Module):
         # The Fourier block once per atom pair, for every layer at once (see _fourier_terms).
         fourier_terms, edge_row = self._fourier_terms(frac_coords.to(dtype), source, target)
         gram = gram_features(lattice.to(dtype)).index_select(0, batch.batch)  # [N, 6]
+        states = []
         for k, layer in enumerate(self.layers):
+            states.append(h)
             w = layer.edge_in.weight
             hn = layer.norm(h)
             node = hn @ torch.cat([w[:, :hidden], w[:, hidden : 2 * hidden]]).T  # [N, 2H]: W_i h, W_j h in one matmul
@@ -175,7 +180,7 @@ class CrysDiffEncoder(nn.Module):
             pre = pre.add_(node_i.index_select(0, target)).add_(node[:, hidden:].index_select(0, source))  # in place
             message = layer.edge_out(_scatter_mean(layer.edge_act(pre), target, degree))  # [N, H]
             h = h + layer.node_mlp(torch.cat([hn, message], dim=-1))
-        return self.final_norm(h)
+        return [*states, self.final_norm(h)] if all_layers else self.final_norm(h)
 
     def _fourier_terms(self, frac: torch.Tensor, source: torch.Tensor, target: torch.Tensor):
         """Every layer's Fourier term ``W_f φ(f_j - f_i)``, computed once per unordered atom pair.

@@ -84,7 +84,8 @@ def build_property_model(config: FinetuneConfig, mean: float = 0.0, std: float =
     encoder = build_encoder(config.model)
     if config.extra_init:
         encoder = AveragedEncoder([encoder, build_encoder(config.model)])
-    return PropertyModel(encoder, config.model.hidden_dim, config.head, mean=mean, std=std, lower_bound=lower_bound)
+    return PropertyModel(encoder, config.model.hidden_dim, config.head, mean=mean, std=std, lower_bound=lower_bound,
+                         max_atomic_number=config.model.max_atomic_number)
 
 
 def build_structure_diffusion(config: FinetuneConfig) -> JointDiffusion | None:

@@ -66,10 +66,18 @@ class HeadConfig:
         prior: ``"mean"`` (the paper: the training mean ``ȳ``) or ``"learned"`` (CARD: a
             deterministic regression head ``f(x)`` trained jointly with an L1 loss).
         dropout: dropout on the structure representation inside the heads.
-        baseline: ``card`` head only: ``"prior"`` (default) adds the prior's noise predictor
-            ``sqrt(1 − ᾱ_t) (y_t − mu)`` to the MLP's coefficients, so training starts from the
-            prior ``N(mu, 1)``; ``"zero"`` uses the MLP's coefficients alone (checkpoints written
-            before this field existed; see :func:`crysdiff.finetune.stored_finetune_config`).
+        baseline: ``"prior"`` (default): the head is a residual around the prior. The ``card``
+            head adds the prior's noise predictor ``sqrt(1 − ᾱ_t) (y_t − mu)`` to the MLP's
+            coefficients, so training starts from the prior ``N(mu, 1)``; the ``gaussian`` head's
+            mean is ``mu + m(z)``. ``"zero"``: the MLP's coefficients alone, and an absolute ``m``
+            (checkpoints written before this field existed; see
+            :func:`crysdiff.finetune.stored_finetune_config`).
+        composition: add to the pooled atom states the mean over atoms of a fresh element
+            embedding trained in fine-tuning (``[B, H]``, a learned function of the composition
+            alone). Denoising pre-training, given the atom types, does not need to keep the
+            composition in the atom states and wears it away layer by layer (a linear probe of
+            the pooled states predicts formation energy worse than a random encoder's,
+            ``benchmarks/probe.py``); this skip hands the head the composition directly.
     """
 
     kind: str = "card"
@@ -78,6 +86,7 @@ class HeadConfig:
     prior: str = "mean"
     dropout: float = 0.0
     baseline: str = "prior"
+    composition: bool = False
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -157,6 +166,12 @@ class GaussianNoiseHead(nn.Module):
     ``E[eps | y_t] = k (y_t − √ᾱ m − (1 − √ᾱ) mu)`` with ``k = √(1 − ᾱ) / (ᾱ s² + 1 − ᾱ)``: affine
     in ``y_t`` and ``mu`` with ``a = −k √ᾱ m``, ``b = k``, ``c = −k (1 − √ᾱ)``. The methods take the
     schedule's ``alpha_bar`` table ``[T+1]`` (``PropertyDiffusion.alpha_bar``) as ``uses_schedule`` says.
+
+    With ``baseline="prior"`` (default) the head's ``m`` is a residual around the prior mean: the
+    target is ``N(mu + m, s²)``, so ``a = −k √ᾱ m``, ``c = −k``. Under the paper's constant prior
+    (``mu = 0`` in standardised units) this is the same head; under CARD's learned prior the
+    untrained head already centres its samples on ``f(x)``, and the noise loss only has to learn
+    the correction and the spread. ``baseline="zero"``: ``m`` is the absolute mean.
     """
 
     uses_schedule = True
@@ -164,6 +179,9 @@ class GaussianNoiseHead(nn.Module):
 
     def __init__(self, in_dim: int, config: HeadConfig = HeadConfig()):
         super().__init__()
+        if config.baseline not in ("prior", "zero"):
+            raise ValueError(f"unknown head.baseline {config.baseline!r}: expected 'prior' or 'zero'")
+        self.relative = config.baseline == "prior"
         self.net = nn.Sequential(
             nn.Dropout(config.dropout), nn.Linear(in_dim, config.hidden_dim), nn.SiLU(),
             nn.Linear(config.hidden_dim, config.hidden_dim), nn.SiLU(), nn.Linear(config.hidden_dim, 2),
@@ -175,24 +193,25 @@ class GaussianNoiseHead(nn.Module):
         return m, torch.nn.functional.softplus(raw + 0.5413) + self.min_std  # softplus(0.5413) = 1: starts at s ≈ 1
 
     @staticmethod
-    def noise_coefficients(m: torch.Tensor, s: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
-        """``[..., 3]`` coefficients ``(a, b, c)`` of ``E[eps | y_t]`` for broadcastable ``m, s, ᾱ_t``."""
+    def noise_coefficients(m: torch.Tensor, s: torch.Tensor, alpha_bar_t: torch.Tensor, relative: bool = False) -> torch.Tensor:
+        """``[..., 3]`` coefficients ``(a, b, c)`` of ``E[eps | y_t]`` for broadcastable ``m, s, ᾱ_t``:
+        for ``y_0 ~ N(m, s²)``, or ``N(mu + m, s²)`` when ``relative``."""
         root = alpha_bar_t.sqrt()
         k = (1 - alpha_bar_t).sqrt() / (alpha_bar_t * s ** 2 + 1 - alpha_bar_t)
-        a, b, c = -k * root * m, k, -k * (1 - root)
+        a, b, c = -k * root * m, k, (-k if relative else -k * (1 - root))
         return torch.stack(torch.broadcast_tensors(a, b, c), dim=-1)
 
     def forward(self, crystal_features, y_t, mu, t, alpha_bar: torch.Tensor):
         """``eps_hat`` ``[B]`` for features ``[B, H]``, ``y_t``, ``mu``, ``t`` ``[B]`` and the ``[T+1]`` table."""
         m, s = self.moments(crystal_features)
-        a, b, c = self.noise_coefficients(m, s, alpha_bar.to(m.device, m.dtype)[t]).unbind(-1)
+        a, b, c = self.noise_coefficients(m, s, alpha_bar.to(m.device, m.dtype)[t], self.relative).unbind(-1)
         return a + b * y_t + c * mu
 
     def chain_coefficients(self, crystal_features: torch.Tensor, timesteps: int, alpha_bar: torch.Tensor) -> torch.Tensor:
         """``[B, T+1, 3]`` coefficients for every step (row 0 unused, zeros), one head call per crystal."""
         m, s = self.moments(crystal_features)  # [B]
         ab = alpha_bar.to(m.device, m.dtype)[None, 1:timesteps + 1]  # [1, T]
-        coeffs = self.noise_coefficients(m[:, None], s[:, None], ab)  # [B, T, 3]
+        coeffs = self.noise_coefficients(m[:, None], s[:, None], ab, self.relative)  # [B, T, 3]
         return torch.cat([torch.zeros_like(coeffs[:, :1]), coeffs], dim=1)
 
 

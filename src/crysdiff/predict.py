@@ -68,6 +68,29 @@ class Member:
                                   structure_encodings=self.config.structure_encodings)
 
 
+def pool_members(draws: list[torch.Tensor], widen: bool = True, lower_bound: float | None = None) -> torch.Tensor:
+    """An ensemble's samples ``[B, S * M]`` from its ``M`` members' draws (each ``[B, S]``).
+
+    Pooled as they are, the samples' variance is ``W + (M − 1)/M · B``: ``W`` the members' mean
+    own variance, ``B`` the unbiased variance of their means. Read as draws of models over seeds, the
+    variance of a new target about the ensemble mean is ``W + (1 + 1/M) · B`` (``B`` for the spread
+    of the models, ``B/M`` for the error of the ensemble mean itself; Rubin's rule for combining
+    ``M`` imputations). With ``widen`` each member's draws are moved so that its mean lies
+    ``sqrt((M + 1)/(M − 1))`` times further from the ensemble mean, which gives the pooled samples
+    exactly that variance and keeps each member's shape (skew, clipping). ``lower_bound`` clips the
+    moved samples again, as one model's samples are clipped.
+    """
+    if not widen or len(draws) < 2:
+        return torch.cat(draws, dim=1)
+    members = len(draws)
+    means = torch.stack([d.mean(dim=1) for d in draws], dim=1)  # [B, M]
+    centre = means.mean(dim=1, keepdim=True)  # [B, 1]
+    scale = ((members + 1) / (members - 1)) ** 0.5
+    shifts = (scale - 1) * (means - centre)  # [B, M]
+    pooled = torch.cat([d + shifts[:, k:k + 1] for k, d in enumerate(draws)], dim=1)
+    return pooled if lower_bound is None else pooled.clamp_min(lower_bound)
+
+
 @dataclass
 class Predictor:
     """One fine-tuned model, or an ensemble of several for the same target, ready to predict (see :func:`load`).
@@ -78,6 +101,7 @@ class Predictor:
     unit: str
     device: torch.device
     info: dict = field(default_factory=dict)
+    widen: bool = True  # ensembles: the small-ensemble correction of :func:`pool_members`
 
     @property
     def model(self) -> PropertyModel:
@@ -96,6 +120,12 @@ class Predictor:
         return self.members[0].structure_diffusion
 
     @property
+    def lower_bound(self) -> float | None:
+        """The bound below which no member predicts (``None`` if one member has none)."""
+        bounds = [member.model.lower_bound for member in self.members]
+        return None if any(b is None for b in bounds) else max(bounds)
+
+    @property
     def columns(self) -> list[str]:
         extra = ["std_models"] if len(self.members) > 1 else []
         return ["id", "source", "mean", "std", "p2.5", "p97.5", *extra, "unit"]
@@ -107,7 +137,7 @@ class Predictor:
         if len(self.members) == 1:
             return self.members[0].sample(batch, samples, generator)
         draws = [member.sample(batch, samples, generator)["samples"] for member in self.members]
-        out = summarise(torch.cat(draws, dim=1))
+        out = summarise(pool_members(draws, widen=self.widen, lower_bound=self.lower_bound))
         out["std_models"] = torch.stack([d.mean(dim=1) for d in draws], dim=1).std(dim=1)
         return out
 

@@ -107,7 +107,7 @@ class PropertyModel(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, hidden_dim: int, head: HeadConfig, mean: float = 0.0, std: float = 1.0,
-                 lower_bound: float | None = None):
+                 lower_bound: float | None = None, max_atomic_number: int = 118):
         super().__init__()
         self.lower_bound = lower_bound
         self.encoder = encoder
@@ -117,6 +117,8 @@ class PropertyModel(nn.Module):
         else:
             self.head = build_noise_head(hidden_dim, head)
         self.prior = RegressionHead(hidden_dim, head.hidden_dim, head.dropout) if head.prior == "learned" else None
+        # head.composition: an element embedding of the head's own, indexed by Z (row 0 unused)
+        self.composition = nn.Embedding(max_atomic_number + 1, hidden_dim) if head.composition else None
         self.register_buffer("y_mean", torch.tensor(float(mean), dtype=torch.float64))
         self.register_buffer("y_std", torch.tensor(float(std), dtype=torch.float64))
 
@@ -143,6 +145,8 @@ class PropertyModel(nn.Module):
             step = structure_timestep(t, property_steps, structure_diffusion.timesteps)
             frac, lattice = noise_structure(batch, structure_diffusion, step, generator)
         nodes = self.encoder(batch, frac, lattice, step)  # [N, H]
+        if self.composition is not None:
+            nodes = nodes + self.composition(batch.atomic_numbers).to(nodes.dtype)
         return pool_mean(nodes, batch.batch, num_crystals)
 
     def standardise(self, y: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--strict", action="store_true", help="fail on the first bad record")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--list-models", action="store_true", help="list the bundled models and exit")
+    parser.add_argument("--as-drawn", action="store_true",
+                        help="ensembles: pool the members' samples unchanged, without the small-ensemble correction "
+                             "that widens the spread between members (see docs/method.md, 'Seed ensembles')")
 
 
 def run(args) -> int:
@@ -46,6 +49,7 @@ def run(args) -> int:
 
     def go():
         predictor = load(args.model, device=args.device)
+        predictor.widen = not args.as_drawn
         frame, errors = predictor.predict(args.sources, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
                                           strict=args.strict, progress=True, return_errors=True)
         for error in errors:
@@ -60,6 +64,8 @@ def run(args) -> int:
             if as_json:
                 args.out.write_text(json.dumps({"target": predictor.target, "unit": predictor.unit,
                                                 "models": [member.path for member in predictor.members],
+                                                "pooling": ("as drawn" if args.as_drawn else "widened")
+                                                if len(predictor.members) > 1 else None,
                                                 "predictions": frame.to_dict(orient="records"),
                                                 "skipped": [e.as_dict() for e in errors]}, indent=1))
             else:
