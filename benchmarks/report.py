@@ -64,7 +64,7 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
     """(fine-tuning/evaluation results, pre-training results) under ``results/<experiment>/*.json``."""
     jobs, pretrain = [], []
     for path in sorted(results.glob("*/*.json")):
-        if path.parent.name == "ensemble":  # benchmarks/ensemble.py's files: see section_ensemble
+        if path.parent.name in ("ensemble", "calibration"):  # their own scripts' files: see section_ensemble, section_calibration
             continue
         payload = json.loads(path.read_text())
         (pretrain if payload.get("experiment") == "pretrain-ablation" else jobs).append(payload)
@@ -72,7 +72,27 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
 
 
 # parts whose cells the report shows as columns of another part's table
-SHOWN_WITH = {"table1-heads": "table1", "variants-extra": "variants"}
+SHOWN_WITH = {"table1-heads": "table1", "variants-extra": "variants", "sparse-heads": "sparse"}
+
+
+def load_calibration(results: Path) -> dict[tuple, list[dict]]:
+    """``benchmarks/calibration.py``'s rows by (experiment as shown, task, model, fraction)."""
+    path = results / "calibration" / "runs.json"
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
+    if path.is_file():
+        for row in json.loads(path.read_text())["rows"]:
+            key = (SHOWN_WITH.get(row["experiment"], row["experiment"]), row["task"], row["model"], float(row["label_fraction"]))
+            grouped[key].append(row)
+    return grouped
+
+
+def calibrated_cell(calibration: dict, key: tuple, seeds=None) -> str:
+    """``raw → calibrated`` mean 95% coverage of a cell (over ``seeds`` when given), or ``''``."""
+    rows = [r for r in calibration.get(key, []) if seeds is None or r["seed"] in seeds]
+    if not rows:
+        return ""
+    return (f"{fmt(float(np.mean([r['test_coverage_raw'] for r in rows])))} → "
+            f"{fmt(float(np.mean([r['test_coverage_calibrated'] for r in rows])))}")
 
 
 def aggregate(jobs: list[dict]) -> dict[tuple, Cell]:
@@ -311,15 +331,18 @@ def section_setup(jobs, pretrain, cells) -> list[str]:
     return out
 
 
-def section_table1(cells) -> list[str]:
+def section_table1(cells, calibration: dict | None = None) -> list[str]:
     out = ["## Table 1: test MAE per property", ""]
     tasks = _tasks_of(cells, "table1")
     if not tasks:
         return out + ["*No table1 results yet* (`python benchmarks/suite.py --part table1`).", ""]
     models = _models_of(cells, "table1", OWN_COLUMNS)
     heads = [(own, twin, what) for own, twin, what in CRYSDIFF_HEADS if own in models]
+    calibration = calibration or {}
     out += ["Mean test MAE ± standard deviation over seeds (number of seeds); best per row in bold. "
-            "*coverage*: fraction of test targets inside the 95% interval of each crysdiff head.", "",
+            "*coverage*: fraction of test targets inside the 95% interval of each crysdiff head"
+            + (", the chain's own interval → the calibrated one that `crysdiff predict` reports "
+               "(fitted on the validation set; `benchmarks/calibration.py`)" if calibration else "") + ".", "",
             "| task (unit) | budget | " + " | ".join(model_label(m) for m in models) + " | "
             + " | ".join(f"coverage, {what}" for _, _, what in heads) + " |",
             "|---|---|" + "---|" * (len(models) + len(heads))]
@@ -329,7 +352,8 @@ def section_table1(cells) -> list[str]:
         finite = {m: c.mae for m, c in row.items() if c and c.maes}
         best_of[task] = min(finite, key=finite.get) if finite else None
         budget = next(iter(row.values())).results[0]["budget_minutes"] if any(row.values()) else math.nan
-        coverage = [fmt(row[own].coverage) if row.get(own) else "–" for own, _, _ in heads]
+        coverage = [(calibrated_cell(calibration, ("table1", task, own, 1.0), set(row[own].seeds))
+                     or fmt(row[own].coverage)) if row.get(own) else "–" for own, _, _ in heads]
         out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {budget:g} min | "
                    + " | ".join(fmt_cell(row[m], m == best_of[task]) for m in models) + " | " + " | ".join(coverage) + " |")
     out += ["", "**Analysis** (computed from the table):", ""]
@@ -382,8 +406,15 @@ def section_table1(cells) -> list[str]:
         coverages = [cells[("table1", t, own, 1.0)].coverage for t in tasks if ("table1", t, own, 1.0) in cells]
         inside = sum(0.90 <= c <= 0.98 for c in coverages if math.isfinite(c))
         if coverages:
-            out.append(f"* 95% interval coverage of crysdiff ({what}) is within [0.90, 0.98] on {inside} of "
-                       f"{len(coverages)} tasks (range {fmt(min(coverages))}–{fmt(max(coverages))}).")
+            out.append(f"* 95% interval coverage of crysdiff ({what}), the chain's own interval, is within [0.90, 0.98] "
+                       f"on {inside} of {len(coverages)} tasks (range {fmt(min(coverages))}–{fmt(max(coverages))}).")
+        calibrated = [float(np.mean([r["test_coverage_calibrated"] for r in calibration[("table1", t, own, 1.0)]
+                                     if r["seed"] in cells[("table1", t, own, 1.0)].seeds]))
+                      for t in tasks if ("table1", t, own, 1.0) in cells and calibration.get(("table1", t, own, 1.0))]
+        if calibrated:
+            inside = sum(0.90 <= c <= 0.98 for c in calibrated)
+            out.append(f"* Calibrated on the validation set, as `crysdiff predict` reports it: within [0.90, 0.98] on "
+                       f"{inside} of {len(calibrated)} tasks (range {fmt(min(calibrated))}–{fmt(max(calibrated))}).")
     out.append("* No peer column reports an interval.")
     out.append("* Domain overlap: the pre-training pool is every structure under `../shared/data` (labels ignored), so the "
                "structures of every task, test sets included, were seen unlabelled during pre-training.")
@@ -395,7 +426,7 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
     tasks = _tasks_of(cells, "sparse")
     if not tasks:
         return out + ["*No sparse results yet* (`python benchmarks/suite.py --part sparse`).", ""]
-    models = _models_of(cells, "sparse", ("crysdiff", "scratch"))
+    models = _models_of(cells, "sparse", ("crysdiff", "scratch", "gaussian_learned", "scratch_gaussian_learned"))
     matched = matched_seeds(cells, "sparse")
     extra = sorted({seed for key, cell in cells.items() if key[0] == "sparse" for seed in cell.seeds}
                    - {seed for key, cell in matched.items() if key[0] == "sparse" for seed in cell.seeds})
@@ -412,38 +443,44 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
         out += ["", f"Each cell averages the seeds that every model at that fraction has; seeds that only some models have "
                     f"({', '.join(map(str, extra))}) are left out here and used by the ensemble analysis below."]
     out += ["", "**Analysis** (computed):", ""]
+    heads = [(own, twin, what) for own, twin, what in CRYSDIFF_HEADS if own in models]
+    peers = [m for m in models if m not in {name for pair in CRYSDIFF_HEADS for name in pair[:2]}]
     for task in tasks:
         by_model = {m: {f: cells[("sparse", task, m, f)] for f in FRACTIONS_SPARSE if ("sparse", task, m, f) in cells}
                     for m in models}
-        ours = by_model.get("crysdiff", {})
-        pairs = [(f, ours[f].mae, cell.mae) for f, cell in by_model.get("scratch", {}).items() if f in ours]
-        if not pairs:
-            continue
-        low = [(f, a, b) for f, a, b in pairs if f <= 0.4]
-        wins_low = sum(a < b for _, a, b in low)
-        out.append(f"* {TASKS[task].label}: pre-trained beats scratch at {wins_low} of {len(low)} fractions up to 40% "
-                   f"(issue 5 target: all) and at {sum(a < b for _, a, b in pairs)} of {len(pairs)} in all; median change "
-                   f"{fmt(median(pct(a, b) for _, a, b in low), 2)}% up to 40%, "
-                   f"{fmt(median(pct(a, b) for f, a, b in pairs if f > 0.4), 2)}% above.")
-        for peer in (m for m in models if m not in ("crysdiff", "scratch")):
-            versus = [(f, ours[f].mae, cell.mae) for f, cell in by_model[peer].items() if f in ours]
-            if versus:
-                out.append(f"  * against {model_label(peer)}: crysdiff is better at {sum(a < b for _, a, b in versus)} of "
-                           f"{len(versus)} fractions (changes: {', '.join(f'{100 * f:g}% {signed(pct(a, b))}' for f, a, b in versus)}).")
-        coverage = [(f, cell.coverage) for f, cell in ours.items()]
-        if coverage:
-            out.append("  * crysdiff's 95% interval coverage, by fraction: "
-                       + ", ".join(f"{100 * f:g}% {fmt(c)}" for f, c in coverage) + "."
-                       + (" Where it is below 0.90: the interval is the spread of p(y | structure) "
-                          "as fitted to the training labels and has no term for the model's own uncertainty, so a small "
-                          "label set seen for many epochs gives intervals too narrow for new crystals."
-                          if any(c < 0.90 for _, c in coverage) else ""))
-        steps = [(f, r["fit"]["steps"], r["fit"].get("epochs")) for f, cell in ours.items()
-                 for r in cell.results[:1] if r.get("fit", {}).get("steps")]
-        if steps:
-            out.append("  * crysdiff's optimizer steps (epochs started) within the budget, by fraction: "
-                       + ", ".join(f"{100 * f:g}% {n} ({e})" for f, n, e in steps)
-                       + ": at a fixed wall-clock budget a smaller label set is seen more often, not trained for longer.")
+        for own, twin, what in heads:
+            ours = by_model.get(own, {})
+            pairs = [(f, ours[f].mae, cell.mae) for f, cell in by_model.get(twin, {}).items() if f in ours]
+            if not pairs:
+                continue
+            low = [(f, a, b) for f, a, b in pairs if f <= 0.4]
+            high = [(f, a, b) for f, a, b in pairs if f > 0.4]
+            label = "" if own == "crysdiff" else f" ({what})"
+            out.append(f"* {TASKS[task].label}{label}: pre-trained beats scratch at {sum(a < b for _, a, b in low)} of "
+                       f"{len(low)} fractions up to 40% (issue 5 target: all) and at {sum(a < b for _, a, b in pairs)} of "
+                       f"{len(pairs)} in all; median change {fmt(median(pct(a, b) for _, a, b in low), 2)}% up to 40%, "
+                       f"{fmt(median(pct(a, b) for _, a, b in high), 2) if high else '–'}% above.")
+            for peer in peers:
+                versus = [(f, ours[f].mae, cell.mae) for f, cell in by_model[peer].items() if f in ours]
+                if versus:
+                    out.append(f"  * against {model_label(peer)}: crysdiff{label} is better at "
+                               f"{sum(a < b for _, a, b in versus)} of {len(versus)} fractions (changes: "
+                               f"{', '.join(f'{100 * f:g}% {signed(pct(a, b))}' for f, a, b in versus)}).")
+            coverage = [(f, cell.coverage) for f, cell in ours.items()]
+            if coverage:
+                out.append(f"  * crysdiff{label}'s 95% interval coverage (the chain's own), by fraction: "
+                           + ", ".join(f"{100 * f:g}% {fmt(c)}" for f, c in coverage) + "."
+                           + (" Where it is below 0.90: the interval is the spread of p(y | structure) "
+                              "as fitted to the training labels and has no term for the model's own uncertainty, so a "
+                              "small label set seen for many epochs gives intervals too narrow for new crystals; the "
+                              "calibrated intervals that `crysdiff predict` reports are in the calibration section."
+                              if any(c < 0.90 for _, c in coverage) else ""))
+            steps = [(f, r["fit"]["steps"], r["fit"].get("epochs")) for f, cell in ours.items()
+                     for r in cell.results[:1] if r.get("fit", {}).get("steps")]
+            if steps:
+                out.append(f"  * crysdiff{label}'s optimizer steps (epochs started) within the budget, by fraction: "
+                           + ", ".join(f"{100 * f:g}% {n} ({e})" for f, n, e in steps)
+                           + ": at a fixed wall-clock budget a smaller label set is seen more often, not trained for longer.")
     return out + [""]
 
 
@@ -659,6 +696,37 @@ def section_probe(path: Path) -> list[str]:
     return out
 
 
+def section_calibration(results: Path, calibration: dict) -> list[str]:
+    """Raw against calibrated coverage for every crysdiff row of the suite (``benchmarks/calibration.py``)."""
+    out = ["## Calibrated intervals", ""]
+    path = results / "calibration" / "runs.json"
+    if not calibration:
+        return out + ["*No calibration results yet* (`python benchmarks/calibration.py`).", ""]
+    meta = json.loads(path.read_text())
+    out += ["`crysdiff finetune` fits one scale for the spread on its validation crystals (split-conformal: the "
+            "smallest scale under which the 95% intervals cover 95% of them) and `crysdiff predict` applies it; "
+            "see `docs/method.md`. Mean over seeds of the test coverage, the chain's own interval against the "
+            "calibrated one, and the mean scale fitted.", "",
+            "| part | task | model | labels | seeds | scale | coverage raw | coverage calibrated |",
+            "|---|---|---|---|---|---|---|---|"]
+    raw_inside = cal_inside = 0
+    for key in sorted(calibration, key=lambda k: (k[0], k[1], k[2], k[3])):
+        rows = calibration[key]
+        raw = float(np.mean([r["test_coverage_raw"] for r in rows]))
+        cal = float(np.mean([r["test_coverage_calibrated"] for r in rows]))
+        raw_inside += 0.90 <= raw <= 0.98
+        cal_inside += 0.90 <= cal <= 0.98
+        out.append(f"| {key[0]} | {TASKS[key[1]].label if key[1] in TASKS else key[1]} | {model_label(key[2])} | "
+                   f"{100 * key[3]:g}% | {len(rows)} | {fmt(float(np.mean([r['interval_scale'] for r in rows])))} | "
+                   f"{fmt(raw)} | {fmt(cal)} |")
+    out += ["", f"`{meta['command']}` at commit `{meta['git_commit'][:10]}`"
+            + (f"; runs without their folder (not scored): {len(meta['missing_runs'])}" if meta.get("missing_runs") else "")
+            + ".", "", "**Analysis** (computed):", "",
+            f"* Cells with 95% coverage inside [0.90, 0.98]: {raw_inside} of {len(calibration)} with the chain's own "
+            f"interval, {cal_inside} of {len(calibration)} calibrated.", ""]
+    return out
+
+
 def section_uncertainty(cells, figures: Path, out_dir: Path) -> list[str]:
     out = ["## Uncertainty of the crysdiff rows", ""]
     tasks = _tasks_of(cells, "table1")
@@ -691,8 +759,9 @@ def render(results: Path, out: Path, figures: Path) -> str:
     if quick:
         lines += ["**Quick mode**: subsets of a few hundred crystals and budgets of seconds; these numbers check the "
                   "machinery and say nothing about the method.", ""]
+    calibration = load_calibration(results)
     lines += section_setup(jobs, pretrain, cells)
-    lines += section_table1(cells)
+    lines += section_table1(cells, calibration)
     lines += section_sparse(cells, figures, out.parent)
     lines += section_ensemble(results)
     lines += section_ablation(cells, figures, out.parent)
@@ -701,6 +770,7 @@ def render(results: Path, out: Path, figures: Path) -> str:
     if not quick:  # the probe is one full-scale run with no quick form
         lines += section_probe(results.parent / "probe" / "mp2018.json")
     lines += section_archives(results, cells)
+    lines += section_calibration(results, calibration)
     lines += section_uncertainty(cells, figures, out.parent)
     text = "\n".join(lines).rstrip() + "\n"
     out.write_text(text)
@@ -722,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out} and figures in {figures}")
     if not args.quick and not args.results and not args.out:
         readme = ROOT / "README.md"
-        if update_readme(readme, section_table1(aggregate(load_results(results)[0]))):
+        if update_readme(readme, section_table1(aggregate(load_results(results)[0]), load_calibration(results))):
             print(f"updated the headline table in {readme}")
     return 0
 

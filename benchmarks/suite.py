@@ -113,8 +113,11 @@ def pretrain_command(layout: Layout, job: PretrainJob, data: list[Path], resume:
 
 
 def predict_command(model_path: Path, test: Path, out: Path, seed: int, samples: int) -> list[str]:
-    """The CLI equivalent of the in-process test prediction (recorded in the results file)."""
-    return _crysdiff("predict", "--model", model_path, test, "--samples", samples, "--seed", seed, "--out", out)
+    """The CLI equivalent of the in-process test prediction (recorded in the results file). The
+    suite records the chain's own intervals (``--raw-interval``), as it did before intervals were
+    calibrated; ``benchmarks/calibration.py`` scores the calibrated ones of every run."""
+    return _crysdiff("predict", "--model", model_path, test, "--samples", samples, "--seed", seed, "--out", out,
+                     "--raw-interval")
 
 
 # --- provenance ------------------------------------------------------------------------------------
@@ -352,6 +355,7 @@ class Runner:
         import crysdiff
 
         predictor = crysdiff.load(model_path, device="cpu")
+        predictor.calibrated = False  # as predict_command's --raw-interval
         return predictor.predict([str(test)], samples=self.samples, seed=seed)
 
     def _finish(self, job: Job, split, frame, commands, seconds, model_path: Path) -> str:

@@ -131,6 +131,10 @@ def test_finetune_outputs(finetuned, pretrained):
     # the encoder started from the pre-trained weights (same architecture, same keys)
     assert {k for k in payload["state_dict"] if k.startswith("encoder.")} == {k for k in pre["state_dict"] if k.startswith("encoder.")}
     assert payload["normalizer"]["target"] == "heat_ref"
+    # the spread's calibration, fitted on the validation crystals, is stored and reported
+    scale = payload["normalizer"]["interval_scale"]
+    assert scale > 0 and metrics["val"]["interval_scale"] == scale
+    assert metrics["val"]["coverage95_calibrated"] >= 0.95 and metrics["val"]["calibration"]["count"] == 12
 
 
 def test_finetune_unknown_target_is_a_clear_error(pretrained, perov_small, tmp_path, capsys):
@@ -151,6 +155,14 @@ def test_predict_cli_and_python_api(finetuned, tmp_path):
 
     import crysdiff
     from pymatgen.core import Lattice, Structure
+
+    raw = tmp_path / "raw.csv"
+    assert main(["predict", "--model", str(finetuned / "model.ckpt"), "examples/structures", "--samples", "10",
+                 "--out", str(raw), "--device", "cpu", "--raw-interval"]) == 0
+    raw = pd.read_csv(raw)
+    scale = load_checkpoint(finetuned / "model.ckpt")["normalizer"]["interval_scale"]
+    np.testing.assert_allclose(table["mean"], raw["mean"], rtol=1e-6)
+    np.testing.assert_allclose(table["p97.5"] - table["mean"], scale * (raw["p97.5"] - raw["mean"]), rtol=1e-5, atol=1e-8)
 
     predictor = crysdiff.load(finetuned / "model.ckpt", device="cpu")
     nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])

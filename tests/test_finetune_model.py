@@ -92,7 +92,7 @@ def test_untrained_head_samples_the_prior(kind):
     """Before any training the chain returns the prior N(mean, std²) in original units (the card
     head's prior baseline, the Gaussian head's s = 1 start), not an amplified y_T."""
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=1000))
-    model = PropertyModel(ToyEncoder(), 32, HeadConfig(kind=kind, hidden_dim=16), mean=3.0, std=2.0)
+    model = PropertyModel(ToyEncoder(), 32, HeadConfig(kind=kind, prior="mean", hidden_dim=16), mean=3.0, std=2.0)
     if kind == "gaussian":  # its m starts near, not at, zero: pin it to isolate the chain
         torch.nn.init.zeros_(model.head.net[-1].weight)
         torch.nn.init.zeros_(model.head.net[-1].bias)
@@ -225,3 +225,51 @@ def test_composition_skip_recovers_what_the_encoder_lost(kind):
         errors[composition] = (prediction.double() - target_mean.double()).abs().mean().item()
     # the target's mean varies with composition by about 1.3 (MAE of the constant predictor)
     assert errors[False] > 0.9 and errors[True] < 0.25, errors
+
+
+def test_conformal_scale_calibrates_too_narrow_intervals():
+    """Intervals of N(mean, 1) for targets that scatter with std 2: the fitted scale is about 2, and
+    the rescaled intervals cover about 95% of fresh crystals (split-conformal)."""
+    import numpy as np
+
+    from crysdiff.property_model import conformal_interval_scale
+
+    rng = np.random.default_rng(0)
+
+    def crystals(n):
+        mean = rng.normal(size=n) * 3
+        return mean + 2.0 * rng.normal(size=n), mean, mean - 1.96, mean + 1.96
+
+    y, mean, low, high = crystals(2000)
+    scale, info = conformal_interval_scale(y, mean, low, high)
+    assert scale == pytest.approx(2.0, rel=0.08)
+    assert info["coverage_before"] < 0.7 and 0.95 <= info["coverage_after"] <= 0.96
+    y, mean, low, high = crystals(20000)
+    covered = (y >= mean - scale * 1.96) & (y <= mean + scale * 1.96)
+    assert 0.94 <= covered.mean() <= 0.96
+    # too wide intervals are narrowed; a target at a clipping bound is covered once clipping reaches it
+    scale, _ = conformal_interval_scale(y, mean, mean - 10, mean + 10)
+    assert scale == pytest.approx(1.96 * 2 / 10, rel=0.05)
+    scale, info = conformal_interval_scale(np.zeros(40), np.full(40, 0.5), np.zeros(40), np.ones(40))
+    assert scale == pytest.approx(1.0) and info["coverage_before"] == 1.0
+
+
+def test_scale_spread_moves_every_quantile_about_the_mean():
+    from crysdiff.property_model import scale_spread, summarise
+
+    samples = torch.randn(5, 4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5
+    samples = samples.clamp_min(0.0)  # a non-negative target's clipped samples
+    mean = samples.mean(dim=1)
+    moved = summarise(scale_spread(samples, mean, 1.7, lower_bound=0.0))
+    plain = summarise(samples)
+    for key in ("p2.5", "p97.5"):
+        torch.testing.assert_close(moved[key], (mean + 1.7 * (plain[key] - mean)).clamp_min(0.0))
+    model = PropertyModel(ToyEncoder(), 32, HeadConfig(kind="gaussian", prior="mean", hidden_dim=16), mean=1.0, std=2.0)
+    model.interval_scale = 3.0
+    diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=50))
+    batch, _, _, _ = toy_batch(6, torch.Generator().manual_seed(0))
+    wide = model.predict(batch, diffusion, num_samples=200, generator=torch.Generator().manual_seed(1))
+    raw = model.predict(batch, diffusion, num_samples=200, generator=torch.Generator().manual_seed(1), interval_scale=1.0)
+    torch.testing.assert_close(wide["mean"], raw["mean"])  # calibration changes the spread, not the prediction
+    torch.testing.assert_close(wide["std"], 3.0 * raw["std"])
+    torch.testing.assert_close(wide["p97.5"] - wide["mean"], 3.0 * (raw["p97.5"] - raw["mean"]))

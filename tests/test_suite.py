@@ -47,6 +47,9 @@ def test_job_table_is_deterministic_and_complete(monkeypatch):
     # every job once: a job listed by several parts (same task, model, fraction, seed, budget) runs once
     unique = {j.job_id: j for p in suite_jobs.PARTS for j in suite_jobs.make_jobs(p, quick=True)}
     assert sum(suite_jobs.estimate_minutes(j, True) for j in unique.values()) <= 30
+    monkeypatch.setattr(suite_jobs, "PEERS", {"alignn": suite_jobs.CommandPeer("x"), "cgcnn": suite_jobs.CommandPeer("x")})
+    unique = {j.job_id: j for p in suite_jobs.PARTS for j in suite_jobs.make_jobs(p, quick=True)}
+    assert sum(suite_jobs.estimate_minutes(j, True) for j in unique.values()) <= 30  # with both peers too
     # refinement starts from the mp2018 model of its seed, which comes earlier in the part
     refine = suite_jobs.make_jobs("refine", seeds=(3,))
     ids = [j.job_id for j in refine]
@@ -252,7 +255,7 @@ def test_report_renders_tables_figures_and_peer_columns(tmp_path):
     assert "crysdiff (CARD head, constant prior (the paper)) is the best column on 1 of 2 tasks" in text
     assert "lowers the test MAE on 2 of 2 tasks" in text
     assert "pre-trained beats scratch at 2 of 2 fractions up to 40%" in text
-    assert "95% interval coverage, by fraction: 5% 0.95, 40% 0.95, 100% 0.95" in text
+    assert "crysdiff's 95% interval coverage (the chain's own), by fraction: 5% 0.95, 40% 0.95, 100% 0.95" in text
     assert "optimizer steps (epochs started) within the budget, by fraction: 5% 900 (480), 40% 900 (60), 100% 900 (24)" in text
     assert "against alignn (peer): crysdiff is better at 1 of 3 fractions (changes: 5% +66%, 40% +9.2%, 100% -9.1%)" in text
     assert "w/o updating the encoder: worse than the full model on 0 of 1" in text
@@ -347,4 +350,51 @@ def test_report_shows_the_second_head_as_table1_columns(tmp_path):
     assert "One of crysdiff's diffusion heads is the best column on 1 of 3 tasks" in table
     assert "Pre-training (Gaussian head, learned prior: pre-trained vs. the same network from scratch) lowers the " \
            "test MAE on 1 of 2 tasks" in table
-    assert "coverage of crysdiff (Gaussian head, learned prior) is within [0.90, 0.98] on 2 of 2 tasks" in table
+    assert "coverage of crysdiff (Gaussian head, learned prior), the chain's own interval, is within [0.90, 0.98] on 2 of 2 tasks" in table
+
+
+def test_calibration_moves_test_intervals_by_the_scale_fitted_on_validation(tmp_path, monkeypatch):
+    """benchmarks/calibration.py: the scale comes from the run's validation predictions and moves the
+    test intervals about their means (clipped at the lower bound), as crysdiff predict does."""
+    import numpy as np
+    import pandas as pd
+
+    import calibration
+
+    rng = np.random.default_rng(0)
+    n = 400
+    mean = rng.uniform(1, 5, n)
+    y = mean + 2.0 * rng.normal(size=n)  # the intervals below assume spread 1: too narrow by 2
+    pd.DataFrame({"id": range(n), "y": y, "mean": mean, "std": 1.0, "p2.5": mean - 1.96, "p97.5": mean + 1.96}).to_csv(
+        tmp_path / "val_predictions.csv", index=False)
+    test_mean = rng.uniform(1, 5, n)
+    test_y = test_mean + 2.0 * rng.normal(size=n)
+    pd.DataFrame({"id": [f"t{i}" for i in range(n)], "mean": test_mean, "std": 1.0, "p2.5": test_mean - 1.96,
+                  "p97.5": test_mean + 1.96}).to_csv(tmp_path / "test_predictions.csv", index=False)
+    monkeypatch.setattr(calibration, "test_labels", lambda path, target: {f"t{i}": v for i, v in enumerate(test_y)})
+    scored = calibration.calibrate_run(tmp_path, tmp_path / "test.csv", "y", lower_bound=None)
+    assert scored["interval_scale"] == pytest.approx(2.0, rel=0.1)
+    assert scored["test_coverage_raw"] < 0.75 and 0.92 <= scored["test_coverage_calibrated"] <= 0.98
+    assert scored["test_mean_width_calibrated"] == pytest.approx(scored["interval_scale"] * 2 * 1.96)
+    bounded = calibration.calibrate_run(tmp_path, tmp_path / "test.csv", "y", lower_bound=2.0)
+    assert bounded["test_mean_width_calibrated"] < scored["test_mean_width_calibrated"]  # low ends clipped at 2
+
+
+def test_report_shows_raw_and_calibrated_coverage(tmp_path):
+    results = tmp_path / "results"
+    _fixture(results, "table1", "mp_elastic_bulk", "crysdiff", 0, 8.0, coverage=0.6)
+    _fixture(results, "table1", "mp_elastic_bulk", "scratch", 0, 9.0, coverage=0.7)
+    rows = [{"experiment": "table1", "job_id": f"mp_elastic_bulk.{m}.lf1.s0.b1.5m", "task": "mp_elastic_bulk", "model": m,
+             "label_fraction": 1.0, "seed": 0, "interval_scale": scale, "val_count": 50, "val_coverage_raw": raw,
+             "test_count": 10, "test_coverage_raw": raw, "test_coverage_calibrated": cal, "test_mean_width_raw": 1.0,
+             "test_mean_width_calibrated": scale}
+            for m, scale, raw, cal in (("crysdiff", 2.0, 0.6, 0.95), ("scratch", 1.5, 0.7, 0.99))]
+    (results / "calibration").mkdir(parents=True)
+    (results / "calibration" / "runs.json").write_text(json.dumps({
+        "rows": rows, "missing_runs": [], "level": 0.95, "command": "python benchmarks/calibration.py",
+        "git_commit": "b" * 40, "machine": {}, "quick": False}))
+    text = report.render(results, tmp_path / "results.md", tmp_path / "figures")
+    assert "| bulk modulus (mp_elastic) (GPa) | 1.5 min | **8** | 9 | 0.6 → 0.95 |" in text
+    assert "Calibrated on the validation set, as `crysdiff predict` reports it: within [0.90, 0.98] on 1 of 1 tasks" in text
+    assert "| table1 | bulk modulus (mp_elastic) | crysdiff (pre-trained + CARD head, constant prior) | 100% | 1 | 2 | 0.6 | 0.95 |" in text
+    assert "Cells with 95% coverage inside [0.90, 0.98]: 0 of 2 with the chain's own interval, 1 of 2 calibrated." in text

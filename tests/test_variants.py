@@ -126,7 +126,7 @@ def test_one_field_pretraining(batch, mode):
 def test_averaged_encoder_is_the_mean_of_both(batch):
     config = DenoiserConfig(hidden_dim=16, num_layers=1, num_frequencies=4, time_dim=8)
     torch.manual_seed(0)
-    model = build_property_model(FinetuneConfig(model=config, extra_init="b.ckpt", head=HeadConfig(hidden_dim=16)))
+    model = build_property_model(FinetuneConfig(model=config, extra_init="b.ckpt", head=HeadConfig(kind="card", prior="mean", hidden_dim=16)))
     first, second = model.encoder.encoders
     t = torch.zeros(batch.num_atoms.shape[0], dtype=torch.long)
     args = (batch, batch.frac_coords, batch.lattice, t)
@@ -172,7 +172,7 @@ def test_unfixed_structure_training_and_prediction(batch):
     property_diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=10))
     structure_diffusion = JointDiffusion(DiffusionConfig(timesteps=20))
     encoder = RecordingEncoder()
-    model = PropertyModel(encoder, 16, HeadConfig(hidden_dim=16))
+    model = PropertyModel(encoder, 16, HeadConfig(kind="card", prior="mean", hidden_dim=16))
     y = torch.randn(batch.num_atoms.shape[0], dtype=torch.float64)
     out = model.loss(batch, y, property_diffusion, generator=torch.Generator().manual_seed(0),
                      structure_diffusion=structure_diffusion)
@@ -198,7 +198,7 @@ def test_unfixed_structure_affine_chain_matches_generic_chain(batch):
     torch.manual_seed(0)
     property_diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=20))
     structure_diffusion = JointDiffusion(DiffusionConfig(timesteps=20))
-    model = PropertyModel(RecordingEncoder(), 16, HeadConfig(hidden_dim=16))
+    model = PropertyModel(RecordingEncoder(), 16, HeadConfig(kind="card", prior="mean", hidden_dim=16))
     with torch.no_grad():
         model.head.out.weight.normal_(std=0.3)  # coefficients that depend on the (per-block) encoding
     kwargs = dict(num_samples=4000, structure_diffusion=structure_diffusion, structure_encodings=3)
@@ -249,7 +249,12 @@ def test_cli_one_field_cartesian_models_finetuned_on_unfixed_structures(small_da
         assert all(torch.equal(v, stored[f"encoder.{k}"]) for k, v in encoder.state_dict().items())
 
     out = tmp_path / "ft"
+    # the default head's learned prior would need the clean structure: the CLI says so before training
+    assert main(["finetune", "--init", str(a), "extra_init=" + str(b), "fix_structure=false", *data, "--target", "heat_ref",
+                 "--out", str(tmp_path / "refused"), *QUICK]) == 1
+    assert "fix_structure=false needs a diffusion head with prior=mean" in capsys.readouterr().err
     assert main(["finetune", "--init", str(a), "extra_init=" + str(b), "fix_structure=false", "structure_encodings=3",
+                 "head.prior=mean",
                  *data, "--target", "heat_ref", "--out", str(out), "property.timesteps=10", "eval_samples=3", *QUICK]) == 0
     payload = load_checkpoint(out / "model.ckpt", kind="finetune")
     assert payload["config"]["extra_init"] == str(b) and payload["config"]["fix_structure"] is False

@@ -28,7 +28,7 @@ from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_di
 from crysdiff.denoiser import DenoiserConfig, build_encoder
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
 from crysdiff.heads import HeadConfig
-from crysdiff.property_model import AveragedEncoder, PropertyModel, pool_mean
+from crysdiff.property_model import AveragedEncoder, PropertyModel, conformal_interval_scale, pool_mean
 
 __all__ = ["FinetuneConfig", "PropertyModel", "FinetuneTask", "pool_mean", "run_finetune", "build_property_model",
            "build_structure_diffusion", "regression_metrics", "stored_finetune_config"]
@@ -41,7 +41,8 @@ class FinetuneConfig:
     Attributes:
         target: the label column to learn (e.g. ``formation_energy_per_atom``).
         model: the encoder's config (replaced by the ``--init`` checkpoint's own when there is one).
-        head: the property head (``kind="card"`` default; ``"gaussian"``, ``"eq4"``, ``"card_mlp"``, ``"regression"``).
+        head: the property head (default ``kind="gaussian"`` with ``prior="learned"``; the paper's
+            ``kind="card"`` with ``prior="mean"``; ``"eq4"``, ``"card_mlp"``, ``"regression"``).
         property: the CARD schedule on the target.
         freeze_encoder: keep the pre-trained encoder fixed (ablation "without updating the encoder").
         encoder_lr_ratio: the encoder's learning rate relative to the head's.
@@ -58,6 +59,10 @@ class FinetuneConfig:
             (the chain's steps are cut into this many blocks, each with one noised structure).
         structure_diffusion: the structure diffusion of pre-training (taken from the ``--init``
             checkpoint); used only with ``fix_structure=false``.
+        calibrate: after training, fit one factor for the spread on the validation crystals
+            (split-conformal, :func:`crysdiff.property_model.conformal_interval_scale`) so that the
+            95% interval covers 95% of them; stored in the checkpoint and applied by ``predict``.
+            The validation metrics report the coverage before it.
     """
 
     target: str = ""
@@ -73,6 +78,7 @@ class FinetuneConfig:
     fix_structure: bool = True
     structure_encodings: int = 20
     structure_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    calibrate: bool = True
 
 
 # --- the Lightning task and the run -----------------------------------------------------------------
@@ -217,12 +223,15 @@ def stored_finetune_config(stored: dict) -> FinetuneConfig:
     """The :class:`FinetuneConfig` of a fine-tuned checkpoint's ``config`` dict.
 
     Checkpoints written before ``head.baseline`` existed trained their ``card`` head without the
-    prior baseline; they are read with ``baseline="zero"`` so they predict exactly as before.
+    prior baseline; they are read with ``baseline="zero"`` so they predict exactly as before. A head
+    without ``kind`` or ``prior`` is read with the defaults of the time (``card``, ``mean``), not
+    today's.
     """
     stored = dict(stored)
-    head = dict(stored.get("head") or {})
+    head = {"kind": "card", "prior": "mean", **(stored.get("head") or {})}
     if "baseline" not in head:
-        stored["head"] = {**head, "baseline": "zero"}
+        head["baseline"] = "zero"
+    stored["head"] = head
     return from_dict(FinetuneConfig, stored)
 
 
@@ -342,6 +351,13 @@ def run_finetune(
         table.to_csv(out_dir / "val_predictions.csv", index=False)
         metrics["val"] = regression_metrics(table["y"].values, table["mean"].values, table["p2.5"].values,
                                             table["p97.5"].values, table["std"].values)
+        if task.model.is_diffusion and config.calibrate:
+            scale, calibration = conformal_interval_scale(table["y"].values, table["mean"].values, table["p2.5"].values,
+                                                          table["p97.5"].values)
+            task.model.interval_scale = scale
+            normalizer["interval_scale"] = scale
+            metrics["val"].update(interval_scale=scale, coverage95_calibrated=calibration["coverage_after"],
+                                  calibration=calibration)
         _parity_plot(table["y"].values, table["mean"].values, table["p2.5"].values, table["p97.5"].values,
                      out_dir / "parity.png", config.target, unit)
     save_checkpoint(

@@ -5,7 +5,7 @@ states — and are plain ``nn.Module`` s. Heads whose ``uses_schedule`` is true
 (:class:`GaussianNoiseHead`, and :class:`CardNoiseHead` with ``baseline="prior"``) read the noise
 schedule (its ``alpha_bar`` table, passed in by the caller).
 
-* :class:`CardNoiseHead` (default, ``kind="card"``): the noise predictor
+* :class:`CardNoiseHead` (``kind="card"``, the paper's setting with ``prior="mean"``): the noise predictor
   ``eps_hat(z, y_t, mu, t) = a(z, t) + b(z, t) * y_t + c(z, t) * mu``, where ``a, b, c`` come from an
   MLP of the structure representation modulated by a sinusoidal embedding of ``t``. It sees the
   structure, ``y_t``, the prior mean and the time step, as CARD's head does. Being affine in
@@ -20,7 +20,7 @@ schedule (its ``alpha_bar`` table, passed in by the caller).
   about ``1/sqrt(ᾱ_T)``, ~150x with the default schedule). The family is unchanged; only the
   starting point and how ``b, c`` depend on ``t`` differ. ``baseline="zero"`` is the earlier
   parameterisation (plain MLP output), kept so checkpoints written before this field load unchanged.
-* :class:`GaussianNoiseHead` (``kind="gaussian"``): the same affine family, parameterised by what
+* :class:`GaussianNoiseHead` (``kind="gaussian"``, default, with CARD's learned prior): the same affine family, parameterised by what
   it stands for: the head predicts a mean ``m(z)`` and a spread ``s(z)`` and returns the exact
   ``E[eps | y_t]`` of the chain started from ``y_0 ~ N(m, s²)``, i.e. ``a, b, c`` in closed form
   from ``ᾱ_t`` (so it needs the schedule; see :meth:`GaussianNoiseHead.noise_coefficients`). The
@@ -59,12 +59,14 @@ class HeadConfig:
     """Property head settings.
 
     Attributes:
-        kind: ``"card"`` (default), ``"gaussian"``, ``"card_mlp"``, ``"eq4"`` (the paper's literal Eq. 4) or
-            ``"regression"`` (plain L1 regression, no diffusion).
+        kind: ``"gaussian"`` (default), ``"card"`` (the paper's setting, with ``prior="mean"``),
+            ``"card_mlp"``, ``"eq4"`` (the paper's literal Eq. 4) or ``"regression"`` (plain L1
+            regression, no diffusion). Why the default is not the paper's: docs/method.md, "The
+            default head".
         hidden_dim: width of the head MLPs.
         time_dim: size of the sinusoidal time embedding.
-        prior: ``"mean"`` (the paper: the training mean ``ȳ``) or ``"learned"`` (CARD: a
-            deterministic regression head ``f(x)`` trained jointly with an L1 loss).
+        prior: ``"learned"`` (default; CARD: a deterministic regression head ``f(x)`` trained
+            jointly with an L1 loss) or ``"mean"`` (the paper: the training mean ``ȳ``).
         dropout: dropout on the structure representation inside the heads.
         baseline: ``"prior"`` (default): the head is a residual around the prior. The ``card``
             head adds the prior's noise predictor ``sqrt(1 − ᾱ_t) (y_t − mu)`` to the MLP's
@@ -80,10 +82,10 @@ class HeadConfig:
             ``benchmarks/probe.py``); this skip hands the head the composition directly.
     """
 
-    kind: str = "card"
+    kind: str = "gaussian"
     hidden_dim: int = 128
     time_dim: int = 64
-    prior: str = "mean"
+    prior: str = "learned"
     dropout: float = 0.0
     baseline: str = "prior"
     composition: bool = False

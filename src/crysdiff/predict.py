@@ -62,10 +62,11 @@ class Member:
     structure_diffusion: JointDiffusion | None = None  # set when the model was fine-tuned with fix_structure=false
     path: str = ""
 
-    def sample(self, batch, samples: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def sample(self, batch, samples: int, generator: torch.Generator, calibrated: bool = True) -> dict[str, torch.Tensor]:
         return self.model.predict(batch, self.diffusion, num_samples=samples, generator=generator, keep_samples=True,
                                   structure_diffusion=self.structure_diffusion,
-                                  structure_encodings=self.config.structure_encodings)
+                                  structure_encodings=self.config.structure_encodings,
+                                  interval_scale=None if calibrated else 1.0)
 
 
 def pool_members(draws: list[torch.Tensor], widen: bool = True, lower_bound: float | None = None) -> torch.Tensor:
@@ -102,6 +103,7 @@ class Predictor:
     device: torch.device
     info: dict = field(default_factory=dict)
     widen: bool = True  # ensembles: the small-ensemble correction of :func:`pool_members`
+    calibrated: bool = True  # apply each model's interval_scale (fitted on its validation set)
 
     @property
     def model(self) -> PropertyModel:
@@ -135,10 +137,12 @@ class Predictor:
         ``std``, ``p2.5``, ``p97.5`` and ``samples`` ``[B, S * members]``; for an ensemble also
         ``std_models``, the spread of the members' means."""
         if len(self.members) == 1:
-            return self.members[0].sample(batch, samples, generator)
-        draws = [member.sample(batch, samples, generator)["samples"] for member in self.members]
-        out = summarise(pool_members(draws, widen=self.widen, lower_bound=self.lower_bound))
-        out["std_models"] = torch.stack([d.mean(dim=1) for d in draws], dim=1).std(dim=1)
+            return self.members[0].sample(batch, samples, generator, self.calibrated)
+        outs = [member.sample(batch, samples, generator, self.calibrated) for member in self.members]
+        out = summarise(pool_members([o["samples"] for o in outs], widen=self.widen, lower_bound=self.lower_bound))
+        means = torch.stack([o["mean"] for o in outs], dim=1)  # [B, M]
+        out["mean"] = means.mean(dim=1)  # the members' predictions averaged
+        out["std_models"] = means.std(dim=1)
         return out
 
     def _settings(self):
@@ -237,6 +241,7 @@ def load(model: str | Path | list | tuple, device: str | torch.device | None = N
         config = stored_finetune_config(payload["config"])
         normalizer = payload["normalizer"]
         network = build_property_model(config, normalizer["mean"], normalizer["std"], normalizer.get("lower_bound"))
+        network.interval_scale = float(normalizer.get("interval_scale", 1.0))  # 1: written before calibration existed
         network.load_state_dict(payload["state_dict"], strict=True)
         structure_diffusion = build_structure_diffusion(config)
         members.append(Member(model=network.to(device).eval(), diffusion=PropertyDiffusion(config.property),

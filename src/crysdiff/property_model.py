@@ -110,13 +110,17 @@ class PropertyModel(nn.Module):
                  lower_bound: float | None = None, max_atomic_number: int = 118):
         super().__init__()
         self.lower_bound = lower_bound
+        # the spread's calibration on held-out crystals (split-conformal, set after fine-tuning, stored in the
+        # checkpoint's normaliser): predict() moves each sample this many times further from the crystal's mean
+        self.interval_scale = 1.0
         self.encoder = encoder
         self.head_config = head
         if head.kind == "regression":
             self.head = RegressionHead(hidden_dim, head.hidden_dim, head.dropout)
         else:
             self.head = build_noise_head(hidden_dim, head)
-        self.prior = RegressionHead(hidden_dim, head.hidden_dim, head.dropout) if head.prior == "learned" else None
+        learned = head.prior == "learned" and head.kind != "regression"  # a regression head needs no prior
+        self.prior = RegressionHead(hidden_dim, head.hidden_dim, head.dropout) if learned else None
         # head.composition: an element embedding of the head's own, indexed by Z (row 0 unused)
         self.composition = nn.Embedding(max_atomic_number + 1, hidden_dim) if head.composition else None
         self.register_buffer("y_mean", torch.tensor(float(mean), dtype=torch.float64))
@@ -212,11 +216,14 @@ class PropertyModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch, diffusion: PropertyDiffusion, num_samples: int = 100, generator: torch.Generator | None = None,
-                keep_samples: bool = False, structure_diffusion=None, structure_encodings: int = 20) -> dict[str, torch.Tensor]:
+                keep_samples: bool = False, structure_diffusion=None, structure_encodings: int = 20,
+                interval_scale: float | None = None) -> dict[str, torch.Tensor]:
         """Predictions in original units: ``mean``, ``std``, ``p2.5``, ``p97.5`` ``[B]`` (and ``samples`` ``[B, S]``).
 
         With a ``structure_diffusion`` the chain sees the structure noised to each step, with
-        ``structure_encodings`` encoder passes per crystal (see the module docstring)."""
+        ``structure_encodings`` encoder passes per crystal (see the module docstring).
+        ``interval_scale`` (default: the model's own, :func:`scale_spread`) widens or narrows the
+        samples about each crystal's mean; the mean is that of the chain's samples either way."""
         encodings, block_of = self._step_features(batch, diffusion, structure_diffusion, structure_encodings, generator)
         features = encodings[0]  # [B, H]; the only one when the structure is fixed
         if not self.is_diffusion:
@@ -246,10 +253,58 @@ class PropertyModel(nn.Module):
         samples = self.destandardise(samples)  # [B, S]
         if self.lower_bound is not None:
             samples = samples.clamp_min(self.lower_bound)
-        out = summarise(samples)
+        scale = self.interval_scale if interval_scale is None else interval_scale
+        if scale != 1.0:
+            mean = samples.mean(dim=1)
+            out = summarise(scale_spread(samples, mean, scale, self.lower_bound))
+            out["mean"] = mean
+        else:
+            out = summarise(samples)
         if not keep_samples:
             del out["samples"]
         return out
+
+
+def scale_spread(samples: torch.Tensor, mean: torch.Tensor, scale: float, lower_bound: float | None = None) -> torch.Tensor:
+    """Samples ``[B, S]`` moved ``scale`` times further from their crystal's ``mean`` ``[B]``, clipped
+    at ``lower_bound``. The map is increasing, so every quantile moves the same way:
+    ``q' = clip(mean + scale (q − mean))``."""
+    moved = mean[:, None] + scale * (samples - mean[:, None])
+    return moved if lower_bound is None else moved.clamp_min(lower_bound)
+
+
+def conformal_interval_scale(y, mean, low, high, level: float = 0.95) -> tuple[float, dict]:
+    """The ``interval_scale`` that makes the central intervals ``[low, high]`` about ``mean`` (all
+    ``[N]``, held-out crystals; ``low``/``high`` at the level the scale will be applied to) cover
+    ``level`` of the targets ``y``: split-conformal calibration of one factor for the spread.
+
+    Crystal ``i`` is covered once the scale reaches ``k_i = (y_i − mean_i)/(high_i − mean_i)`` above
+    the mean, ``(mean_i − y_i)/(mean_i − low_i)`` below it (a target at a clipping bound counts as
+    below, where clipping reaches it). The scale is the ``ceil((N + 1) level)``-th smallest ``k_i``
+    (all of them when ``N`` is too small), which covers at least ``level`` of new crystals drawn
+    like these. A crystal whose interval has no width on its side has ``k_i = inf``; if that pushes
+    the quantile to ``inf``, the largest finite ``k_i`` is used instead. Returns the scale and a
+    summary (``count``, ``coverage_before``, ``coverage_after``, ``uncoverable``).
+    """
+    import numpy as np
+
+    y, mean, low, high = (np.asarray(a, dtype=np.float64) for a in (y, mean, low, high))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        above = np.where(high > mean, (y - mean) / (high - mean), np.where(y > mean, np.inf, 0.0))
+        below = np.where(low < mean, (mean - y) / (mean - low), np.where(y < mean, np.inf, 0.0))
+    need = np.where(y >= mean, above, below)
+    need = np.maximum(need, 0.0)
+    n = len(need)
+    if n == 0:
+        return 1.0, {"count": 0}
+    rank = min(n, int(np.ceil((n + 1) * level)))
+    scale = float(np.sort(need)[rank - 1])
+    finite = need[np.isfinite(need)]
+    if not np.isfinite(scale):
+        scale = float(finite.max()) if len(finite) else 1.0
+    scale = max(scale, 1e-6)
+    return scale, {"count": int(n), "coverage_before": float(np.mean(need <= 1.0)),
+                   "coverage_after": float(np.mean(need <= scale)), "uncoverable": int(np.sum(~np.isfinite(need)))}
 
 
 def summarise(samples: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -5,10 +5,17 @@ new data, e.g. a few experimental values) or nothing (training from scratch, the
 Writes OUT/model.ckpt (best by validation MAE), OUT/val_metrics.json (MAE, RMSE, R², 95% interval
 coverage), OUT/val_predictions.csv, OUT/parity.png, OUT/loss_curve.png and OUT/config.yaml.
 
+The default head is a Gaussian head around CARD's learned prior f(x) (head.kind=gaussian
+head.prior=learned); the paper's setting is head.kind=card head.prior=mean (docs/method.md says why
+and what each measured). After training, the 95% interval is calibrated on the validation crystals
+(calibrate=true: one split-conformal scale for the spread, stored in model.ckpt and applied by
+crysdiff predict; val_metrics.json reports the coverage before and the scale).
+
 Ablations (paper Fig. 5) are config overrides: freeze_encoder=true (without updating the encoder);
 extra_init=B.ckpt (without joint diffusion: --init and B pre-trained with diffusion.mode=lattice and
-diffusion.mode=coords, their encoders averaged); fix_structure=false (without fixing structures: the
-structure is diffused with the property; prediction encodes each crystal structure_encodings times).
+diffusion.mode=coords, their encoders averaged); fix_structure=false head.prior=mean (without fixing
+structures: the structure is diffused with the property; prediction encodes each crystal
+structure_encodings times).
 
 Example:
   crysdiff finetune --init runs/pre/model.ckpt --data ../shared/data/mp2018/train.csv.gz \

@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--strict", action="store_true", help="fail on the first bad record")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--list-models", action="store_true", help="list the bundled models and exit")
+    parser.add_argument("--raw-interval", action="store_true",
+                        help="report the chain's own spread, without the calibration fitted on the model's validation "
+                             "set at fine-tuning (see docs/method.md, 'Calibrated intervals')")
     parser.add_argument("--as-drawn", action="store_true",
                         help="ensembles: pool the members' samples unchanged, without the small-ensemble correction "
                              "that widens the spread between members (see docs/method.md, 'Seed ensembles')")
@@ -50,6 +53,7 @@ def run(args) -> int:
     def go():
         predictor = load(args.model, device=args.device)
         predictor.widen = not args.as_drawn
+        predictor.calibrated = not args.raw_interval
         frame, errors = predictor.predict(args.sources, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
                                           strict=args.strict, progress=True, return_errors=True)
         for error in errors:
