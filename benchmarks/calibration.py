@@ -29,9 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from suite import git_commit, machine, test_labels  # noqa: E402
-from suite_jobs import MODELS, Layout  # noqa: E402
-
-PARTS = ("table1", "table1-heads", "sparse", "ablation", "variants", "variants-extra", "refine")
+from suite_jobs import MODELS, PARTS, Layout  # noqa: E402
 
 
 def calibrate_run(run_dir: Path, test_file: Path, target: str, lower_bound: float | None) -> dict | None:
@@ -71,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     layout = Layout.default(quick=args.quick)
     rows, seen, missing = [], set(), []
-    for part in PARTS:
+    for part in (p for p in PARTS if p != "pretrain-ablation"):
         for path in sorted((layout.results / part).glob("*.json")):
             record = json.loads(path.read_text())
             model = MODELS.get(record["model"])

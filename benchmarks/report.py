@@ -31,7 +31,7 @@ from suite_jobs import EXPERIMENTS, FRACTIONS_SPARSE, MODELS, TASKS  # noqa: E40
 OWN_COLUMNS = ("crysdiff", "scratch", "gaussian_learned", "scratch_gaussian_learned", "regression")
 # crysdiff's diffusion heads in Table 1, each with its from-scratch twin: the paper's (CARD head,
 # constant prior) and the Gaussian head around CARD's learned prior
-CRYSDIFF_HEADS = (("crysdiff", "scratch", "CARD head, constant prior (the paper)"),
+CRYSDIFF_HEADS = (("crysdiff", "scratch", "the paper's CARD head, constant prior"),
                   ("gaussian_learned", "scratch_gaussian_learned", "Gaussian head, learned prior"))
 
 
@@ -437,6 +437,8 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
             "|---|---|" + "---|" * len(FRACTIONS_SPARSE)]
     for task in tasks:
         for model in models:
+            if not any(("sparse", task, model, f) in cells for f in FRACTIONS_SPARSE):
+                continue  # a column not run on this task (e.g. `--tasks` left it out)
             out.append(f"| {TASKS[task].label} | {model_label(model)} | "
                        + " | ".join(fmt_cell(cells.get(("sparse", task, model, f))) for f in FRACTIONS_SPARSE) + " |")
     if extra:
