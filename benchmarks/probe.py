@@ -121,7 +121,8 @@ def main() -> None:
     labels = {target: (train.subset_labels(train_idx, [target])[:, 0], val.subset_labels(val_idx, [target])[:, 0])
               for target in args.target}
     results = {"train_count": int(len(train_idx)), "val_count": int(len(val_idx)), "alphas": list(ALPHAS),
-               "command": "python benchmarks/probe.py " + " ".join(f"--checkpoint {c}" for c in args.checkpoint),
+               "command": f"python benchmarks/probe.py --checkpoint {' '.join(args.checkpoint)} --target {' '.join(args.target)} "
+                          f"--train-limit {args.train_limit}",
                "threads": torch.get_num_threads(), "encoders": {}}
     for spec in args.checkpoint:
         name, _, path = spec.partition("=")

@@ -676,12 +676,16 @@ def section_probe(path: Path) -> list[str]:
     for target in targets:
         names = [n for n in encoders if target in encoders[n]["probes"]]
         features = [(key, label) for key, label in PROBE_FEATURES
-                    if all(key in encoders[n]["probes"][target] for n in names)]
+                    if any(key in encoders[n]["probes"][target] for n in names)]
         out += [f"**{target}**", "", "| features | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for key, label in features:
-            row = [encoders[n]["probes"][target][key]["mae"] for n in names]
-            best = min(row)
-            out.append(f"| {label} | " + " | ".join(f"**{fmt(v)}**" if v == best else fmt(v) for v in row) + " |")
+            row = [encoders[n]["probes"][target].get(key, {}).get("mae", math.nan) for n in names]
+            best = min(v for v in row if math.isfinite(v))
+            out.append(f"| {label} | " + " | ".join("–" if not math.isfinite(v) else f"**{fmt(v)}**" if v == best else fmt(v)
+                                                    for v in row) + " |")
+        if any(len(encoders[n]["probes"][target]) < len(encoders[names[0]]["probes"][target]) for n in names):
+            out += ["", "Per-layer states are read from the equivariant encoder only (`CrysDiffEncoder(..., "
+                        "all_layers=True)`); the cartesian encoder has its output row alone."]
         out.append("")
     if {"pool", "random"} <= set(encoders):
         lines = []

@@ -398,3 +398,20 @@ def test_report_shows_raw_and_calibrated_coverage(tmp_path):
     assert "Calibrated on the validation set, as `crysdiff predict` reports it: within [0.90, 0.98] on 1 of 1 tasks" in text
     assert "| table1 | bulk modulus (mp_elastic) | crysdiff (pre-trained + CARD head, constant prior) | 100% | 1 | 2 | 0.6 | 0.95 |" in text
     assert "Cells with 95% coverage inside [0.90, 0.98]: 0 of 2 with the chain's own interval, 1 of 2 calibrated." in text
+
+
+def test_report_probe_section_reads_layers_and_missing_rows(tmp_path):
+    def probes(values):
+        keys = ("layer0", "layer1", "layer2", "layer3", "pooled")
+        return {"t": {k: {"mae": v, "r2": 0.5, "alpha": 1.0} for k, v in zip(keys, values)}}
+
+    path = tmp_path / "probe" / "mp2018.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"train_count": 10, "val_count": 5, "command": "python benchmarks/probe.py", "encoders": {
+        "pool": {"probes": probes((1.0, 1.1, 1.2, 1.3, 1.4))},
+        "random": {"probes": probes((1.0, 1.0, 0.9, 0.9, 0.9))},
+        "cartesian": {"probes": {"t": {"pooled": {"mae": 1.5, "r2": 0.1, "alpha": 1.0}}}}}}))
+    text = "\n".join(report.section_probe(path))
+    assert "| after layer 2 | 1.2 | **0.9** | – |" in text and "| output (what the head reads) | 1.4 | **0.9** | 1.5 |" in text
+    assert "t: pooled output, pre-trained 1.4 vs. random 0.9 (+56%)" in text
+    assert "t: through the pre-trained layers the probe error rises (1 → 1.1 → 1.2 → 1.3 → 1.4)" in text

@@ -20,9 +20,10 @@ schedule (its ``alpha_bar`` table, passed in by the caller).
   about ``1/sqrt(ᾱ_T)``, ~150x with the default schedule). The family is unchanged; only the
   starting point and how ``b, c`` depend on ``t`` differ. ``baseline="zero"`` is the earlier
   parameterisation (plain MLP output), kept so checkpoints written before this field load unchanged.
-* :class:`GaussianNoiseHead` (``kind="gaussian"``, default, with CARD's learned prior): the same affine family, parameterised by what
-  it stands for: the head predicts a mean ``m(z)`` and a spread ``s(z)`` and returns the exact
-  ``E[eps | y_t]`` of the chain started from ``y_0 ~ N(m, s²)``, i.e. ``a, b, c`` in closed form
+* :class:`GaussianNoiseHead` (``kind="gaussian"``, the default, with CARD's learned prior): the
+  same affine family, parameterised by what it stands for: the head predicts a mean ``m(z)`` (by
+  default a correction to the prior mean ``mu``) and a spread ``s(z)`` and returns the exact
+  ``E[eps | y_t]`` of the chain started from ``y_0 ~ N(mu + m, s²)``, i.e. ``a, b, c`` in closed form
   from ``ᾱ_t`` (so it needs the schedule; see :meth:`GaussianNoiseHead.noise_coefficients`). The
   loss is still Alg. 2's noise loss; only how ``a, b, c`` depend on ``z`` and ``t`` changes (the
   ``card`` head must learn the product of ``m(z)`` with a function of ``t`` through its MLP).
