@@ -2,16 +2,20 @@
 states hold, pre-trained against randomly initialised (issue 4: why pre-training does not help
 formation energy).
 
-    python benchmarks/probe.py [--checkpoint NAME=CKPT ...] [--target formation_energy_per_atom]
-                               [--train-limit 6000] [--out benchmarks/results/probe/<target>.json]
+    python benchmarks/probe.py [--checkpoint NAME=CKPT ...] [--target formation_energy_per_atom band_gap]
+                               [--train-limit 6000] [--out benchmarks/results/probe/mp2018.json]
 
-Each encoder reads the clean structures of ``mp2018/train`` (the first ``--train-limit``) and
-``mp2018/val`` at ``t = 0``. Three feature sets are probed per encoder:
+By default: the pool model, a random encoder and the three ablation pre-trainings. Each encoder
+reads the clean structures of ``mp2018/train`` (the first ``--train-limit``) and ``mp2018/val`` at
+``t = 0``. These feature sets are probed per encoder (the per-layer ones for the equivariant
+encoder only):
 
 * ``embedding``: the mean over atoms of the atom-type embedding (what the encoder knows of the
   composition before any message passing);
 * ``pooled``: the mean over atoms of the final atom states (what the fine-tuning head sees);
-* ``pooled+std``: the pooled mean and the per-feature standard deviation over atoms.
+* ``pooled+std``: the pooled mean and the per-feature standard deviation over atoms;
+* ``layer0`` .. ``layer3``: the mean over atoms of the states entering each layer, and
+  ``all_layers``, those and the output side by side.
 
 A ridge regression (the closed form, the penalty picked on a held-out fifth of the training
 crystals) is fitted on the standardised features and scored on ``mp2018/val``. A random encoder
@@ -33,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_CHECKPOINTS = ("pool=models/pretrained_pool.ckpt", "random=random",
                        "lattice_only=models/ablation/pretrained_lattice.ckpt",
-                       "coords_only=models/ablation/pretrained_coords.ckpt")
+                       "coords_only=models/ablation/pretrained_coords.ckpt",
+                       "cartesian=models/ablation/pretrained_cartesian.ckpt")
 ALPHAS = tuple(10.0 ** k for k in range(-3, 5))
 
 
