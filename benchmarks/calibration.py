@@ -37,7 +37,9 @@ def calibrate_run(run_dir: Path, test_file: Path, target: str, lower_bound: floa
     interval (a regression head) or its prediction files are gone."""
     import pandas as pd
 
-    from crysdiff.property_model import conformal_interval_scale
+    import torch
+
+    from crysdiff.property_model import conformal_interval_scale, scale_spread
 
     val_file, test_preds = run_dir / "val_predictions.csv", run_dir / "test_predictions.csv"
     if not (val_file.is_file() and test_preds.is_file()):
@@ -51,9 +53,9 @@ def calibrate_run(run_dir: Path, test_file: Path, target: str, lower_bound: floa
     frame = frame[frame["id"].astype(str).isin(labels)]
     y = np.array([labels[str(i)] for i in frame["id"]])
     mean, low, high = (frame[c].to_numpy(float) for c in ("mean", "p2.5", "p97.5"))
-    new_low, new_high = mean + scale * (low - mean), mean + scale * (high - mean)
-    if lower_bound is not None:
-        new_low, new_high = np.maximum(new_low, lower_bound), np.maximum(new_high, lower_bound)
+    # the quantiles move as the samples do (scale_spread is increasing), so move them directly
+    moved = scale_spread(torch.tensor(np.stack([low, high], axis=1)), torch.tensor(mean), scale, lower_bound)
+    new_low, new_high = moved[:, 0].numpy(), moved[:, 1].numpy()
     return {"interval_scale": scale, "val_count": fit["count"], "val_coverage_raw": fit["coverage_before"],
             "test_count": int(len(y)), "test_coverage_raw": float(np.mean((y >= low) & (y <= high))),
             "test_coverage_calibrated": float(np.mean((y >= new_low) & (y <= new_high))),
