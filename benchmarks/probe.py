@@ -46,16 +46,14 @@ def _features(encoder, cache, indices: np.ndarray, edges, batch_size: int) -> di
     """Per-crystal feature sets (see the module docstring), in the order of ``indices``."""
     from crysdiff.denoiser import CrysDiffEncoder
     from crysdiff.loader import make_loader
+    from crysdiff.property_model import pool_mean
 
     parts: dict[str, list[np.ndarray]] = {"embedding": [], "pooled": [], "pooled+std": []}
     order = []
     with torch.no_grad():
         for batch in make_loader(cache, indices, batch_size=batch_size, edges=edges):
-            count = torch.bincount(batch.batch, minlength=batch.num_atoms.shape[0]).clamp(min=1).double()[:, None]
-
             def pool(x):
-                total = torch.zeros(count.shape[0], x.shape[1], dtype=torch.float64).index_add_(0, batch.batch, x.double())
-                return total / count
+                return pool_mean(x.double(), batch.batch, batch.num_atoms.shape[0])
 
             t = torch.zeros(batch.num_atoms.shape[0], dtype=torch.long)
             if isinstance(encoder, CrysDiffEncoder):
@@ -115,7 +113,7 @@ def main() -> None:
     from crysdiff.batching import EdgeSettings
     from crysdiff.cache import load_dataset
     from crysdiff.checkpoint import load_checkpoint
-    from crysdiff.config import from_dict
+    from crysdiff.config import DataConfig, from_dict, to_dict
     from crysdiff.denoiser import DenoiserConfig, build_encoder
 
     torch.manual_seed(0)
@@ -132,7 +130,7 @@ def main() -> None:
     for spec in args.checkpoint:
         name, _, path = spec.partition("=")
         if path == "random":
-            model_config, data = DenoiserConfig(), {"max_dense_atoms": 200, "knn_neighbors": 24}
+            model_config, data = DenoiserConfig(), to_dict(DataConfig())
         else:
             payload = load_checkpoint(ROOT / path, kind="pretrain")
             model_config, data = from_dict(DenoiserConfig, payload["config"]["model"]), payload["config"]["data"]
