@@ -27,13 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
 
 
-def _curve(run: Path, name: str) -> str:
-    source = run / "loss_curve.png"
-    if not source.is_file():
+def _curve(run: Path | None, name: str) -> str:
+    """Copy the run's loss curve into models/curves (a run that is gone keeps the committed one)."""
+    source, target = (run / "loss_curve.png") if run else None, ROOT / "models" / "curves" / f"{name}.png"
+    if source is not None and source.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    if not target.is_file():
         return "not drawn"
-    target = ROOT / "models" / "curves" / f"{name}.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
     return f"[`models/curves/{name}.png`](curves/{name}.png)"
 
 
@@ -69,6 +70,11 @@ def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None) -> 
     config, data, normalizer = payload["config"], payload["data"], payload["normalizer"]
     metrics_file = run / "val_metrics.json"
     val = json.loads(metrics_file.read_text()).get("val", {}) if metrics_file.is_file() else payload.get("metrics", {})
+    scale = normalizer.get("interval_scale")
+    calibration = "" if scale is None else (
+        f"\n* **Calibrated interval**: fine-tuning fitted a split-conformal scale of {scale:.3f} for the spread on these"
+        f" validation crystals (raw 95% coverage {val.get('coverage95', NAN):.3f}, in-sample after the scale"
+        f" {val.get('coverage95_calibrated', NAN):.3f}); `crysdiff predict` applies it, `--raw-interval` does not.")
     unit = normalizer.get("unit", "")
     stages = [first, payload] if first is not None else [payload]
     total = sum(p.get("training", {}).get("seconds", 0.0) for p in stages) / 60
@@ -78,7 +84,15 @@ def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None) -> 
     extra = ""
     if uncertainty.is_file():
         u = json.loads(uncertainty.read_text())
-        extra = (f"\n* **Uncertainty** (`{u['command']}`, S = {u['samples']}): 95% coverage {u['coverage95']:.3f}, "
+        readings = u.get("readings", {})
+        if "calibrated_crossfit" in readings:
+            raw, cross = readings["raw"], readings["calibrated_crossfit"]
+            coverage = (f"95% coverage {raw['coverage95']:.3f} raw, {cross['coverage95']:.3f} calibrated out of sample "
+                        f"(each half of the crystals moved by the scale fitted on the other half: "
+                        f"{', '.join(f'{x:.3f}' for x in cross['fold_scales'])})")
+        else:
+            coverage = f"95% coverage {u['coverage95']:.3f}"
+        extra = (f"\n* **Uncertainty** (`{u['command']}`, S = {u['samples']}): {coverage}, "
                  f"MAE {u['mae']:.4f}; coverage at every level and predicted std against error in "
                  f"`benchmarks/results/reliability_{normalizer['target']}.png`.")
     return f"""## `{path.relative_to(ROOT)}`: {normalizer['target']} ({unit})
@@ -89,11 +103,11 @@ def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None) -> 
 * **Start**: the encoder of `models/pretrained_pool.ckpt`; head `{config['head']['kind']}` with prior `{config['head']['prior']}`.
 * **Budget**: {total:.0f} min of fine-tuning in all on the 2-core CPU (shared with other work), batch {config['train']['batch_size']}: {budget}.
 * **Validation (mp2018/val, S = 50 samples, T = {config['property']['timesteps']})**: MAE {val.get('mae', NAN):.4f} {unit},
-  RMSE {val.get('rmse', NAN):.4f}, R² {val.get('r2', NAN):.3f}, 95% interval coverage {val.get('coverage95', NAN):.3f},
-  mean predicted std {val.get('mean_std', NAN):.4f}, correlation of std with |error| {val.get('std_abs_error_corr', NAN):.2f}.{extra}
+  RMSE {val.get('rmse', NAN):.4f}, R² {val.get('r2', NAN):.3f}, 95% interval coverage {val.get('coverage95', NAN):.3f} (raw),
+  mean predicted std {val.get('mean_std', NAN):.4f} (raw), correlation of std with |error| {val.get('std_abs_error_corr', NAN):.2f}.{calibration}{extra}
 * **Curves**: {_curve(run, normalizer['target'])}.
 * **Use**: `crysdiff predict --model {path.stem} FILES...` or `crysdiff.load("{path.stem}")`.
-* **Reproduce**: `bash benchmarks/train_default_models.sh` (stages `finetune`{" and `continue`" if first is not None else ""}).
+* **Reproduce**: `STEPS="finetune{" continue" if first is not None else ""}" bash benchmarks/train_default_models.sh` (from the committed `models/pretrained_pool.ckpt`).
 """
 
 
@@ -176,12 +190,12 @@ def main() -> None:
              "paper's, so treat them as working defaults, not as the method's ceiling. The ablation's pre-trained\n"
              "models have their own cards in [`models/ablation/README.md`](ablation/README.md).\n"]
     (ROOT / "models").mkdir(exist_ok=True)
-    pre = args.runs / "pretrain" / "model.ckpt"
+    pre, target = args.runs / "pretrain" / "model.ckpt", ROOT / "models" / "pretrained_pool.ckpt"
     if pre.is_file():
-        target = ROOT / "models" / "pretrained_pool.ckpt"
         shutil.copyfile(pre, target)
-        cards.append(_card_pretrain(target, torch.load(target, weights_only=True), args.runs / "pretrain"))
-    runs = {p.name: p for p in args.runs.iterdir() if p.is_dir() and (p / "model.ckpt").is_file()}
+    if target.is_file():  # the committed one when this checkout has no pre-training run
+        cards.append(_card_pretrain(target, torch.load(target, weights_only=True), pre.parent if pre.is_file() else None))
+    runs = {p.name: p for p in args.runs.iterdir() if p.is_dir() and (p / "model.ckpt").is_file()} if args.runs.is_dir() else {}
     for name in sorted(runs):
         if name == "pretrain" or name.endswith("_continued"):
             continue
@@ -196,10 +210,12 @@ def main() -> None:
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(run / "model.ckpt", target)
         cards.append(_card_finetune(target, payload, run, first))
+    target = ROOT / "models" / "perov5_csp.ckpt"
     if (args.perov / "model.ckpt").is_file():
-        target = ROOT / "models" / "perov5_csp.ckpt"
         shutil.copyfile(args.perov / "model.ckpt", target)
-        cards.append(_card_perov(target, torch.load(target, weights_only=True), args.perov))
+    if target.is_file():
+        cards.append(_card_perov(target, torch.load(target, weights_only=True),
+                                 args.perov if (args.perov / "model.ckpt").is_file() else None))
     (ROOT / "models" / "README.md").write_text("\n".join(cards))
     print("\n".join(cards))
 

@@ -380,6 +380,30 @@ def test_calibration_moves_test_intervals_by_the_scale_fitted_on_validation(tmp_
     assert bounded["test_mean_width_calibrated"] < scored["test_mean_width_calibrated"]  # low ends clipped at 2
 
 
+def test_uncertainty_crossfit_moves_each_half_by_the_scale_of_the_other():
+    """benchmarks/uncertainty.py: the out-of-sample check of the bundled models' calibration. Each
+    half's samples are moved about their means by the scale fitted on the other half only."""
+    import numpy as np
+
+    import uncertainty
+
+    rng = np.random.default_rng(1)
+    n, s = 2000, 200
+    mean = rng.uniform(1, 5, n)
+    samples = mean[:, None] + rng.normal(size=(n, s))  # spread 1
+    y = mean + 2.0 * rng.normal(size=n)  # errors of spread 2: intervals too narrow by 2
+    moved, scales = uncertainty.calibrate_crossfit(y, samples, None, seed=0)
+    assert len(scales) == 2 and all(1.7 < k < 2.3 for k in scales)
+    assert np.allclose(moved.mean(axis=1), samples.mean(axis=1))  # the prediction does not move
+    half = np.array_split(np.random.default_rng(0).permutation(n), 2)[0]
+    ratio = moved[half].std(axis=1) / samples[half].std(axis=1)
+    assert np.allclose(ratio, scales[0])  # the first half got the scale fitted on the second
+    raw, calibrated = uncertainty.score(y, samples, 10), uncertainty.score(y, moved, 10)
+    assert raw["coverage95"] < 0.75 and 0.93 <= calibrated["coverage95"] <= 0.97
+    bounded, _ = uncertainty.calibrate_crossfit(y, samples, 2.0, seed=0)
+    assert bounded.min() >= 2.0
+
+
 def test_report_shows_raw_and_calibrated_coverage(tmp_path):
     results = tmp_path / "results"
     _fixture(results, "table1", "mp_elastic_bulk", "crysdiff", 0, 8.0, coverage=0.6)
