@@ -56,13 +56,12 @@ def main() -> None:
     predictor.calibrated = False  # draw the chain's own spread; the calibrated readings move it below
     y, samples, seconds = draw(predictor, args.data, args.samples, args.seed)
     scales = [member.model.interval_scale for member in predictor.members]
-    readings = {"raw": score(y, samples, args.bins)}
+    readings, mean = {"raw": score(y, samples, args.bins)}, samples.mean(axis=1)
     if len(scales) == 1 and scales[0] != 1.0:
-        moved = scale_spread(torch.from_numpy(samples), torch.from_numpy(samples.mean(axis=1)), scales[0],
-                             predictor.lower_bound).numpy()
+        moved = scale_spread(torch.from_numpy(samples), torch.from_numpy(mean), scales[0], predictor.lower_bound).numpy()
         crossfit, fold_scales = calibrate_crossfit(y, samples, predictor.lower_bound, args.seed)
-        readings["calibrated_in_sample"] = {"interval_scale": scales[0], **score(y, moved, args.bins)}
-        readings["calibrated_crossfit"] = {"fold_scales": fold_scales, **score(y, crossfit, args.bins)}
+        readings["calibrated_in_sample"] = {"interval_scale": scales[0], **score(y, moved, args.bins, mean)}
+        readings["calibrated_crossfit"] = {"fold_scales": fold_scales, **score(y, crossfit, args.bins, mean)}
     reading = "calibrated_crossfit" if "calibrated_crossfit" in readings else "raw"
     result = {"model": args.model if len(args.model) > 1 else args.model[0], "target": predictor.target,
               "unit": predictor.unit, "data": args.data, "count": int(len(y)), "samples": args.samples,
@@ -130,9 +129,12 @@ def split_members(samples: np.ndarray, members: int) -> tuple[list[np.ndarray], 
     return per_member, float(np.mean(np.std([own.mean(axis=1) for own in per_member], axis=0, ddof=1)))
 
 
-def score(y: np.ndarray, samples: np.ndarray, bins: int) -> dict:
-    """Accuracy and calibration of samples ``[B, S]`` against targets ``[B]``."""
-    mean, std = samples.mean(axis=1), samples.std(axis=1, ddof=1)
+def score(y: np.ndarray, samples: np.ndarray, bins: int, mean: np.ndarray | None = None) -> dict:
+    """Accuracy and calibration of samples ``[B, S]`` against targets ``[B]``. ``mean``: the
+    prediction, when it is not the samples' mean (calibrated samples clipped at a lower bound keep
+    the chain's mean, as ``crysdiff predict`` reports it)."""
+    std = samples.std(axis=1, ddof=1)
+    mean = samples.mean(axis=1) if mean is None else mean
     error = np.abs(mean - y)
     coverage = {}
     for level in LEVELS:

@@ -402,6 +402,8 @@ def test_uncertainty_crossfit_moves_each_half_by_the_scale_of_the_other():
     assert raw["coverage95"] < 0.75 and 0.93 <= calibrated["coverage95"] <= 0.97
     bounded, _ = uncertainty.calibrate_crossfit(y, samples, 2.0, seed=0)
     assert bounded.min() >= 2.0
+    # the clipped samples' mean moves; the prediction scored is the chain's mean, as crysdiff predict reports
+    assert uncertainty.score(y, bounded, 10, samples.mean(axis=1))["mae"] == pytest.approx(raw["mae"])
 
 
 def test_report_shows_raw_and_calibrated_coverage(tmp_path):
