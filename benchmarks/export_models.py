@@ -102,7 +102,7 @@ def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None) -> 
   f" Training values are all non-negative, so predicted samples are clipped at {bound:g}." if bound is not None else ""}
 * **Start**: the encoder of `models/pretrained_pool.ckpt`; head `{config['head']['kind']}` with prior `{config['head']['prior']}`.
 * **Budget**: {total:.0f} min of fine-tuning in all on the 2-core CPU (shared with other work), batch {config['train']['batch_size']}: {budget}.
-* **Validation (mp2018/val, S = 50 samples, T = {config['property']['timesteps']})**: MAE {val.get('mae', NAN):.4f} {unit},
+* **Validation (mp2018/val, S = {config.get('report_samples', 50)} samples, T = {config['property']['timesteps']})**: MAE {val.get('mae', NAN):.4f} {unit},
   RMSE {val.get('rmse', NAN):.4f}, R² {val.get('r2', NAN):.3f}, 95% interval coverage {val.get('coverage95', NAN):.3f} (raw),
   mean predicted std {val.get('mean_std', NAN):.4f} (raw), correlation of std with |error| {val.get('std_abs_error_corr', NAN):.2f}.{calibration}{extra}
 * **Curves**: {_curve(run, normalizer['target'])}.
