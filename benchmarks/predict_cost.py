@@ -76,7 +76,9 @@ def main() -> None:
         "encoder_forward_crystals_per_s": crystals / best["encoder_forward"],
         "predict_crystals_per_s": crystals / best["predict"],
         "cost_ratio_predict_over_forward": best["predict"] / best["encoder_forward"],
-        "command": "python benchmarks/predict_cost.py" + (f" --model {args.model}" if args.model else ""),
+        "command": "python benchmarks/predict_cost.py" + (f" --model {args.model}" if args.model else "")
+                   + "".join(f" --{name.replace('_', '-')} {value}" for name, value in vars(args).items()
+                             if name != "model" and value != parser.get_default(name)),
     }
     out = ROOT / "benchmarks" / "results" / "predict_cost.json"
     out.write_text(json.dumps(result, indent=2))
