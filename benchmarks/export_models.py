@@ -38,6 +38,51 @@ def _curve(run: Path | None, name: str) -> str:
     return f"[`models/curves/{name}.png`](curves/{name}.png)"
 
 
+def _val_curve(runs: list[Path]) -> list[tuple[int, float]]:
+    """``(step, validation MAE)`` over consecutive fine-tuning stages, steps counted from the first."""
+    from crysdiff.engine import read_metrics
+
+    points, offset = [], 0
+    for run in runs:
+        rows = read_metrics(run)
+        points += [(offset + int(r["step"]), r["val/mae"]) for r in rows if "val/mae" in r and "step" in r]
+        offset += max((int(r["step"]) for r in rows if "step" in r), default=-1) + 1
+    return points
+
+
+def _curve_stages(runs: list[Path], name: str, unit: str) -> str:
+    """The validation MAE over both stages as models/curves/<name>.png, and a line for the card."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = _val_curve(runs)
+    if not points:
+        return _curve(runs[-1], name)
+    from crysdiff.engine import read_metrics
+
+    first_steps = max(int(r["step"]) for r in read_metrics(runs[0]) if "step" in r) + 1
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs, ys = zip(*points)
+    ax.plot(xs, ys, marker=".")
+    ax.axvline(first_steps, color="grey", ls="--", lw=1, label="second stage starts (warm restart)")
+    ax.set_xlabel("optimiser step (both stages)")
+    ax.set_ylabel(f"validation MAE, S = 20 ({unit})")
+    ax.set_title(f"fine-tuning on {name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    target = ROOT / "models" / "curves" / f"{name}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=120)
+    plt.close(fig)
+    stages = [", ".join(f"{y:.3f}" for x, y in points if (x < first_steps) == first) for first in (True, False)]
+    every = points[1][0] - points[0][0] if len(points) > 1 else 0
+    return (f"[`models/curves/{name}.png`](curves/{name}.png); validation MAE (S = 20) every {every} steps, "
+            f"first stage: {stages[0]}; second stage: {stages[1]}")
+
+
 def _card_pretrain(path: Path, payload: dict, run: Path) -> str:
     config, data, training, metrics = payload["config"], payload["data"], payload.get("training", {}), payload.get("metrics", {})
     minutes = config["train"].get("max_time_minutes")
@@ -64,7 +109,7 @@ def _stage(payload: dict) -> str:
             f"lr {config['train']['lr']:g}")
 
 
-def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None) -> str:
+def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None, first_run: Path | None = None) -> str:
     import torch  # noqa: F401  (payloads are already loaded)
 
     config, data, normalizer = payload["config"], payload["data"], payload["normalizer"]
@@ -95,6 +140,19 @@ def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None) -> 
         extra = (f"\n* **Uncertainty** (`{u['command']}`, S = {u['samples']}): {coverage}, "
                  f"MAE {u['mae']:.4f}; coverage at every level and predicted std against error in "
                  f"`benchmarks/results/reliability_{normalizer['target']}.png`.")
+    recal = ""
+    recal_file = ROOT / "benchmarks" / "results" / "recalibrate.json"
+    if recal_file.is_file():
+        recal_results = json.loads(recal_file.read_text())
+        for r in recal_results["results"]:
+            if r["model"] == path.stem:
+                at = {s["n"]: s for s in r["recalibrated"]}
+                n = 100 if 100 in at else max(at)
+                recal += (f"\n* **On another domain** ({r['description']}, {r['count']} crystals; "
+                          f"`{recal_results['command']}`): MAE {r['mae']:.3f} {unit}, 95% coverage "
+                          f"{r['shipped']['coverage']:.3f} with the shipped scale, {at[n]['coverage_mean']:.3f} after "
+                          f"recalibrating on {n} of them (mean over {recal_results['repeats']} random picks, scored "
+                          f"on the rest; median scale {at[n]['scale_median']:.2f}).")
     return f"""## `{path.relative_to(ROOT)}`: {normalizer['target']} ({unit})
 
 * **Data**: fine-tuned on `mp2018/train` ({data['train_count']:,} crystals with a value), validated on `mp2018/val`
@@ -105,8 +163,9 @@ def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None) -> 
 * **Validation (mp2018/val, S = {config.get('report_samples', 50)} samples, T = {config['property']['timesteps']})**: MAE {val.get('mae', NAN):.4f} {unit},
   RMSE {val.get('rmse', NAN):.4f}, R² {val.get('r2', NAN):.3f}, 95% interval coverage {val.get('coverage95', NAN):.3f} (raw),
   mean predicted std {val.get('mean_std', NAN):.4f} (raw), correlation of std with |error| {val.get('std_abs_error_corr', NAN):.2f}.{calibration}{extra}
-* **Curves**: {_curve(run, normalizer['target'])}.
-* **Use**: `crysdiff predict --model {path.stem} FILES...` or `crysdiff.load("{path.stem}")`.
+* **Curves**: {_curve_stages([first_run, run], normalizer['target'], unit) if first_run else _curve(run, normalizer['target'])}.
+* **Use**: `crysdiff predict --model {path.stem} FILES...` or `crysdiff.load("{path.stem}")`. On another domain,
+  `crysdiff calibrate --model {path.stem} --data LABELLED --out NEW.ckpt` refits the interval on labelled crystals from there.{recal}
 * **Reproduce**: `STEPS="finetune{" continue" if first is not None else ""}" bash benchmarks/train_default_models.sh` (from the committed `models/pretrained_pool.ckpt`).
 """
 
@@ -202,14 +261,14 @@ def main() -> None:
         payload = torch.load(runs[name] / "model.ckpt", weights_only=True)
         if payload.get("kind") != "finetune":
             continue
-        run, first = runs[name], None
+        run, first, first_run = runs[name], None, None
         if f"{name}_continued" in runs:  # ship the second stage; its card counts both budgets
-            first, run = payload, runs[f"{name}_continued"]
+            first, first_run, run = payload, runs[name], runs[f"{name}_continued"]
             payload = torch.load(run / "model.ckpt", weights_only=True)
         target = ROOT / "src" / "crysdiff" / "models" / f"{payload['normalizer']['target']}.ckpt"
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(run / "model.ckpt", target)
-        cards.append(_card_finetune(target, payload, run, first))
+        cards.append(_card_finetune(target, payload, run, first, first_run))
     target = ROOT / "models" / "perov5_csp.ckpt"
     if (args.perov / "model.ckpt").is_file():
         shutil.copyfile(args.perov / "model.ckpt", target)

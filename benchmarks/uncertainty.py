@@ -18,7 +18,8 @@ Three readings of the same draws are scored:
   bundled models), this coverage is in-sample (near 95% by construction, up to the number of samples);
 * ``calibrated_crossfit``: the honest check on such a set. The crystals are split into two seeded
   halves; each half is moved by the scale fitted (as fine-tuning fits it,
-  :func:`crysdiff.property_model.conformal_interval_scale`) on the other half only.
+  :func:`crysdiff.property_model.conformal_interval_scale`) on the other half only
+  (:func:`crysdiff.calibrate.crossfit_calibrate`, also what ``crysdiff calibrate`` reports).
 The top-level ``coverage95``, ``mean_predicted_std`` and bins are the ``calibrated_crossfit`` ones
 for a single calibrated model, else the raw ones (``reading`` says which).
 """
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crysdiff.property_model import conformal_interval_scale, scale_spread
+from crysdiff.calibrate import crossfit_calibrate, draw_labelled
+from crysdiff.property_model import scale_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -59,7 +61,7 @@ def main() -> None:
     readings, mean = {"raw": score(y, samples, args.bins)}, samples.mean(axis=1)
     if len(scales) == 1 and scales[0] != 1.0:
         moved = scale_spread(torch.from_numpy(samples), torch.from_numpy(mean), scales[0], predictor.lower_bound).numpy()
-        crossfit, fold_scales = calibrate_crossfit(y, samples, predictor.lower_bound, args.seed)
+        crossfit, fold_scales = crossfit_calibrate(y, samples, predictor.lower_bound, args.seed)
         readings["calibrated_stored"] = {"interval_scale": scales[0], **score(y, moved, args.bins, mean)}
         readings["calibrated_crossfit"] = {"fold_scales": fold_scales, **score(y, crossfit, args.bins, mean)}
     reading = "calibrated_crossfit" if "calibrated_crossfit" in readings else "raw"
@@ -89,37 +91,9 @@ def main() -> None:
 
 def draw(predictor, data: str | Path, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Targets ``[B]``, samples ``[B, S * members]`` and seconds, for the labelled crystals of ``data``."""
-    from crysdiff.cache import load_dataset
-    from crysdiff.loader import make_loader
-
-    cache = load_dataset([data], progress=False)
-    column = cache.label_names.index(predictor.target)
-    labels = np.asarray(cache.labels[:, column], dtype=np.float64)
-    indices = np.flatnonzero(np.isfinite(labels))
-    generator = torch.Generator().manual_seed(seed)
-    ys, draws = [], []
     start = time.perf_counter()
-    for batch in make_loader(cache, indices, batch_size=64, targets=[predictor.target]):
-        ys.append(batch.y[:, 0].double().numpy())
-        draws.append(predictor.sample(batch, samples, generator)["samples"].numpy())
-    return np.concatenate(ys), np.concatenate(draws), time.perf_counter() - start
-
-
-def calibrate_crossfit(y: np.ndarray, samples: np.ndarray, lower_bound: float | None, seed: int,
-                       folds: int = 2) -> tuple[np.ndarray, list[float]]:
-    """Samples ``[B, S]`` with each fold's spread moved by the split-conformal scale fitted on the
-    other folds' crystals only (seeded folds), and the scale each fold got."""
-    mean = samples.mean(axis=1)
-    low, high = np.quantile(samples, [0.025, 0.975], axis=1)
-    parts = np.array_split(np.random.default_rng(seed).permutation(len(y)), folds)
-    moved, fold_scales = samples.copy(), []
-    for k, part in enumerate(parts):
-        rest = np.concatenate([p for j, p in enumerate(parts) if j != k])
-        scale, _ = conformal_interval_scale(y[rest], mean[rest], low[rest], high[rest])
-        moved[part] = scale_spread(torch.from_numpy(samples[part]), torch.from_numpy(mean[part]), scale,
-                                   lower_bound).numpy()
-        fold_scales.append(scale)
-    return moved, fold_scales
+    _, y, drawn, _ = draw_labelled(predictor, [data], predictor.target, samples, seed)
+    return y, drawn, time.perf_counter() - start
 
 
 def split_members(samples: np.ndarray, members: int) -> tuple[list[np.ndarray], float]:

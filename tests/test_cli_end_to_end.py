@@ -16,11 +16,13 @@ TINY_MODEL = ["model.hidden_dim=16", "model.num_layers=1", "model.num_frequencie
 
 @pytest.fixture(scope="module")
 def perov_small(shared_data, tmp_path_factory):
-    """40 labelled Perov-5 crystals (val split) as a CDVAE-style CSV, plus 12 for validation."""
+    """40 labelled Perov-5 crystals (val split) as a CDVAE-style CSV, plus 12 for validation and 30
+    more for calibration."""
     table = pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0)
     root = tmp_path_factory.mktemp("perov")
     table.iloc[:40].to_csv(root / "train.csv")
     table.iloc[40:52].to_csv(root / "val.csv")
+    table.iloc[52:82].to_csv(root / "calib.csv")
     return root
 
 
@@ -189,6 +191,71 @@ def test_predict_skips_bad_records_and_fails_when_nothing_is_usable(finetuned, t
     assert main(["predict", "--model", str(finetuned / "model.ckpt"), str(empty), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "no usable" in err and "Traceback" not in err
+
+
+def test_calibrate_refits_the_interval_and_keeps_the_model(finetuned, perov_small, tmp_path, capsys):
+    """crysdiff calibrate on 30 labelled crystals the model has not seen: a copy of the model with the
+    new scale and its report; the weights, and so the mean predictions, are unchanged; the interval
+    moves by the ratio of the new scale to the old."""
+    model = finetuned / "model.ckpt"
+    original = model.read_bytes()
+    out, report_path = tmp_path / "calibrated.ckpt", tmp_path / "calibration.json"
+    common = ["calibrate", "--model", str(model), "--data", str(perov_small / "calib.csv"), "--samples", "10",
+              "--device", "cpu"]
+    assert main([*common, "--out", str(out), "--report", str(report_path)]) == 0
+    assert "cross-fitted" in capsys.readouterr().out
+    assert model.read_bytes() == original
+    old, new = load_checkpoint(model, kind="finetune"), load_checkpoint(out, kind="finetune")
+    report = new["calibrations"][-1]
+    assert report == {k: v for k, v in json.loads(report_path.read_text()).items() if k != "out"}
+    assert report["count"] == 30 and report["label_column"] == "heat_ref" and report["samples"] == 10
+    assert new["normalizer"]["interval_scale"] == report["scale"] > 0
+    assert report["previous_scale"] == old["normalizer"]["interval_scale"]
+    assert report["coverage95_after"] >= 0.95 and 0.0 <= report["coverage95_crossfit"] <= 1.0
+    assert len(report["crossfit_fold_scales"]) == 2
+    assert old["state_dict"].keys() == new["state_dict"].keys()
+    assert all(torch.equal(old["state_dict"][k], new["state_dict"][k]) for k in old["state_dict"])
+    assert {k: v for k, v in new["normalizer"].items() if k != "interval_scale"} == \
+        {k: v for k, v in old["normalizer"].items() if k != "interval_scale"}
+
+    tables = {}
+    for name, path in (("old", model), ("new", out)):
+        csv = tmp_path / f"{name}.csv"
+        assert main(["predict", "--model", str(path), "examples/structures", "--samples", "10", "--out", str(csv),
+                     "--device", "cpu"]) == 0
+        tables[name] = pd.read_csv(csv)
+    np.testing.assert_allclose(tables["new"]["mean"], tables["old"]["mean"], rtol=1e-6)
+    ratio = report["scale"] / report["previous_scale"]
+    np.testing.assert_allclose(tables["new"]["p97.5"] - tables["new"]["mean"],
+                               ratio * (tables["old"]["p97.5"] - tables["old"]["mean"]), rtol=1e-4, atol=1e-7)
+
+
+def test_calibrate_never_writes_over_earlier_work_and_says_what_is_wrong(finetuned, perov_small, tmp_path, capsys):
+    model = finetuned / "model.ckpt"
+    original = model.read_bytes()
+    common = ["calibrate", "--model", str(model), "--samples", "5", "--device", "cpu"]
+    calib = ["--data", str(perov_small / "calib.csv")]
+    # the model itself, and an existing file without --force, are never replaced
+    assert main([*common, *calib, "--out", str(model), "--force"]) == 1
+    assert "model being calibrated" in capsys.readouterr().err and model.read_bytes() == original
+    earlier = tmp_path / "earlier.ckpt"
+    earlier.write_bytes(b"the user's earlier work")
+    assert main([*common, *calib, "--out", str(earlier)]) == 1
+    assert "--force" in capsys.readouterr().err and earlier.read_bytes() == b"the user's earlier work"
+    assert main([*common, *calib, "--out", str(earlier), "--force"]) == 0
+    assert load_checkpoint(earlier, kind="finetune")["calibrations"][-1]["count"] == 30
+    capsys.readouterr()
+    # 12 labelled crystals cannot calibrate a 95% interval
+    assert main([*common, "--data", str(perov_small / "val.csv"), "--out", str(tmp_path / "few.ckpt")]) == 1
+    err = capsys.readouterr().err
+    assert "12 crystals" in err and "at least 20" in err and not (tmp_path / "few.ckpt").exists()
+    # a label column the data does not have: the error lists the ones it has
+    assert main([*common, *calib, "--target", "nonsense", "--out", str(tmp_path / "x.ckpt")]) == 1
+    err = capsys.readouterr().err
+    assert "nonsense" in err and "heat_ref" in err and "Traceback" not in err
+    # calibrating on the training data works, with a warning that the interval comes out too narrow
+    assert main([*common, "--data", str(perov_small / "train.csv"), "--out", str(tmp_path / "train.ckpt")]) == 0
+    assert "training data" in capsys.readouterr().err
 
 
 def _finetune_tiny(pretrained, perov_small, out, *extra):

@@ -381,18 +381,20 @@ def test_calibration_moves_test_intervals_by_the_scale_fitted_on_validation(tmp_
 
 
 def test_uncertainty_crossfit_moves_each_half_by_the_scale_of_the_other():
-    """benchmarks/uncertainty.py: the out-of-sample check of the bundled models' calibration. Each
-    half's samples are moved about their means by the scale fitted on the other half only."""
+    """The out-of-sample check of a calibration (crysdiff calibrate's report, benchmarks/uncertainty.py
+    for the bundled models). Each half's samples are moved about their means by the scale fitted on
+    the other half only."""
     import numpy as np
 
     import uncertainty
+    from crysdiff.calibrate import crossfit_calibrate
 
     rng = np.random.default_rng(1)
     n, s = 2000, 200
     mean = rng.uniform(1, 5, n)
     samples = mean[:, None] + rng.normal(size=(n, s))  # spread 1
     y = mean + 2.0 * rng.normal(size=n)  # errors of spread 2: intervals too narrow by 2
-    moved, scales = uncertainty.calibrate_crossfit(y, samples, None, seed=0)
+    moved, scales = crossfit_calibrate(y, samples, None, seed=0)
     assert len(scales) == 2 and all(1.7 < k < 2.3 for k in scales)
     assert np.allclose(moved.mean(axis=1), samples.mean(axis=1))  # the prediction does not move
     half = np.array_split(np.random.default_rng(0).permutation(n), 2)[0]
@@ -400,7 +402,7 @@ def test_uncertainty_crossfit_moves_each_half_by_the_scale_of_the_other():
     assert np.allclose(ratio, scales[0])  # the first half got the scale fitted on the second
     raw, calibrated = uncertainty.score(y, samples, 10), uncertainty.score(y, moved, 10)
     assert raw["coverage95"] < 0.75 and 0.93 <= calibrated["coverage95"] <= 0.97
-    bounded, _ = uncertainty.calibrate_crossfit(y, samples, 2.0, seed=0)
+    bounded, _ = crossfit_calibrate(y, samples, 2.0, seed=0)
     assert bounded.min() >= 2.0
     # the clipped samples' mean moves; the prediction scored is the chain's mean, as crysdiff predict reports
     assert uncertainty.score(y, bounded, 10, samples.mean(axis=1))["mae"] == pytest.approx(raw["mae"])

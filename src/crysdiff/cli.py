@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "evaluate-csp": "evaluate_csp",
     "finetune": "finetune",
     "predict": "predict",
+    "calibrate": "calibrate",
 }
 
 

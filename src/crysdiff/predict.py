@@ -145,10 +145,19 @@ class Predictor:
         out["std_models"] = means.std(dim=1)
         return out
 
-    def _settings(self):
+    @property
+    def validation_settings(self):
+        """The structure checks the model was trained with (minimum distance, maximum atoms)."""
         from crysdiff.crystal import ValidationSettings
 
         return ValidationSettings(min_distance=self.config.data.min_distance, max_atoms=self.config.data.max_atoms)
+
+    @property
+    def edge_settings(self):
+        """How the model's graphs are built (dense up to ``max_dense_atoms``, else k nearest neighbours)."""
+        from crysdiff.batching import EdgeSettings
+
+        return EdgeSettings(max_dense_atoms=self.config.data.max_dense_atoms, knn_neighbors=self.config.data.knn_neighbors)
 
     def _objects(self, objects: list, strict: bool) -> tuple[list, list]:
         from crysdiff.crystal import Crystal, RecordError, validate
@@ -158,9 +167,9 @@ class Predictor:
         for position, obj in enumerate(objects):
             try:
                 if isinstance(obj, Crystal):
-                    crystals.append(validate(obj, self._settings()))
+                    crystals.append(validate(obj, self.validation_settings))
                 else:
-                    crystals.extend(from_structures([obj], ids=[f"input {position}"], settings=self._settings()))
+                    crystals.extend(from_structures([obj], ids=[f"input {position}"], settings=self.validation_settings))
             except RecordError as error:
                 if strict:
                     raise
@@ -171,19 +180,19 @@ class Predictor:
         """``(batch, ids, sources)`` for the inputs, and the records that could not be read. Paths go
         through the dataset cache (parallel parsing, memory-mapped, reused on the next call);
         in-memory structures are collated directly."""
-        from crysdiff.batching import EdgeSettings, collate_crystals
+        from crysdiff.batching import collate_crystals
         from crysdiff.cache import DatasetError, load_dataset
         from crysdiff.crystal import RecordError
         from crysdiff.loader import make_loader
 
-        edges = EdgeSettings(max_dense_atoms=self.config.data.max_dense_atoms, knn_neighbors=self.config.data.knn_neighbors)
+        edges = self.edge_settings
         paths = [item for item in inputs if isinstance(item, (str, Path))]
         objects = [item for item in inputs if not isinstance(item, (str, Path))]
         errors: list = []
         jobs = []
         if paths:
             try:
-                cache = load_dataset(paths, settings=self._settings(), strict=strict, progress=progress)
+                cache = load_dataset(paths, settings=self.validation_settings, strict=strict, progress=progress)
             except DatasetError:
                 if not objects:
                     raise
