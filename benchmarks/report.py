@@ -401,7 +401,7 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
                    "from the runs' own logs): " + "; ".join(f"{TASKS[t].label} {n} steps, {e} epochs, {c} crystals"
                                                              for t, n, e, c in done)
                    + ". The budgets compare how fast the models learn, not where they end up; the bundled models "
-                     "(default head, 50 min of fine-tuning per property) are in `models/README.md`.")
+                     "(default head, 108 min of fine-tuning per property in two stages) are in `models/README.md`.")
     for own, _, what in heads:
         coverages = [cells[("table1", t, own, 1.0)].coverage for t in tasks if ("table1", t, own, 1.0) in cells]
         inside = sum(0.90 <= c <= 0.98 for c in coverages if math.isfinite(c))
