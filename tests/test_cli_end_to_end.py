@@ -356,9 +356,20 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(perov_small, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "crysdiff", *args, "train.max_steps=100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
+
+    def logged_first_step() -> bool:
+        # Lightning's CSV writer rewrites the whole file when a new column appears; wait until the
+        # first training rows are on disk, so the kill tests keeping the log, not that race
+        from crysdiff.engine import read_metrics
+
+        try:
+            return any(row.get("step") == 0 and "train/loss" in row for row in read_metrics(out))
+        except Exception:  # a file caught mid-write
+            return False
+
     try:
         while time.time() < deadline and process.poll() is None:
-            if last.is_file() and torch.load(last, weights_only=False)["global_step"] >= 6:
+            if last.is_file() and torch.load(last, weights_only=False)["global_step"] >= 6 and logged_first_step():
                 break
             time.sleep(0.2)
     finally:
