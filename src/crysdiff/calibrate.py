@@ -134,8 +134,7 @@ def calibrate(model: str | Path, sources, *, target: str | None = None, samples:
                               f"an interval; only diffusion heads can be calibrated")
     sources = [str(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
     column = target or predictor.target
-    payload = load_checkpoint(path, kind="finetune")
-    seen = {str(Path(s).resolve()) for s in payload.get("data", {}).get("train_sources", [])}
+    seen = {str(Path(s).resolve()) for s in predictor.info.get("data", {}).get("train_sources", [])}
     overlap = [s for s in sources if str(Path(s).resolve()) in seen]
     if overlap:
         print(f"crysdiff calibrate: warning: {', '.join(overlap)} was part of the model's training data; "
