@@ -123,3 +123,63 @@ def test_time_annealing_is_off_by_default(tmp_path, monkeypatch):
     monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": 6.0 * module.trainer.global_step)
     make_trainer(config, tmp_path, progress=False).fit(module, torch.utils.data.DataLoader(range(1000), batch_size=1))
     assert 9 <= len(module.lrs) <= 12 and min(module.lrs) > 0.099
+
+
+def test_a_log_rewrite_cut_short_keeps_the_earlier_rows(tmp_path, monkeypatch):
+    """A new column makes the CSV log rewrite itself with a wider header; a run killed during that
+    rewrite must still hold every earlier row (Lightning's own writer truncates the file first)."""
+    import csv
+
+    from crysdiff.engine import _csv_logger_class, read_metrics
+
+    _, writer_class = _csv_logger_class()
+
+    def write(out, killed_in_rewrite):
+        writer = writer_class(str(out / "logs"))
+        for step in range(3):
+            writer.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+        writer.save()
+        before = (out / "logs" / "metrics.csv").read_bytes()
+        writer.log_metrics({"val/mae": 0.5}, step=3)
+        if not killed_in_rewrite:
+            writer.save()
+            return before
+
+        def killed(self, rows):
+            raise KeyboardInterrupt("killed during the rewrite")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(csv.DictWriter, "writerows", killed)
+            with pytest.raises(KeyboardInterrupt):
+                writer.save()
+        return before
+
+    before = write(tmp_path / "killed", killed_in_rewrite=True)
+    assert (tmp_path / "killed" / "logs" / "metrics.csv").read_bytes() == before
+    assert [row["step"] for row in read_metrics(tmp_path / "killed")] == [0, 1, 2]
+
+    write(tmp_path / "whole", killed_in_rewrite=False)  # uninterrupted: the wider header, every row kept
+    rows = read_metrics(tmp_path / "whole")
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]
+    assert rows[3]["val/mae"] == 0.5 and rows[0]["train/loss"] == 1.0
+    assert not list((tmp_path / "whole" / "logs").glob("*.partial"))
+
+
+def test_the_training_log_holds_training_and_validation_rows(tmp_path):
+    from crysdiff.engine import read_metrics
+
+    class Logged(Line):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("train/loss", loss)
+            return loss
+
+    config = TrainConfig(max_steps=6, lr=0.1, warmup_steps=0, accelerator="cpu", ema_decay=0.0, val_every_steps=3,
+                         log_every_steps=1)
+    trainer = make_trainer(config, tmp_path, progress=False)
+    trainer.fit(Logged(config), torch.utils.data.DataLoader(range(6), batch_size=1),
+                torch.utils.data.DataLoader(range(1), batch_size=1))
+    rows = read_metrics(tmp_path)
+    assert sorted(int(row["step"]) for row in rows if "train/loss" in row) == list(range(6))
+    assert len([row for row in rows if "val/loss" in row]) == 2
+    assert not list((tmp_path / "logs").glob("*.partial"))

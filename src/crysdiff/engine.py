@@ -97,11 +97,48 @@ def ema_callback(decay: float):
     return _EMA(avg_fn=ema, use_buffers=False)
 
 
-def _loggers(out_dir: Path, flush_every: int):
-    from lightning.pytorch.loggers import CSVLogger
+def _csv_logger_class():
+    """Lightning's ``CSVLogger`` whose log is never truncated in place.
 
+    When a row brings a new column (the first validation row after training rows), Lightning
+    rewrites ``metrics.csv`` with the wider header by opening it for writing and writing every row
+    back; a run killed between the two loses its whole log. Here the wider file is written beside
+    it and moved over it in one ``os.replace``, so a kill leaves the old log or the new one."""
+    import os
+
+    from lightning.fabric.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class _Writer(ExperimentWriter):
+        def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+            with open(self.metrics_file_path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            partial = self.metrics_file_path + ".partial"
+            with open(partial, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, self.metrics_file_path)
+
+    class _Logger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+                self._experiment = _Writer(log_dir=self.log_dir)
+            return self._experiment
+
+    return _Logger, _Writer
+
+
+def _loggers(out_dir: Path, flush_every: int):
+    csv_logger, _ = _csv_logger_class()
     # flushed as often as rows are logged: a killed run keeps its log up to the kill
-    loggers = [CSVLogger(str(out_dir), name="logs", version="", flush_logs_every_n_steps=max(1, flush_every))]
+    loggers = [csv_logger(str(out_dir), name="logs", version="", flush_logs_every_n_steps=max(1, flush_every))]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -210,7 +247,7 @@ def _read_log(path: Path) -> list[dict[str, float]]:
         for row in csv.DictReader(handle):
             parsed = {}
             for key, value in row.items():
-                if value not in ("", None):
+                if key is not None and value not in ("", None):  # cells beyond the header are dropped
                     try:
                         parsed[key] = float(value)
                     except ValueError:
