@@ -421,6 +421,58 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
     return out + [""]
 
 
+def section_long(cells) -> list[str]:
+    """Table 1's rows again at the longer budget of the ``table1-long`` part, beside the same seeds at
+    Table 1's own budget: does the ranking hold when every model trains longer?"""
+    tasks = _tasks_of(cells, "table1-long")
+    if not tasks:
+        return []
+    out = ["### The same rows at a longer budget", "",
+           "Test MAE of seed 0 at Table 1's budget and at the longer budget of "
+           "`python benchmarks/suite.py --part table1-long` (same splits, models and seed; only the wall-clock cap "
+           "differs). Optimizer steps in brackets where the run logs them.", ""]
+    analysis = []
+    for task in tasks:
+        models = [m for m in (*EXPERIMENTS["table1-long"].models, *EXPERIMENTS["table1-long"].peers)
+                  if ("table1-long", task, m, 1.0) in cells]
+        long_budget = cells[("table1-long", task, models[0], 1.0)].results[0]["budget_minutes"]
+
+        def seed0(experiment, model):
+            cell = cells.get((experiment, task, model, 1.0))
+            return next((r for r in cell.results if r["seed"] == 0), None) if cell else None
+
+        short = {m: seed0("table1", m) for m in models}
+        long = {m: seed0("table1-long", m) for m in models}
+        short_budget = next((r["budget_minutes"] for r in short.values() if r), math.nan)
+        out += [f"**{TASKS[task].label}** ({unit_of(cells, task)})", "",
+                f"| model | {short_budget:g} min | {long_budget:g} min | change |", "|---|---|---|---|"]
+
+        def shown(r):
+            if not r:
+                return "–"
+            steps = r.get("fit", {}).get("steps")
+            return fmt(r["test"]["mae"]) + (f" ({steps} steps)" if steps else "")
+
+        for m in models:
+            change = signed(pct(long[m]["test"]["mae"], short[m]["test"]["mae"])) if short[m] and long[m] else "–"
+            out.append(f"| {model_label(m)} | {shown(short[m])} | {shown(long[m])} | {change} |")
+        out.append("")
+        for name, runs, budget in (("short", short, short_budget), ("long", long, long_budget)):
+            done = {m: r["test"]["mae"] for m, r in runs.items() if r}
+            if done:
+                order = sorted(done, key=done.get)
+                analysis.append(f"* {TASKS[task].label}, {budget:g} min: ranking "
+                                + " < ".join(f"{model_label(m)} {fmt(done[m])}" for m in order) + ".")
+        for own, twin, what in CRYSDIFF_HEADS:
+            pairs = [(b, runs[own]["test"]["mae"], runs[twin]["test"]["mae"])
+                     for b, runs in ((short_budget, short), (long_budget, long))
+                     if runs.get(own) and runs.get(twin)]
+            if pairs:
+                analysis.append(f"* {TASKS[task].label}, pre-trained vs. from scratch ({what}): "
+                                + "; ".join(f"{b:g} min {signed(pct(a, z))}" for b, a, z in pairs) + ".")
+    return out + ["**Analysis** (computed):", "", *analysis, ""]
+
+
 def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
     out = ["## Fig. 4: sparse labels", ""]
     tasks = _tasks_of(cells, "sparse")
@@ -768,6 +820,7 @@ def render(results: Path, out: Path, figures: Path) -> str:
     calibration = load_calibration(results)
     lines += section_setup(jobs, pretrain, cells)
     lines += section_table1(cells, calibration)
+    lines += section_long(cells)
     lines += section_sparse(cells, figures, out.parent)
     lines += section_ensemble(results)
     lines += section_ablation(cells, figures, out.parent)

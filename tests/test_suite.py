@@ -39,6 +39,9 @@ def test_job_table_is_deterministic_and_complete(monkeypatch):
             minutes = sum(suite_jobs.estimate_minutes(j) for j in first if getattr(j, "seed", None) == seed)
             assert minutes <= suite_jobs.PART_LIMIT_MINUTES, (part, seed, minutes)
     assert len(suite_jobs.make_jobs("table1")) == 7 * 5 * 2
+    long = suite_jobs.make_jobs("table1-long")  # a budget of its own, five times the task's
+    assert len(long) == 4 and {j.budget_minutes for j in long} == {5 * suite_jobs.TASKS["mp2018_formation"].budget_minutes}
+    assert not {j.job_id for j in long} & {j.job_id for j in suite_jobs.make_jobs("table1")}
     monkeypatch.setattr(suite_jobs, "PEERS", {})
     assert len(suite_jobs.make_jobs("table1")) == 7 * 3 * 2
     assert len(suite_jobs.make_jobs("sparse")) == 2 * 6 * 2
