@@ -38,16 +38,18 @@ def _curve(run: Path | None, name: str) -> str:
     return f"[`models/curves/{name}.png`](curves/{name}.png)"
 
 
-def _val_curve(runs: list[Path]) -> list[tuple[int, float]]:
-    """``(step, validation MAE)`` over consecutive fine-tuning stages, steps counted from the first."""
+def _val_curve(runs: list[Path]) -> tuple[list[tuple[int, float]], list[int]]:
+    """``(step, validation MAE)`` over consecutive fine-tuning stages, steps counted from the first,
+    and the step at which each stage starts."""
     from crysdiff.engine import read_metrics
 
-    points, offset = [], 0
+    points, starts, offset = [], [], 0
     for run in runs:
         rows = read_metrics(run)
+        starts.append(offset)
         points += [(offset + int(r["step"]), r["val/mae"]) for r in rows if "val/mae" in r and "step" in r]
         offset += max((int(r["step"]) for r in rows if "step" in r), default=-1) + 1
-    return points
+    return points, starts
 
 
 def _curve_stages(runs: list[Path], name: str, unit: str) -> str:
@@ -57,12 +59,10 @@ def _curve_stages(runs: list[Path], name: str, unit: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = _val_curve(runs)
+    points, starts = _val_curve(runs)
     if not points:
         return _curve(runs[-1], name)
-    from crysdiff.engine import read_metrics
-
-    first_steps = max(int(r["step"]) for r in read_metrics(runs[0]) if "step" in r) + 1
+    first_steps = starts[1] if len(starts) > 1 else starts[0]
     fig, ax = plt.subplots(figsize=(6, 4))
     xs, ys = zip(*points)
     ax.plot(xs, ys, marker=".")

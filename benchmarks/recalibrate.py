@@ -55,11 +55,6 @@ def case_sources(case: str, splits: Path) -> list[str]:
     raise KeyError(case)
 
 
-def interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    low, high = np.quantile(samples, [0.025, 0.975], axis=1)
-    return samples.mean(axis=1), low, high
-
-
 def scored(y, mean, low, high, scale: float, lower_bound: float | None) -> tuple[float, float]:
     """Coverage and mean width of the 95% intervals moved ``scale`` times about the mean (each
     quantile moves as the samples do, :func:`crysdiff.property_model.scale_spread`)."""
@@ -70,7 +65,7 @@ def scored(y, mean, low, high, scale: float, lower_bound: float | None) -> tuple
 
 
 def run_case(case: str, samples: int, repeats: int, seed: int, splits: Path) -> dict:
-    from crysdiff.calibrate import draw_labelled
+    from crysdiff.calibrate import draw_labelled, interval95
     from crysdiff.predict import load
     from crysdiff.property_model import conformal_interval_scale
 
@@ -81,7 +76,7 @@ def run_case(case: str, samples: int, repeats: int, seed: int, splits: Path) -> 
     start = time.perf_counter()
     _, y, drawn, skipped = draw_labelled(predictor, case_sources(case, splits), column, samples, seed)
     seconds = time.perf_counter() - start
-    mean, low, high = interval(drawn)
+    mean, low, high = interval95(drawn)
     bound = predictor.lower_bound
     rng = np.random.default_rng(seed)
     sizes = []

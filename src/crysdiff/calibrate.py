@@ -27,7 +27,7 @@ import torch
 from crysdiff.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from crysdiff.property_model import conformal_interval_scale, scale_spread
 
-__all__ = ["Calibration", "calibrate", "crossfit_calibrate", "draw_labelled", "MIN_CRYSTALS"]
+__all__ = ["Calibration", "calibrate", "crossfit_calibrate", "draw_labelled", "interval95", "MIN_CRYSTALS"]
 
 # ceil((N + 1) 0.95) <= N needs N >= 19: with fewer crystals no factor guarantees 95% coverage
 MIN_CRYSTALS = 20
@@ -87,13 +87,14 @@ def draw_labelled(predictor, sources, column: str, samples: int, seed: int = 0, 
     return ids, np.concatenate(ys), np.concatenate(draws), cache.skipped
 
 
-def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def interval95(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, lower and upper end of the central 95% interval of samples ``[B, S]``."""
     low, high = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=1)
     return samples.mean(axis=1), low, high
 
 
 def _coverage(y: np.ndarray, samples: np.ndarray) -> float:
-    _, low, high = _interval(samples)
+    _, low, high = interval95(samples)
     return float(np.mean((y >= low) & (y <= high)))
 
 
@@ -107,7 +108,7 @@ def crossfit_calibrate(y: np.ndarray, samples: np.ndarray, lower_bound: float | 
     """Samples ``[B, S]`` with each fold's spread moved by the split-conformal scale fitted on the
     other folds' crystals only (seeded folds), and the scale each fold got: an out-of-sample check
     of calibrating on crystals like these."""
-    mean, low, high = _interval(samples)
+    mean, low, high = interval95(samples)
     parts = np.array_split(np.random.default_rng(seed).permutation(len(y)), folds)
     moved, fold_scales = samples.copy(), []
     for k, part in enumerate(parts):
@@ -145,7 +146,7 @@ def calibrate(model: str | Path, sources, *, target: str | None = None, samples:
         raise ValueError(f"{', '.join(sources)}: {len(y)} crystals with a {column!r} value; calibrating a 95% "
                          f"interval needs at least {MIN_CRYSTALS}")
     bound = predictor.lower_bound
-    mean, low, high = _interval(drawn)
+    mean, low, high = interval95(drawn)
     scale, fit = conformal_interval_scale(y, mean, low, high, LEVEL)
     previous = float(predictor.model.interval_scale)
     crossfit, fold_scales = crossfit_calibrate(y, drawn, bound, seed)
