@@ -42,6 +42,7 @@ def test_job_table_is_deterministic_and_complete(monkeypatch):
     long = suite_jobs.make_jobs("table1-long")  # a budget of its own, five times the task's
     assert len(long) == 4 and {j.budget_minutes for j in long} == {5 * suite_jobs.TASKS["mp2018_formation"].budget_minutes}
     assert not {j.job_id for j in long} & {j.job_id for j in suite_jobs.make_jobs("table1")}
+    assert {j.task for j in suite_jobs.make_jobs("table1-long-gap")} == {"mp2018_band_gap"}
     monkeypatch.setattr(suite_jobs, "PEERS", {})
     assert len(suite_jobs.make_jobs("table1")) == 7 * 3 * 2
     assert len(suite_jobs.make_jobs("sparse")) == 2 * 6 * 2
@@ -217,14 +218,14 @@ def test_split_files_are_deterministic_disjoint_and_readable(tmp_path, shared_da
 
 
 def _fixture(results: Path, experiment: str, task: str, model: str, seed: int, mae: float, fraction: float = 1.0,
-             coverage: float | None = 0.95) -> None:
+             coverage: float | None = 0.95, budget: float = 1.5) -> None:
     """A fabricated results file (a test fixture, shaped like the suite's)."""
     test = {"count": 100, "mae": mae, "rmse": 1.3 * mae, "r2": 0.9}
     if coverage is not None:
         test |= {"coverage95": coverage, "std_bins": [{"count": 50, "mean_predicted_std": s, "rmse": 1.1 * s} for s in (0.1, 0.2)]}
     payload = {
         "schema": 1, "experiment": experiment, "task": task, "model": model, "label_fraction": fraction, "seed": seed,
-        "budget_minutes": 1.5, "init_job": "", "job_id": f"{task}.{model}.lf{fraction:g}.s{seed}", "quick": False,
+        "budget_minutes": budget, "init_job": "", "job_id": f"{task}.{model}.lf{fraction:g}.s{seed}", "quick": False,
         "target": suite_jobs.TASKS[task].target, "unit": "GPa",
         "split": {"name": "mp_elastic", "seed": 0, "parts": {p: {"count": n, "file": "x", "sha256": "0"}
                                                             for p, n in (("train", 80), ("val", 10), ("test", 10))}},
@@ -354,6 +355,30 @@ def test_report_shows_the_second_head_as_table1_columns(tmp_path):
     assert "Pre-training (Gaussian head, learned prior: pre-trained vs. the same network from scratch) lowers the " \
            "test MAE on 1 of 2 tasks" in table
     assert "coverage of crysdiff (Gaussian head, learned prior), the chain's own interval, is within [0.90, 0.98] on 2 of 2 tasks" in table
+
+
+def test_report_sets_the_longer_budget_beside_table1(tmp_path):
+    """The ``table1-long`` parts: each model's seed-0 MAE at Table 1's budget and at the longer one,
+    the change, and the ranking at each budget (a seed the long part lacks is left out)."""
+    results = tmp_path / "results"
+    for model, short, long in (("gaussian_learned", 0.26, 0.12), ("scratch_gaussian_learned", 0.22, 0.13),
+                               ("cgcnn", 0.21, 0.15)):
+        for seed in (0, 1):
+            _fixture(results, "table1" if model == "cgcnn" else "table1-heads", "mp2018_formation", model, seed,
+                     short + 0.1 * seed, budget=4.0)
+        _fixture(results, "table1-long", "mp2018_formation", model, 0, long, budget=20.0)
+    _fixture(results, "table1-long-gap", "mp2018_band_gap", "cgcnn", 0, 0.5, budget=20.0)
+    cells = report.aggregate(report.load_results(results)[0])
+    text = "\n".join(report.section_long(cells))
+    assert "| 4 min | 20 min | change |" in text
+    assert "| crysdiff (pre-trained + Gaussian head, learned prior) | 0.26 (900 steps) | 0.12 (900 steps) | -54% |" in text
+    assert ("formation energy (mp2018), 4 min: ranking cgcnn (peer) 0.21 < same network from scratch (Gaussian head, "
+            "learned prior) 0.22 < crysdiff (pre-trained + Gaussian head, learned prior) 0.26.") in text
+    assert "formation energy (mp2018), 20 min: ranking crysdiff (pre-trained + Gaussian head, learned prior) 0.12 <" in text
+    assert "pre-trained vs. from scratch (Gaussian head, learned prior): 4 min +18%; 20 min -7.7%." in text
+    assert "**band gap (mp2018)**" in text and "| cgcnn (peer) | – | 0.5 (900 steps) | – |" in text  # no 4-minute run: a dash
+    assert text.count("| 4 min | 20 min | change |") == 2
+    assert report.section_long(report.aggregate([])) == []
 
 
 def test_calibration_moves_test_intervals_by_the_scale_fitted_on_validation(tmp_path, monkeypatch):
