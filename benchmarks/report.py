@@ -454,7 +454,7 @@ def section_long(cells) -> list[str]:
             if not r:
                 return "–"
             steps = r.get("fit", {}).get("steps")
-            return fmt(r["test"]["mae"]) + (f" ({steps} steps)" if steps else "")
+            return fmt(r["test"]["mae"], 4) + (f" ({steps} steps)" if steps else "")
 
         for m in models:
             change = signed(pct(long[m]["test"]["mae"], short[m]["test"]["mae"])) if short[m] and long[m] else "–"
@@ -465,7 +465,9 @@ def section_long(cells) -> list[str]:
             if done:
                 order = sorted(done, key=done.get)
                 analysis.append(f"* {TASKS[task].label}, {budget:g} min: ranking "
-                                + " < ".join(f"{model_label(m)} {fmt(done[m])}" for m in order) + ".")
+                                + " < ".join(f"{model_label(m)} {fmt(done[m], 4)}" for m in order)
+                                + (f"; the last is {signed(pct(done[order[-1]], done[order[0]]))} behind the first"
+                                   if len(order) > 1 else "") + ".")
         for own, twin, what in CRYSDIFF_HEADS:
             pairs = [(b, runs[own]["test"]["mae"], runs[twin]["test"]["mae"])
                      for b, runs in ((short_budget, short), (long_budget, long))
