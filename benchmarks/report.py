@@ -431,8 +431,7 @@ def section_long(cells) -> list[str]:
     out = ["### The same rows at a longer budget", "",
            "Test MAE of seed 0 at Table 1's budget and at the longer budget of "
            "`python benchmarks/suite.py --part table1-long` and `--part table1-long-gap` (same splits, models and seed; "
-           "only the wall-clock cap "
-           "differs). Optimizer steps in brackets where the run logs them.", ""]
+           "only the wall-clock cap differs). Optimizer steps in brackets where the run logs them.", ""]
     analysis = []
     for task in tasks:
         models = [m for m in dict.fromkeys(m for part in ("table1-long", "table1-long-gap")
@@ -460,7 +459,7 @@ def section_long(cells) -> list[str]:
             change = signed(pct(long[m]["test"]["mae"], short[m]["test"]["mae"])) if short[m] and long[m] else "–"
             out.append(f"| {model_label(m)} | {shown(short[m])} | {shown(long[m])} | {change} |")
         out.append("")
-        for name, runs, budget in (("short", short, short_budget), ("long", long, long_budget)):
+        for runs, budget in ((short, short_budget), (long, long_budget)):
             done = {m: r["test"]["mae"] for m, r in runs.items() if r}
             if done:
                 order = sorted(done, key=done.get)
