@@ -5,7 +5,8 @@ from what the checkpoints themselves record (config, data, budget, metrics).
     python benchmarks/export_models.py --ablation     # only models/ablation/README.md
 
 * ``models/pretrained_pool.ckpt``: the denoiser pre-trained on the whole shared pool
-  (``benchmarks/train_default_models.sh``, stage ``pretrain``).
+  (``benchmarks/train_default_models.sh``, stage ``pretrain``), and ``models/pretrained_pool_long.ckpt``,
+  the same model pre-trained for longer (stage ``pretrain_long``).
 * ``src/crysdiff/models/<target>.ckpt``: the fine-tuned predictors shipped inside the package,
   loadable by name (``crysdiff predict --model formation_energy_per_atom ...``). When a second
   fine-tuning stage exists (``<target>_continued``) it is the one shipped, and the card adds up
@@ -99,6 +100,32 @@ def _card_pretrain(path: Path, payload: dict, run: Path) -> str:
   (a network that outputs zeros scores about 1 on each term). Curves: {_curve(run, 'pretrained_pool')}.
 * **Use**: `--init models/{path.name}` for fine-tuning (the shipped predictors start from it).
 * **Reproduce**: `STEPS=pretrain bash benchmarks/train_default_models.sh`.
+"""
+
+
+def _card_pretrain_long(path: Path, payload: dict, run: Path | None, start: dict) -> str:
+    """The pool model pre-trained further (stage ``pretrain_long``): this stage's budget, and the
+    validation loss beside the model it started from (same held-out crystals and noise)."""
+    config, training, metrics = payload["config"], payload.get("training", {}), payload.get("metrics", {})
+    train, before = config["train"], start.get("metrics", {})
+    init = training.get("init", {})
+    losses = ", ".join(f"{what} {before.get(key, NAN):.4f} → {metrics.get(key, NAN):.4f}"
+                       for what, key in (("total", "val/loss"), ("lattice", "val/loss_lattice"), ("coordinates", "val/loss_coords")))
+    return f"""## `models/{path.name}`: the pool model pre-trained for longer
+
+* **Data**: the same pool and the same held-out crystals as `models/pretrained_pool.ckpt`
+  ({payload['data']['train']['num_crystals']:,} for training, {payload['data']['val']['num_crystals']:,} for validation).
+* **Start**: the weights of `{init.get('path', '?')}` ({init.get('steps', 0):,} steps), with a fresh AdamW and schedule
+  (`crysdiff pretrain --init`).
+* **Budget of this stage**: {training.get('epochs', '?')} epochs, {training.get('steps', 0):,} optimiser steps of {train['batch_size']} crystals,
+  {training.get('seconds', NAN) / 60:.1f} min (cap {train['max_time_minutes']:g}), lr {train['lr']:g} with {train['warmup_steps']} warm-up steps and a
+  cosine decay over the wall-clock cap, on the 2-core CPU (no GPU). In all {init.get('steps', 0) + training.get('steps', 0):,} steps,
+  {(init.get('steps', 0) + training.get('steps', 0)) / max(init.get('steps', 1), 1):.1f}x the pool model's.
+* **Validation loss**, the pool model → this one (same held-out crystals, same noise): {losses}.
+  Curves: {_curve(run, 'pretrained_pool_long')}.
+* **Use**: the suite's `longpre-sparse` and `longpre-table1` parts fine-tune from it (`docs/results.md`, "Pre-training for
+  longer"); the shipped predictors still start from `models/pretrained_pool.ckpt`.
+* **Reproduce**: `STEPS=pretrain_long bash benchmarks/train_default_models.sh` (from the committed `models/pretrained_pool.ckpt`).
 """
 
 
@@ -254,6 +281,12 @@ def main() -> None:
         shutil.copyfile(pre, target)
     if target.is_file():  # the committed one when this checkout has no pre-training run
         cards.append(_card_pretrain(target, torch.load(target, weights_only=True), pre.parent if pre.is_file() else None))
+    long, long_target = args.runs / "pretrain_long" / "model.ckpt", ROOT / "models" / "pretrained_pool_long.ckpt"
+    if long.is_file():
+        shutil.copyfile(long, long_target)
+    if long_target.is_file() and target.is_file():
+        cards.append(_card_pretrain_long(long_target, torch.load(long_target, weights_only=True),
+                                         long.parent if long.is_file() else None, torch.load(target, weights_only=True)))
     runs = {p.name: p for p in args.runs.iterdir() if p.is_dir() and (p / "model.ckpt").is_file()} if args.runs.is_dir() else {}
     for name in sorted(runs):
         if name == "pretrain" or name.endswith("_continued"):

@@ -26,7 +26,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from suite_jobs import EXPERIMENTS, FRACTIONS_SPARSE, MODELS, TASKS  # noqa: E402
+from suite_jobs import EXPERIMENTS, FRACTIONS_SPARSE, MODELS, TABLE1_TASKS, TASKS  # noqa: E402
+
+TABLE1_ORDER = list(TABLE1_TASKS)
 
 OWN_COLUMNS = ("crysdiff", "scratch", "gaussian_learned", "scratch_gaussian_learned", "regression")
 # crysdiff's diffusion heads in Table 1, each with its from-scratch twin: the paper's (CARD head,
@@ -73,7 +75,7 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
 
 # parts whose cells the report shows as columns of another part's table
 SHOWN_WITH = {"table1-heads": "table1", "variants-extra": "variants", "sparse-heads": "sparse",
-              "table1-long-gap": "table1-long"}
+              "table1-long-gap": "table1-long", "longpre-table1": "longpre-sparse"}
 
 
 def load_calibration(results: Path) -> dict[tuple, list[dict]]:
@@ -477,6 +479,71 @@ def section_long(cells) -> list[str]:
     return out + ["**Analysis** (computed):", "", *analysis, ""]
 
 
+def _seed0(cell: Cell | None) -> dict | None:
+    return next((r for r in cell.results if r["seed"] == 0), None) if cell else None
+
+
+# the longer pre-training's model, and the columns it is set beside (the same head from the pool model, from scratch)
+LONGPRE = ("gaussian_learned_longpre", "gaussian_learned", "scratch_gaussian_learned")
+
+
+def section_longpre(cells) -> list[str]:
+    """The default head started from the longer pre-training (parts ``longpre-sparse`` and
+    ``longpre-table1``), beside the same head started from the pool model and from scratch: the same
+    task, labels and seed 0, from Fig. 4's runs where it has the fraction, else from Table 1's."""
+    rows = sorted((k for k in cells if k[0] == "longpre-sparse" and k[2] == LONGPRE[0]),
+                  key=lambda k: (TABLE1_ORDER.index(k[1]) if k[1] in TABLE1_ORDER else len(TABLE1_ORDER), k[1], k[3]))
+    if not rows:
+        return []
+    out = ["## Pre-training for longer", "",
+           "Does a longer pre-training help? `models/pretrained_pool_long.ckpt` is the pool model "
+           "(`models/pretrained_pool.ckpt`) pre-trained further on the same pool; its budget and validation loss are in "
+           "`models/README.md`. The default head is fine-tuned from it (`python benchmarks/suite.py --part longpre-sparse`, "
+           "then `--part longpre-table1`) and set beside the same head started from the pool model and from scratch: "
+           "same task, labels, budget and seed (0), from Fig. 4's runs where they have the fraction, else from Table 1's.", "",
+           "| task (unit) | labels | from scratch | pre-trained (pool model) | pre-trained longer | longer vs. pool model "
+           "| longer vs. scratch |", "|---|---|---|---|---|---|---|"]
+    compared = []  # (task, fraction, longer, pool, scratch)
+    for _, task, _, fraction in rows:
+        source = "sparse" if (("sparse", task, LONGPRE[1], fraction) in cells) else "table1"
+        runs = [_seed0(cells.get(("longpre-sparse", task, LONGPRE[0], fraction)))] + \
+               [_seed0(cells.get((source, task, m, fraction))) for m in LONGPRE[1:]]
+        longer, pool, scratch = (r["test"]["mae"] if r else math.nan for r in runs)
+        compared.append((task, fraction, longer, pool, scratch))
+        out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {100 * fraction:g}% | {fmt(scratch)} | {fmt(pool)} | "
+                   f"{fmt(longer)} | {signed(pct(longer, pool)) if math.isfinite(pool) else '–'} | "
+                   f"{signed(pct(longer, scratch)) if math.isfinite(scratch) else '–'} |")
+    out += ["", "**Analysis** (computed):", ""]
+
+    def tally(pairs, what):
+        pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+        if pairs:
+            out.append(f"* {what}: lower test MAE in {sum(a < b for a, b in pairs)} of {len(pairs)} rows, median change "
+                       f"{signed(median(pct(a, b) for a, b in pairs))}.")
+
+    tally([(c[2], c[3]) for c in compared], "Longer pre-training vs. the pool model")
+    tally([(c[2], c[4]) for c in compared], "Longer pre-training vs. from scratch")
+    tally([(c[3], c[4]) for c in compared], "The pool model vs. from scratch (the same rows, for reference)")
+    for task in dict.fromkeys(c[0] for c in compared):
+        low = [(a, z) for t, f, a, _, z in compared if t == task and f <= 0.4 and math.isfinite(z)]
+        if len(low) > 1:
+            out.append(f"* {TASKS[task].label}: the longer pre-training beats scratch at {sum(a < z for a, z in low)} of "
+                       f"{len(low)} fractions up to 40% (issue 5 target: all).")
+    best, counted = [], 0
+    for task in TABLE1_ORDER:
+        mine = _seed0(cells.get(("longpre-sparse", task, LONGPRE[0], 1.0)))
+        others = {k[2]: _seed0(c) for k, c in cells.items() if k[0] == "table1" and k[1] == task and k[3] == 1.0}
+        others = {m: r["test"]["mae"] for m, r in others.items() if r}
+        if mine and others:
+            counted += 1
+            if mine["test"]["mae"] < min(others.values()):
+                best.append(TASKS[task].label)
+    if counted:
+        out.append(f"* Against every Table 1 column (seed 0): the longer pre-training would be the best column on "
+                   f"{len(best)} of {counted} tasks" + (f" ({', '.join(best)})" if best else "") + ".")
+    return out + [""]
+
+
 def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
     out = ["## Fig. 4: sparse labels", ""]
     tasks = _tasks_of(cells, "sparse")
@@ -826,6 +893,7 @@ def render(results: Path, out: Path, figures: Path) -> str:
     lines += section_table1(cells, calibration)
     lines += section_long(cells)
     lines += section_sparse(cells, figures, out.parent)
+    lines += section_longpre(cells)
     lines += section_ensemble(results)
     lines += section_ablation(cells, figures, out.parent)
     lines += section_refine(cells)

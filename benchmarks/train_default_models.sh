@@ -7,6 +7,9 @@
 #   3. continue (optional, not in the default STEPS): a second fine-tuning stage from the stage-2 model
 #      (fresh warm-up and a second cosine decay over its own budget), for FT_MINUTES + CONT_MINUTES = 108
 #      minutes in all (the issue allows 2 CPU-hours of fine-tuning per property).
+#   pretrain_long (optional, not in the default STEPS): INIT pre-trained further on the same pool for
+#      LONG_MINUTES (a fresh schedule; crysdiff pretrain --init), for the suite's longpre-* parts; the
+#      shipped predictors do not use it.
 # Budgets are wall-clock caps (train.max_time_minutes). STEPS selects stages, e.g. STEPS=finetune.
 # INIT is the pre-trained denoiser the fine-tuning starts from: this script's own stage 1 when it ran,
 # else the committed models/pretrained_pool.ckpt.
@@ -20,6 +23,7 @@ OUT=${OUT:-runs/default}
 PRE_MINUTES=${PRE_MINUTES:-32}
 FT_MINUTES=${FT_MINUTES:-50}
 CONT_MINUTES=${CONT_MINUTES:-58}
+LONG_MINUTES=${LONG_MINUTES:-65}
 STEPS=${STEPS:-"pretrain finetune"}
 TARGETS=${TARGETS:-"formation_energy_per_atom band_gap"}
 if [[ -z "${INIT:-}" ]]; then
@@ -31,6 +35,11 @@ MP="--data $DATA/mp2018/train.csv.gz --val $DATA/mp2018/val.csv.gz"
 if [[ " $STEPS " == *" pretrain "* ]]; then
   crysdiff pretrain --data "$DATA" --out "$OUT/pretrain" --no-progress \
       train.max_epochs=6 train.max_time_minutes=$PRE_MINUTES train.batch_size=64 train.lr=1e-3 train.log_every_steps=20
+fi
+if [[ " $STEPS " == *" pretrain_long "* ]]; then
+  crysdiff pretrain --init "$INIT" --data "$DATA" --out "$OUT/pretrain_long" --no-progress \
+      train.max_epochs=30 train.max_time_minutes=$LONG_MINUTES train.anneal_over_time=true train.batch_size=64 \
+      train.lr=5e-4 train.warmup_steps=200 train.log_every_steps=20
 fi
 for target in $TARGETS; do
   if [[ " $STEPS " == *" finetune "* ]]; then

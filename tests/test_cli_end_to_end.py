@@ -71,6 +71,30 @@ def test_resume_continues_an_interrupted_run(pretrained, perov_small, tmp_path):
     assert not all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
 
 
+def test_init_continues_a_pretraining_with_its_network_and_records_every_stage(pretrained, perov_small, tmp_path, capsys):
+    before = load_checkpoint(pretrained / "model.ckpt")
+    common = ["pretrain", "--init", str(pretrained / "model.ckpt"), "--data", str(perov_small / "train.csv"),
+              "--val", str(perov_small / "val.csv"), "--no-progress", "--workers", "1", "train.batch_size=8",
+              "train.warmup_steps=1", "train.max_steps=2"]
+    # no model.* settings given: the network and the diffusion come from the checkpoint; a learning rate
+    # this small leaves the weights where --init put them (a fresh network would be far from them)
+    assert main([*common, "--out", str(tmp_path / "still"), "train.lr=1e-12"]) == 0
+    still = load_checkpoint(tmp_path / "still" / "model.ckpt")
+    assert still["config"]["model"] == before["config"]["model"] and still["config"]["diffusion"]["timesteps"] == 20
+    assert all(torch.allclose(still["state_dict"][k], v, atol=1e-6) for k, v in before["state_dict"].items())
+    assert still["training"]["steps"] == 2 and still["training"]["init"]["steps"] == 3
+    assert still["training"]["init"]["path"] == str(pretrained / "model.ckpt")
+    # a second continuation counts the steps of both earlier stages
+    assert main([*common, "--init", str(tmp_path / "still" / "model.ckpt"), "--out", str(tmp_path / "again")]) == 0
+    again = load_checkpoint(tmp_path / "again" / "model.ckpt")
+    assert again["training"]["init"]["steps"] == 5
+    assert not all(torch.allclose(again["state_dict"][k], v, atol=1e-6) for k, v in before["state_dict"].items())
+    # another network cannot take these weights: one line naming the setting, and no output written
+    assert main([*common, "--out", str(tmp_path / "other"), "model.hidden_dim=32"]) != 0
+    assert "model.hidden_dim=32 (checkpoint: 16)" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
 def test_overrides_anywhere_on_the_command_line(pretrained, perov_small, tmp_path):
     out = tmp_path / "anywhere"
     # overrides after --data (which takes several values) and between options

@@ -43,6 +43,10 @@ def test_job_table_is_deterministic_and_complete(monkeypatch):
     assert len(long) == 4 and {j.budget_minutes for j in long} == {5 * suite_jobs.TASKS["mp2018_formation"].budget_minutes}
     assert not {j.job_id for j in long} & {j.job_id for j in suite_jobs.make_jobs("table1")}
     assert {j.task for j in suite_jobs.make_jobs("table1-long-gap")} == {"mp2018_band_gap"}
+    # the longer pre-training's parts share their all-labels formation-energy job; they start from the committed model
+    longpre = suite_jobs.make_jobs("longpre-sparse") + suite_jobs.make_jobs("longpre-table1")
+    assert len(longpre) == 2 * 6 + 7 and len({j.job_id for j in longpre}) == 2 * 6 + 7 - 2
+    assert suite_jobs.Layout.default().pretrained("pool_long") == suite_jobs.ROOT / "models" / "pretrained_pool_long.ckpt"
     monkeypatch.setattr(suite_jobs, "PEERS", {})
     assert len(suite_jobs.make_jobs("table1")) == 7 * 3 * 2
     assert len(suite_jobs.make_jobs("sparse")) == 2 * 6 * 2
@@ -380,6 +384,36 @@ def test_report_sets_the_longer_budget_beside_table1(tmp_path):
     assert "**band gap (mp2018)**" in text and "| cgcnn (peer) | – | 0.5 (900 steps) | – |" in text  # no 4-minute run: a dash
     assert text.count("| 4 min | 20 min | change |") == 2
     assert report.section_long(report.aggregate([])) == []
+
+
+def test_report_sets_the_longer_pretraining_beside_the_pool_model_and_scratch(tmp_path):
+    """The ``longpre`` parts: each row pairs the longer pre-training's seed-0 MAE with the same head from
+    the pool model and from scratch, taken from Fig. 4's runs where they have the fraction, else from
+    Table 1's; the tallies and the Table 1 best-column count follow from those numbers."""
+    results = tmp_path / "results"
+    for fraction, longer, pool, scratch in ((0.05, 30.0, 32.0, 35.0), (0.4, 15.0, 16.0, 14.0), (1.0, 12.0, 13.0, 12.5)):
+        _fixture(results, "longpre-sparse", "mp_elastic_bulk", "gaussian_learned_longpre", 0, longer, fraction)
+        _fixture(results, "sparse-heads", "mp_elastic_bulk", "gaussian_learned", 0, pool, fraction)
+        _fixture(results, "sparse-heads", "mp_elastic_bulk", "scratch_gaussian_learned", 0, scratch, fraction)
+        _fixture(results, "sparse-heads", "mp_elastic_bulk", "scratch_gaussian_learned", 1, 99.0, fraction)  # not seed 0
+    _fixture(results, "longpre-table1", "dielectric_n", "gaussian_learned_longpre", 0, 0.25)
+    for model, mae in (("gaussian_learned", 0.27), ("scratch_gaussian_learned", 0.26), ("cgcnn", 0.2)):
+        _fixture(results, "table1-heads" if model != "cgcnn" else "table1", "dielectric_n", model, 0, mae)
+    for model, mae in (("gaussian_learned", 13.0), ("regression", 12.3)):  # Table 1's bulk row, seed 0
+        _fixture(results, "table1-heads" if model != "regression" else "table1", "mp_elastic_bulk", model, 0, mae)
+    cells = report.aggregate(report.load_results(results)[0])
+    text = "\n".join(report.section_longpre(cells))
+    assert "| bulk modulus (mp_elastic) (GPa) | 5% | 35 | 32 | 30 | -6.2% | -14% |" in text
+    assert "| bulk modulus (mp_elastic) (GPa) | 40% | 14 | 16 | 15 | -6.2% | +7.1% |" in text
+    assert "| refractive index (matminer dielectric) (GPa) | 100% | 0.26 | 0.27 | 0.25 | -7.4% | -3.8% |" in text
+    assert "Longer pre-training vs. the pool model: lower test MAE in 4 of 4 rows" in text
+    assert "Longer pre-training vs. from scratch: lower test MAE in 3 of 4 rows" in text
+    assert "The pool model vs. from scratch (the same rows, for reference): lower test MAE in 1 of 4 rows" in text
+    assert "bulk modulus (mp_elastic): the longer pre-training beats scratch at 1 of 2 fractions up to 40%" in text
+    # bulk: 12.0 beats Table 1's 13.0 and 12.3; refractive index: 0.25 loses to cgcnn's 0.2
+    assert "would be the best column on 1 of 2 tasks (bulk modulus (mp_elastic))." in text
+    assert text.index("| 5% |") < text.index("| 40% |") < text.index("refractive index (matminer dielectric) (GPa) | 100%")
+    assert report.section_longpre(report.aggregate([])) == []
 
 
 def test_calibration_moves_test_intervals_by_the_scale_fitted_on_validation(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from crysdiff.denoiser import CrysDiffDenoiser, DenoiserConfig
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
 from crysdiff.engine import configure_adamw, last_checkpoint, make_trainer, plot_curves
 
-__all__ = ["PretrainConfig", "PretrainTask", "run_pretrain", "load_pretrained"]
+__all__ = ["PretrainConfig", "PretrainTask", "run_pretrain", "init_config", "load_pretrained"]
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,15 @@ def run_pretrain(
     resume: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     """Train a denoiser on ``train_sources`` (labels ignored) and write ``OUT/model.ckpt``.
 
     Without ``val_sources`` a seeded ``data.val_fraction`` of the training crystals is held out.
-    With ``resume`` the run continues from ``OUT/checkpoints/last.ckpt``.
+    With ``resume`` the run continues from ``OUT/checkpoints/last.ckpt``. With ``init`` (a
+    pre-training checkpoint) the denoiser starts from its weights, with a fresh optimizer and
+    learning-rate schedule: pre-training continued, on the same corpus or on another one. Its
+    ``model`` settings must equal ``config.model`` (see :func:`init_config`).
     """
     from crysdiff.batching import EdgeSettings
     from crysdiff.cache import load_dataset
@@ -103,6 +107,7 @@ def run_pretrain(
     from crysdiff.loader import make_loader
     from crysdiff.splits import random_split
 
+    start = _read_init(config, init) if init else None  # before anything is written: a bad --init leaves OUT as it was
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(config, out_dir / "config.yaml")
@@ -118,6 +123,8 @@ def run_pretrain(
         fraction = config.data.val_fraction
         train_idx, val_idx = random_split(len(train_cache), (1 - fraction, fraction), seed=config.train.seed)
     task = PretrainTask(config)
+    if start:
+        task.model.load_state_dict(start[0], strict=True)
     trainer = make_trainer(config.train, out_dir, monitor="val/loss", progress=progress, has_validation=len(val_idx) > 0,
                            resume=resume)
     loader_args = dict(batch_size=config.train.batch_size, edges=edges, num_workers=config.train.num_workers,
@@ -145,11 +152,41 @@ def run_pretrain(
         data={"train": _summary(train_cache, train_idx), "val": _summary(val_cache, val_idx)},
         metrics=metrics,
         training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "seconds": fit_seconds,
-                  "device": str(task.device), "torch_threads": torch.get_num_threads()},
+                  "device": str(task.device), "torch_threads": torch.get_num_threads(),
+                  **({"init": start[1]} if start else {})},
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curves(out_dir, ["train/loss", "val/loss", "val/loss_lattice", "val/loss_coords"], title="pre-training loss")
     return path
+
+
+def init_config(init: str | Path, overrides: list[str] | None = None, base: PretrainConfig | None = None) -> PretrainConfig:
+    """The config of a run that continues ``init``: ``base`` (default: the defaults) with the model
+    and diffusion settings of ``init``, then ``overrides``. A ``model.*`` override that changes the
+    network is refused by :func:`run_pretrain`, since the weights would not fit."""
+    from dataclasses import replace
+
+    from crysdiff.config import apply_overrides
+
+    stored = from_dict(PretrainConfig, load_checkpoint(init, kind="pretrain")["config"])
+    config = replace(base or PretrainConfig(), model=stored.model, diffusion=stored.diffusion)
+    return apply_overrides(config, list(overrides or []))
+
+
+def _read_init(config: PretrainConfig, init: str | Path) -> tuple[dict, dict]:
+    """The denoiser weights of ``init`` (checked to fit ``config.model``) and, for the record, the
+    checkpoint's path and the steps (and seconds, where recorded) of all its stages."""
+    payload = load_checkpoint(init, kind="pretrain")
+    stored = from_dict(PretrainConfig, payload["config"])
+    if stored.model != config.model:
+        mine, theirs = to_dict(config.model), to_dict(stored.model)
+        diff = ", ".join(f"model.{k}={mine[k]!r} (checkpoint: {theirs[k]!r})" for k in mine if mine[k] != theirs.get(k))
+        raise ValueError(f"{init}: cannot continue this pre-training with another network: {diff}")
+    training, earlier = payload.get("training", {}), payload.get("training", {}).get("init", {})
+    record = {"path": str(init), "steps": int(training.get("steps", 0)) + int(earlier.get("steps", 0))}
+    if "seconds" in training and ("seconds" in earlier or not earlier):  # older checkpoints lack the time
+        record["seconds"] = float(training["seconds"]) + float(earlier.get("seconds", 0.0))
+    return payload["state_dict"], record
 
 
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CrysDiffDenoiser, JointDiffusion, PretrainConfig, dict]:
