@@ -487,7 +487,7 @@ def _seed0(cell: Cell | None) -> dict | None:
 LONGPRE = ("gaussian_learned_longpre", "gaussian_learned", "scratch_gaussian_learned")
 
 
-def section_longpre(cells) -> list[str]:
+def section_longpre(cells, calibration: dict | None = None) -> list[str]:
     """The default head started from the longer pre-training (parts ``longpre-sparse`` and
     ``longpre-table1``), beside the same head started from the pool model and from scratch: the same
     task, labels and seed 0, from Fig. 4's runs where it has the fraction, else from Table 1's."""
@@ -502,7 +502,7 @@ def section_longpre(cells) -> list[str]:
            "then `--part longpre-table1`) and set beside the same head started from the pool model and from scratch: "
            "same task, labels, budget and seed (0), from Fig. 4's runs where they have the fraction, else from Table 1's.", "",
            "| task (unit) | labels | from scratch | pre-trained (pool model) | pre-trained longer | longer vs. pool model "
-           "| longer vs. scratch |", "|---|---|---|---|---|---|---|"]
+           "| longer vs. scratch | coverage, longer (raw → calibrated) |", "|---|---|---|---|---|---|---|---|"]
     compared = []  # (task, fraction, longer, pool, scratch)
     for _, task, _, fraction in rows:
         source = "sparse" if (("sparse", task, LONGPRE[1], fraction) in cells) else "table1"
@@ -512,7 +512,8 @@ def section_longpre(cells) -> list[str]:
         compared.append((task, fraction, longer, pool, scratch))
         out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {100 * fraction:g}% | {fmt(scratch)} | {fmt(pool)} | "
                    f"{fmt(longer)} | {signed(pct(longer, pool)) if math.isfinite(pool) else '–'} | "
-                   f"{signed(pct(longer, scratch)) if math.isfinite(scratch) else '–'} |")
+                   f"{signed(pct(longer, scratch)) if math.isfinite(scratch) else '–'} | "
+                   f"{calibrated_cell(calibration or {}, ('longpre-sparse', task, LONGPRE[0], fraction), {0}) or '–'} |")
     out += ["", "**Analysis** (computed):", ""]
 
     def tally(pairs, what):
@@ -893,7 +894,7 @@ def render(results: Path, out: Path, figures: Path) -> str:
     lines += section_table1(cells, calibration)
     lines += section_long(cells)
     lines += section_sparse(cells, figures, out.parent)
-    lines += section_longpre(cells)
+    lines += section_longpre(cells, calibration)
     lines += section_ensemble(results)
     lines += section_ablation(cells, figures, out.parent)
     lines += section_refine(cells)

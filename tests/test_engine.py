@@ -165,6 +165,23 @@ def test_a_log_rewrite_cut_short_keeps_the_earlier_rows(tmp_path, monkeypatch):
     assert not list((tmp_path / "whole" / "logs").glob("*.partial"))
 
 
+def test_a_row_cut_off_mid_append_is_not_read(tmp_path):
+    """A kill while a row is appended leaves part of it with no line end; reading it would report a cut
+    number (1.2 for 1.2345) as if it had been logged. The rows before it, and the earlier segments' logs,
+    are read as they are."""
+    from crysdiff.engine import read_metrics
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics-part1.csv").write_text("epoch,step,train/loss\n0,0,2.0\n0,1,1.9")  # cut in an earlier segment
+    (logs / "metrics.csv").write_text("epoch,step,train/loss,val/mae\n0,19,1.5,\n0,20,1.4,0.71\n0,21,1.2")
+    assert read_metrics(tmp_path) == [{"epoch": 0, "step": 0, "train/loss": 2.0},
+                                      {"epoch": 0, "step": 19, "train/loss": 1.5},
+                                      {"epoch": 0, "step": 20, "train/loss": 1.4, "val/mae": 0.71}]
+    (logs / "metrics.csv").write_text("epoch,st")  # cut inside the header: nothing to read, no error
+    assert read_metrics(tmp_path)[1:] == []
+
+
 def test_the_training_log_holds_training_and_validation_rows(tmp_path):
     from crysdiff.engine import read_metrics
 

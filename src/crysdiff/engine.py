@@ -13,6 +13,7 @@ Data order is crysdiff's own: the batch samplers shard by ``trainer.global_rank`
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from pathlib import Path
@@ -242,17 +243,19 @@ def read_metrics(out_dir: str | Path) -> list[dict[str, float]]:
 
 
 def _read_log(path: Path) -> list[dict[str, float]]:
+    text = path.read_text()
+    if not text.endswith("\n"):  # a kill in the middle of appending a row: its cut-off numbers are not read
+        text = text[: text.rfind("\n") + 1]
     rows = []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            parsed = {}
-            for key, value in row.items():
-                if key is not None and value not in ("", None):  # cells beyond the header are dropped
-                    try:
-                        parsed[key] = float(value)
-                    except ValueError:
-                        pass
-            rows.append(parsed)
+    for row in csv.DictReader(io.StringIO(text)):
+        parsed = {}
+        for key, value in row.items():
+            if key is not None and value not in ("", None):  # cells beyond the header are dropped
+                try:
+                    parsed[key] = float(value)
+                except ValueError:
+                    pass
+        rows.append(parsed)
     return rows
 
 
