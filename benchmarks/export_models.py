@@ -105,7 +105,7 @@ def _card_pretrain(path: Path, payload: dict, run: Path) -> str:
 
 def _card_pretrain_long(path: Path, payload: dict, run: Path | None, start: dict) -> str:
     """The pool model pre-trained further (stage ``pretrain_long``): this stage's budget, and the
-    validation loss beside the model it started from (same held-out crystals and noise)."""
+    validation loss beside the model it started from (same held-out crystals)."""
     config, training, metrics = payload["config"], payload.get("training", {}), payload.get("metrics", {})
     train, before = config["train"], start.get("metrics", {})
     init = training.get("init", {})
@@ -119,9 +119,10 @@ def _card_pretrain_long(path: Path, payload: dict, run: Path | None, start: dict
   (`crysdiff pretrain --init`).
 * **Budget of this stage**: {training.get('epochs', '?')} epochs, {training.get('steps', 0):,} optimiser steps of {train['batch_size']} crystals,
   {training.get('seconds', NAN) / 60:.1f} min (cap {train['max_time_minutes']:g}), lr {train['lr']:g} with {train['warmup_steps']} warm-up steps and a
-  cosine decay over the wall-clock cap, on the 2-core CPU (no GPU). In all {init.get('steps', 0) + training.get('steps', 0):,} steps,
+  cosine decay over the wall-clock cap, on the 2-core CPU (no GPU), shared at times with niced tests. In all {init.get('steps', 0) + training.get('steps', 0):,} steps,
   {(init.get('steps', 0) + training.get('steps', 0)) / max(init.get('steps', 1), 1):.1f}x the pool model's.
-* **Validation loss**, the pool model → this one (same held-out crystals, same noise): {losses}.
+* **Validation loss**, the pool model → this one (the same held-out crystals; each checkpoint's last validation
+  pass): {losses}.
   Curves: {_curve(run, 'pretrained_pool_long')}.
 * **Use**: the suite's `longpre-sparse` and `longpre-table1` parts fine-tune from it (`docs/results.md`, "Pre-training for
   longer"); the shipped predictors still start from `models/pretrained_pool.ckpt`.
