@@ -28,8 +28,6 @@ sys.path.insert(0, str(HERE))
 
 from suite_jobs import EXPERIMENTS, FRACTIONS_SPARSE, MODELS, TABLE1_TASKS, TASKS  # noqa: E402
 
-TABLE1_ORDER = list(TABLE1_TASKS)
-
 OWN_COLUMNS = ("crysdiff", "scratch", "gaussian_learned", "scratch_gaussian_learned", "regression")
 # crysdiff's diffusion heads in Table 1, each with its from-scratch twin: the paper's (CARD head,
 # constant prior) and the Gaussian head around CARD's learned prior
@@ -424,6 +422,10 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
     return out + [""]
 
 
+def _seed0(cell: Cell | None) -> dict | None:
+    return next((r for r in cell.results if r["seed"] == 0), None) if cell else None
+
+
 def section_long(cells) -> list[str]:
     """Table 1's rows again at the longer budget of the ``table1-long`` part, beside the same seeds at
     Table 1's own budget: does the ranking hold when every model trains longer?"""
@@ -441,12 +443,8 @@ def section_long(cells) -> list[str]:
                   if ("table1-long", task, m, 1.0) in cells]
         long_budget = cells[("table1-long", task, models[0], 1.0)].results[0]["budget_minutes"]
 
-        def seed0(experiment, model):
-            cell = cells.get((experiment, task, model, 1.0))
-            return next((r for r in cell.results if r["seed"] == 0), None) if cell else None
-
-        short = {m: seed0("table1", m) for m in models}
-        long = {m: seed0("table1-long", m) for m in models}
+        short = {m: _seed0(cells.get(("table1", task, m, 1.0))) for m in models}
+        long = {m: _seed0(cells.get(("table1-long", task, m, 1.0))) for m in models}
         short_budget = next((r["budget_minutes"] for r in short.values() if r), TASKS[task].budget_minutes)
         out += [f"**{TASKS[task].label}** ({unit_of(cells, task)})", "",
                 f"| model | {short_budget:g} min | {long_budget:g} min | change |", "|---|---|---|---|"]
@@ -479,10 +477,6 @@ def section_long(cells) -> list[str]:
     return out + ["**Analysis** (computed):", "", *analysis, ""]
 
 
-def _seed0(cell: Cell | None) -> dict | None:
-    return next((r for r in cell.results if r["seed"] == 0), None) if cell else None
-
-
 # the longer pre-training's model, and the columns it is set beside (the same head from the pool model, from scratch)
 LONGPRE = ("gaussian_learned_longpre", "gaussian_learned", "scratch_gaussian_learned")
 
@@ -492,7 +486,7 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
     ``longpre-table1``), beside the same head started from the pool model and from scratch: the same
     task, labels and seed 0, from Fig. 4's runs where it has the fraction, else from Table 1's."""
     rows = sorted((k for k in cells if k[0] == "longpre-sparse" and k[2] == LONGPRE[0]),
-                  key=lambda k: (TABLE1_ORDER.index(k[1]) if k[1] in TABLE1_ORDER else len(TABLE1_ORDER), k[1], k[3]))
+                  key=lambda k: (TABLE1_TASKS.index(k[1]) if k[1] in TABLE1_TASKS else len(TABLE1_TASKS), k[1], k[3]))
     if not rows:
         return []
     out = ["## Pre-training for longer", "",
@@ -531,7 +525,7 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
             out.append(f"* {TASKS[task].label}: the longer pre-training beats scratch at {sum(a < z for a, z in low)} of "
                        f"{len(low)} fractions up to 40% (issue 5 target: all).")
     best, counted = [], 0
-    for task in TABLE1_ORDER:
+    for task in TABLE1_TASKS:
         mine = _seed0(cells.get(("longpre-sparse", task, LONGPRE[0], 1.0)))
         others = {k[2]: _seed0(c) for k, c in cells.items() if k[0] == "table1" and k[1] == task and k[3] == 1.0}
         others = {m: r["test"]["mae"] for m, r in others.items() if r}
