@@ -103,30 +103,37 @@ def _card_pretrain(path: Path, payload: dict, run: Path) -> str:
 """
 
 
-def _card_pretrain_long(path: Path, payload: dict, run: Path | None, start: dict) -> str:
-    """The pool model pre-trained further (stage ``pretrain_long``): this stage's budget, and the
-    validation loss beside the model it started from (same held-out crystals)."""
+def _card_pretrain_long(path: Path, payload: dict, run: Path | None, chain: list[tuple[str, dict]]) -> str:
+    """A pool model pre-trained further (stages ``pretrain_long``, ``pretrain_long2``): this stage's budget,
+    and the validation loss of every model of the chain it continues (``chain``: the pool model first,
+    the one it started from last; the same held-out crystals)."""
     config, training, metrics = payload["config"], payload.get("training", {}), payload.get("metrics", {})
-    train, before = config["train"], start.get("metrics", {})
-    init = training.get("init", {})
-    losses = ", ".join(f"{what} {before.get(key, NAN):.4f} → {metrics.get(key, NAN):.4f}"
+    train, init = config["train"], training.get("init", {})
+    pool_steps = max(int(chain[0][1].get("training", {}).get("steps", 1)), 1)
+    total = init.get("steps", 0) + training.get("steps", 0)
+    names = " → ".join([f"`{name}`" for name, _ in chain] + ["this one"])
+    losses = "; ".join(f"{what} " + " → ".join(f"{m.get('metrics', {}).get(key, NAN):.4f}" for _, m in chain)
+                       + f" → {metrics.get(key, NAN):.4f}"
                        for what, key in (("total", "val/loss"), ("lattice", "val/loss_lattice"), ("coordinates", "val/loss_coords")))
-    return f"""## `models/{path.name}`: the pool model pre-trained for longer
+    stage = "pretrain_long2" if path.stem.endswith("long2") else "pretrain_long"
+    model = "gaussian_learned_longpre2" if stage == "pretrain_long2" else "gaussian_learned_longpre"
+    title = "pre-trained longer still" if stage == "pretrain_long2" else "pre-trained for longer"
+    return f"""## `models/{path.name}`: the pool model {title}
 
 * **Data**: the same pool and the same held-out crystals as `models/pretrained_pool.ckpt`
   ({payload['data']['train']['num_crystals']:,} for training, {payload['data']['val']['num_crystals']:,} for validation).
-* **Start**: the weights of `{init.get('path', '?')}` ({init.get('steps', 0):,} steps), with a fresh AdamW and schedule
+* **Start**: the weights of `{init.get('path', '?')}` ({init.get('steps', 0):,} steps in all), with a fresh AdamW and schedule
   (`crysdiff pretrain --init`).
 * **Budget of this stage**: {training.get('epochs', '?')} epochs, {training.get('steps', 0):,} optimiser steps of {train['batch_size']} crystals,
   {training.get('seconds', NAN) / 60:.1f} min (cap {train['max_time_minutes']:g}), lr {train['lr']:g} with {train['warmup_steps']} warm-up steps and a
-  cosine decay over the wall-clock cap, on the 2-core CPU (no GPU), shared at times with niced tests. In all {init.get('steps', 0) + training.get('steps', 0):,} steps,
-  {(init.get('steps', 0) + training.get('steps', 0)) / max(init.get('steps', 1), 1):.1f}x the pool model's.
-* **Validation loss**, the pool model → this one (the same held-out crystals; each checkpoint's last validation
+  cosine decay over the wall-clock cap, on the 2-core CPU (no GPU), shared at times with niced tests. In all {total:,} steps,
+  {total / pool_steps:.1f}x the pool model's.
+* **Validation loss**, {names} (the same held-out crystals; each checkpoint's last validation
   pass): {losses}.
-  Curves: {_curve(run, 'pretrained_pool_long')}.
-* **Use**: the suite's `longpre-sparse` and `longpre-table1` parts fine-tune from it (`docs/results.md`, "Pre-training for
-  longer"); the shipped predictors still start from `models/pretrained_pool.ckpt`.
-* **Reproduce**: `STEPS=pretrain_long bash benchmarks/train_default_models.sh` (from the committed `models/pretrained_pool.ckpt`).
+  Curves: {_curve(run, path.stem)}.
+* **Use**: the suite's `longpre-sparse` and `longpre-table1` parts fine-tune from it (model `{model}`; `docs/results.md`,
+  "Pre-training for longer"); the shipped predictors still start from `models/pretrained_pool.ckpt`.
+* **Reproduce**: `STEPS={stage} bash benchmarks/train_default_models.sh` (from the committed `{chain[-1][0]}`).
 """
 
 
@@ -282,12 +289,15 @@ def main() -> None:
         shutil.copyfile(pre, target)
     if target.is_file():  # the committed one when this checkout has no pre-training run
         cards.append(_card_pretrain(target, torch.load(target, weights_only=True), pre.parent if pre.is_file() else None))
-    long, long_target = args.runs / "pretrain_long" / "model.ckpt", ROOT / "models" / "pretrained_pool_long.ckpt"
-    if long.is_file():
-        shutil.copyfile(long, long_target)
-    if long_target.is_file() and target.is_file():
-        cards.append(_card_pretrain_long(long_target, torch.load(long_target, weights_only=True),
-                                         long.parent if long.is_file() else None, torch.load(target, weights_only=True)))
+    chain = [(f"models/{target.name}", torch.load(target, weights_only=True))] if target.is_file() else []
+    for stage, name in (("pretrain_long", "pretrained_pool_long.ckpt"), ("pretrain_long2", "pretrained_pool_long2.ckpt")):
+        made, shipped = args.runs / stage / "model.ckpt", ROOT / "models" / name
+        if made.is_file():
+            shutil.copyfile(made, shipped)
+        if shipped.is_file() and chain:
+            payload = torch.load(shipped, weights_only=True)
+            cards.append(_card_pretrain_long(shipped, payload, made.parent if made.is_file() else None, chain))
+            chain.append((f"models/{name}", payload))
     runs = {p.name: p for p in args.runs.iterdir() if p.is_dir() and (p / "model.ckpt").is_file()} if args.runs.is_dir() else {}
     for name in sorted(runs):
         if name == "pretrain" or name.endswith("_continued"):

@@ -477,37 +477,53 @@ def section_long(cells) -> list[str]:
     return out + ["**Analysis** (computed):", "", *analysis, ""]
 
 
-# the longer pre-training's model, and the columns it is set beside (the same head from the pool model, from scratch)
-LONGPRE = ("gaussian_learned_longpre", "gaussian_learned", "scratch_gaussian_learned")
+# the longer pre-trainings' models (by length: their checkpoints, their short names), and the columns
+# they are set beside (the same head from the pool model, from scratch)
+LONGPRE = (("gaussian_learned_longpre", "models/pretrained_pool_long.ckpt", "longer"),
+           ("gaussian_learned_longpre2", "models/pretrained_pool_long2.ckpt", "longer still"))
+LONGPRE_BASE = ("gaussian_learned", "scratch_gaussian_learned")
 
 
 def section_longpre(cells, calibration: dict | None = None) -> list[str]:
-    """The default head started from the longer pre-training (parts ``longpre-sparse`` and
+    """The default head started from the longer pre-trainings (parts ``longpre-sparse`` and
     ``longpre-table1``), beside the same head started from the pool model and from scratch: the same
     task, labels and seed 0, from Fig. 4's runs where it has the fraction, else from Table 1's."""
-    rows = sorted((k for k in cells if k[0] == "longpre-sparse" and k[2] == LONGPRE[0]),
-                  key=lambda k: (TABLE1_TASKS.index(k[1]) if k[1] in TABLE1_TASKS else len(TABLE1_TASKS), k[1], k[3]))
+    present = [m for m in LONGPRE if any(k[0] == "longpre-sparse" and k[2] == m[0] for k in cells)]
+    rows = sorted({(k[1], k[3]) for k in cells if k[0] == "longpre-sparse" and k[2] in {m[0] for m in present}},
+                  key=lambda k: (TABLE1_TASKS.index(k[0]) if k[0] in TABLE1_TASKS else len(TABLE1_TASKS), k))
     if not rows:
         return []
+    checkpoints = " and ".join(f"`{path}` ({name})" for _, path, name in present)
     out = ["## Pre-training for longer", "",
-           "Does a longer pre-training help? `models/pretrained_pool_long.ckpt` is the pool model "
-           "(`models/pretrained_pool.ckpt`) pre-trained further on the same pool; its budget and validation loss are in "
-           "`models/README.md`. The default head is fine-tuned from it (`python benchmarks/suite.py --part longpre-sparse`, "
-           "then `--part longpre-table1`) and set beside the same head started from the pool model and from scratch: "
+           f"Does a longer pre-training help? {checkpoints} continue the pool model (`models/pretrained_pool.ckpt`) "
+           "on the same pool, each from the one before; their budgets and validation losses are in `models/README.md`. "
+           "The default head is fine-tuned from each (`python benchmarks/suite.py --part longpre-sparse`, then "
+           "`--part longpre-table1`) and set beside the same head started from the pool model and from scratch: "
            "same task, labels, budget and seed (0), from Fig. 4's runs where they have the fraction, else from Table 1's.", "",
-           "| task (unit) | labels | from scratch | pre-trained (pool model) | pre-trained longer | longer vs. pool model "
-           "| longer vs. scratch | coverage, longer (raw → calibrated) |", "|---|---|---|---|---|---|---|---|"]
-    compared = []  # (task, fraction, longer, pool, scratch)
-    for _, task, _, fraction in rows:
-        source = "sparse" if (("sparse", task, LONGPRE[1], fraction) in cells) else "table1"
-        runs = [_seed0(cells.get(("longpre-sparse", task, LONGPRE[0], fraction)))] + \
-               [_seed0(cells.get((source, task, m, fraction))) for m in LONGPRE[1:]]
-        longer, pool, scratch = (r["test"]["mae"] if r else math.nan for r in runs)
+           "| task (unit) | labels | from scratch | pre-trained (pool model) | "
+           + " | ".join(f"pre-trained {name}" for _, _, name in present) + " | "
+           + " | ".join(f"{name} vs. pool model | {name} vs. scratch" for _, _, name in present)
+           + " | coverage, " + " / ".join(name for _, _, name in present) + " (raw → calibrated) |",
+           "|---|---|---|---|" + "---|" * (3 * len(present) + 1)]
+    compared = []  # (task, fraction, {name: mae}, pool, scratch)
+    for task, fraction in rows:
+        source = "sparse" if (("sparse", task, LONGPRE_BASE[0], fraction) in cells) else "table1"
+        pool, scratch = (r["test"]["mae"] if r else math.nan
+                         for r in (_seed0(cells.get((source, task, m, fraction))) for m in LONGPRE_BASE))
+        longer = {}
+        for model, _, name in present:
+            run = _seed0(cells.get(("longpre-sparse", task, model, fraction)))
+            longer[name] = run["test"]["mae"] if run else math.nan
         compared.append((task, fraction, longer, pool, scratch))
+
+        def change(a, b):
+            return signed(pct(a, b)) if math.isfinite(a) and math.isfinite(b) else "–"
+        coverage = " / ".join(calibrated_cell(calibration or {}, ("longpre-sparse", task, m, fraction), {0}) or "–"
+                              for m, _, _ in present)
         out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {100 * fraction:g}% | {fmt(scratch)} | {fmt(pool)} | "
-                   f"{fmt(longer)} | {signed(pct(longer, pool)) if math.isfinite(pool) else '–'} | "
-                   f"{signed(pct(longer, scratch)) if math.isfinite(scratch) else '–'} | "
-                   f"{calibrated_cell(calibration or {}, ('longpre-sparse', task, LONGPRE[0], fraction), {0}) or '–'} |")
+                   + " | ".join(fmt(longer[name]) for _, _, name in present) + " | "
+                   + " | ".join(f"{change(longer[name], pool)} | {change(longer[name], scratch)}" for _, _, name in present)
+                   + f" | {coverage} |")
     out += ["", "**Analysis** (computed):", ""]
 
     def tally(pairs, what):
@@ -516,26 +532,33 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
             out.append(f"* {what}: lower test MAE in {sum(a < b for a, b in pairs)} of {len(pairs)} rows, median change "
                        f"{signed(median(pct(a, b) for a, b in pairs))}.")
 
-    tally([(c[2], c[3]) for c in compared], "Longer pre-training vs. the pool model")
-    tally([(c[2], c[4]) for c in compared], "Longer pre-training vs. from scratch")
+    names = [name for _, _, name in present]
+    for name in names:
+        tally([(c[2][name], c[3]) for c in compared], f"Pre-trained {name} vs. the pool model")
+        tally([(c[2][name], c[4]) for c in compared], f"Pre-trained {name} vs. from scratch")
+    for shorter, longest in zip(names, names[1:]):
+        tally([(c[2][longest], c[2][shorter]) for c in compared], f"Pre-trained {longest} vs. {shorter}")
     tally([(c[3], c[4]) for c in compared], "The pool model vs. from scratch (the same rows, for reference)")
-    for task in dict.fromkeys(c[0] for c in compared):
-        low = [(a, z) for t, f, a, _, z in compared if t == task and f <= 0.4 and math.isfinite(z)]
-        if len(low) > 1:
-            out.append(f"* {TASKS[task].label}: the longer pre-training beats scratch at {sum(a < z for a, z in low)} of "
-                       f"{len(low)} fractions up to 40% (issue 5 target: all).")
-    best, counted = [], 0
-    for task in TABLE1_TASKS:
-        mine = _seed0(cells.get(("longpre-sparse", task, LONGPRE[0], 1.0)))
-        others = {k[2]: _seed0(c) for k, c in cells.items() if k[0] == "table1" and k[1] == task and k[3] == 1.0}
-        others = {m: r["test"]["mae"] for m, r in others.items() if r}
-        if mine and others:
-            counted += 1
-            if mine["test"]["mae"] < min(others.values()):
-                best.append(TASKS[task].label)
-    if counted:
-        out.append(f"* Against every Table 1 column (seed 0): the longer pre-training would be the best column on "
-                   f"{len(best)} of {counted} tasks" + (f" ({', '.join(best)})" if best else "") + ".")
+    for name in names:
+        for task in dict.fromkeys(c[0] for c in compared):
+            low = [(c[2][name], c[4]) for c in compared if c[0] == task and c[1] <= 0.4
+                   and math.isfinite(c[2][name]) and math.isfinite(c[4])]
+            if len(low) > 1:
+                out.append(f"* {TASKS[task].label}: pre-trained {name} beats scratch at {sum(a < z for a, z in low)} of "
+                           f"{len(low)} fractions up to 40% (issue 5 target: all).")
+    for model, _, name in present:
+        best, counted = [], 0
+        for task in TABLE1_TASKS:
+            mine = _seed0(cells.get(("longpre-sparse", task, model, 1.0)))
+            others = {k[2]: _seed0(c) for k, c in cells.items() if k[0] == "table1" and k[1] == task and k[3] == 1.0}
+            others = {m: r["test"]["mae"] for m, r in others.items() if r}
+            if mine and others:
+                counted += 1
+                if mine["test"]["mae"] < min(others.values()):
+                    best.append(TASKS[task].label)
+        if counted:
+            out.append(f"* Against every Table 1 column (seed 0): pre-trained {name} would be the best column on "
+                       f"{len(best)} of {counted} tasks" + (f" ({', '.join(best)})" if best else "") + ".")
     return out + [""]
 
 

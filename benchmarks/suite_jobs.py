@@ -100,6 +100,9 @@ MODELS: dict[str, Model] = {
     # pool model continued on the same pool; see models/README.md): does more pre-training help?
     "gaussian_learned_longpre": Model("crysdiff, longer pre-training (Gaussian head, learned prior)", init="pool_long",
                                       overrides=("head.kind=gaussian", "head.prior=learned")),
+    # ... and on that model pre-trained further still (models/pretrained_pool_long2.ckpt)
+    "gaussian_learned_longpre2": Model("crysdiff, longer pre-training still (Gaussian head, learned prior)",
+                                       init="pool_long2", overrides=("head.kind=gaussian", "head.prior=learned")),
     # Fig. 5 compares against "crysdiff" above, so its variants keep the paper's head too
     "no_jd": Model("w/o joint diffusion", init="lattice", extra_init="coords", overrides=PAPER_HEAD,
                    extra_overhead_minutes=0.2),
@@ -115,6 +118,7 @@ MODELS: dict[str, Model] = {
 }
 
 FRACTIONS_SPARSE = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)
+LONGPRE_MODELS = ("gaussian_learned_longpre", "gaussian_learned_longpre2")  # by length of pre-training
 BASE_REFINE = "mp2018_formation"  # the first source of the Table 2 protocol
 
 
@@ -155,12 +159,12 @@ EXPERIMENTS: dict[str, Experiment] = {
     # Fig. 4 for the default head (Gaussian head around CARD's learned prior) and its scratch twin
     "sparse-heads": Experiment(("mp2018_formation", "mp_elastic_bulk"), ("gaussian_learned", "scratch_gaussian_learned"),
                                FRACTIONS_SPARSE, seeds=(0,), quick_tasks=("mp_elastic_bulk",)),
-    # the default head started from the longer pre-training, on Fig. 4's tasks and fractions and on the
+    # the default head started from the longer pre-trainings, on Fig. 4's tasks and fractions and on the
     # rest of Table 1 (the report sets them beside the same head started from the pool model and from scratch)
     # (no quick form: --quick must stay within 30 min, and the quick Fig. 4 has the pool model's rows)
-    "longpre-sparse": Experiment(("mp2018_formation", "mp_elastic_bulk"), ("gaussian_learned_longpre",), FRACTIONS_SPARSE,
+    "longpre-sparse": Experiment(("mp2018_formation", "mp_elastic_bulk"), LONGPRE_MODELS, FRACTIONS_SPARSE,
                                  seeds=(0,), quick_tasks=()),
-    "longpre-table1": Experiment(TABLE1_TASKS, ("gaussian_learned_longpre",), seeds=(0,), quick_tasks=()),
+    "longpre-table1": Experiment(TABLE1_TASKS, LONGPRE_MODELS, seeds=(0,), quick_tasks=()),
     "ablation": Experiment(("mp2018_formation", "mp_elastic_bulk"), ("crysdiff", "no_jd", "no_egnn", "no_fs", "no_ue")),
     # refine: per seed, the mp2018 model (shared with table1) and, on each second-source split, the
     # model before refinement, after refinement, and pre-trained + fine-tuned on the second source only
@@ -356,10 +360,11 @@ class Layout:
         return self.runs / "jobs" / job.job_id
 
     def pretrained(self, name: str) -> Path:
-        """``pool`` and ``pool_long``: the committed pool models (made by benchmarks/train_default_models.sh);
-        any other name: an ablation pre-training of the ``pretrain-ablation`` part."""
-        if name == "pool_long":
-            return self.pool_model.with_name("pretrained_pool_long.ckpt")
+        """``pool``, ``pool_long`` and ``pool_long2``: the committed pool models (made by
+        benchmarks/train_default_models.sh); any other name: an ablation pre-training of the
+        ``pretrain-ablation`` part."""
+        if name in ("pool_long", "pool_long2"):
+            return self.pool_model.with_name(f"pretrained_{name}.ckpt")
         return self.pool_model if name == "pool" else self.ablation_models / f"pretrained_{name}.ckpt"
 
 

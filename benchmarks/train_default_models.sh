@@ -10,6 +10,8 @@
 #   pretrain_long (optional, not in the default STEPS): INIT pre-trained further on the same pool for
 #      LONG_MINUTES (a fresh schedule; crysdiff pretrain --init), for the suite's longpre-* parts; the
 #      shipped predictors do not use it.
+#   pretrain_long2 (optional): models/pretrained_pool_long.ckpt pre-trained further still for LONG2_MINUTES
+#      (a fresh schedule at a lower peak rate, 3e-4), for the suite's longpre2-* parts.
 # Budgets are wall-clock caps (train.max_time_minutes). STEPS selects stages, e.g. STEPS=finetune.
 # INIT is the pre-trained denoiser the fine-tuning starts from: this script's own stage 1 when it ran,
 # else the committed models/pretrained_pool.ckpt.
@@ -24,6 +26,7 @@ PRE_MINUTES=${PRE_MINUTES:-32}
 FT_MINUTES=${FT_MINUTES:-50}
 CONT_MINUTES=${CONT_MINUTES:-58}
 LONG_MINUTES=${LONG_MINUTES:-65}
+LONG2_MINUTES=${LONG2_MINUTES:-60}
 STEPS=${STEPS:-"pretrain finetune"}
 TARGETS=${TARGETS:-"formation_energy_per_atom band_gap"}
 if [[ -z "${INIT:-}" ]]; then
@@ -40,6 +43,11 @@ if [[ " $STEPS " == *" pretrain_long "* ]]; then
   crysdiff pretrain --init "$INIT" --data "$DATA" --out "$OUT/pretrain_long" --no-progress \
       train.max_epochs=30 train.max_time_minutes=$LONG_MINUTES train.anneal_over_time=true train.batch_size=64 \
       train.lr=5e-4 train.warmup_steps=200 train.log_every_steps=20
+fi
+if [[ " $STEPS " == *" pretrain_long2 "* ]]; then
+  crysdiff pretrain --init models/pretrained_pool_long.ckpt --data "$DATA" --out "$OUT/pretrain_long2" --no-progress \
+      train.max_epochs=30 train.max_time_minutes=$LONG2_MINUTES train.anneal_over_time=true train.batch_size=64 \
+      train.lr=3e-4 train.warmup_steps=200 train.log_every_steps=20
 fi
 for target in $TARGETS; do
   if [[ " $STEPS " == *" finetune "* ]]; then
