@@ -14,6 +14,8 @@ predictions (``test_predictions.csv``, the chain's raw intervals: the suite pred
 quantiles equals moving the samples). Runs trained before calibration existed are scored the same
 way, so every row of the suite gets its calibrated coverage. Writes
 ``benchmarks/results/suite[-quick]/calibration/runs.json``, which ``benchmarks/report.py`` reads.
+A run whose folder is gone (run folders are not committed, so a fresh checkout has none) keeps the
+row an earlier pass wrote; new rows record the commit that scored them.
 """
 
 from __future__ import annotations
@@ -70,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     from crysdiff.checkpoint import load_checkpoint
 
     layout = Layout.default(quick=args.quick)
-    rows, seen, missing = [], set(), []
+    out = layout.results / "calibration" / "runs.json"
+    # a run whose folder is gone (a fresh checkout: runs/ is not committed) keeps the row an earlier
+    # pass scored from it, so that rerunning this script never loses what it measured
+    earlier = {(r["experiment"], r["job_id"]): r for r in json.loads(out.read_text())["rows"]} if out.is_file() else {}
+    rows, seen, missing, kept = [], set(), [], []
     for part in (p for p in PARTS if p != "pretrain-ablation"):
         for path in sorted((layout.results / part).glob("*.json")):
             record = json.loads(path.read_text())
@@ -81,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = layout.runs / "jobs" / record["job_id"]
             checkpoint = run_dir / "model.ckpt"
             if not checkpoint.is_file():
-                missing.append(record["job_id"])
+                if (part, record["job_id"]) in earlier:
+                    rows.append(earlier[(part, record["job_id"])])
+                    kept.append(record["job_id"])
+                else:
+                    missing.append(record["job_id"])
                 continue
             normalizer = load_checkpoint(checkpoint, kind="finetune")["normalizer"]
             test_file = layout.splits / record["split"]["name"] / record["split"]["parts"]["test"]["file"]
@@ -89,15 +99,16 @@ def main(argv: list[str] | None = None) -> int:
             if scored is None:
                 continue
             rows.append({"experiment": part, "job_id": record["job_id"], "task": record["task"], "model": record["model"],
-                         "label_fraction": record["label_fraction"], "seed": record["seed"], **scored})
+                         "label_fraction": record["label_fraction"], "seed": record["seed"], "git_commit": git_commit(),
+                         **scored})
             print(f"{part:>14} {record['job_id']:<62} scale {scored['interval_scale']:6.3f}  coverage "
                   f"{scored['test_coverage_raw']:.3f} -> {scored['test_coverage_calibrated']:.3f}", flush=True)
-    out = layout.results / "calibration" / "runs.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "missing_runs": missing, "level": 0.95,
+    out.write_text(json.dumps({"rows": rows, "missing_runs": missing, "kept_from_earlier": kept, "level": 0.95,
                                "command": "python benchmarks/calibration.py" + (" --quick" if args.quick else ""),
                                "git_commit": git_commit(), "machine": machine(), "quick": args.quick}, indent=1))
-    print(f"written {out} ({len(rows)} runs; {len(missing)} without their run folder)")
+    print(f"written {out} ({len(rows)} runs: {len(rows) - len(kept)} scored now, {len(kept)} kept from the earlier file "
+          f"(their run folders are gone); {len(missing)} without a run folder or an earlier row)")
     return 0
 
 

@@ -470,6 +470,29 @@ def test_calibration_moves_test_intervals_by_the_scale_fitted_on_validation(tmp_
     assert bounded["test_mean_width_calibrated"] < scored["test_mean_width_calibrated"]  # low ends clipped at 2
 
 
+def test_calibration_keeps_the_rows_of_runs_whose_folders_are_gone(tmp_path, monkeypatch):
+    """Rerunning benchmarks/calibration.py in a checkout without runs/ (they are not committed) keeps
+    each earlier row whose run folder is gone, instead of dropping what was measured; a run with
+    neither a folder nor an earlier row is listed as missing."""
+    import calibration
+
+    results = tmp_path / "results"
+    _fixture(results, "table1", "mp_elastic_bulk", "crysdiff", 0, 12.0)
+    _fixture(results, "table1", "mp_elastic_bulk", "crysdiff", 1, 12.5)
+    layout = suite_jobs.Layout(quick=False, results=results, runs=tmp_path / "runs", splits=tmp_path / "splits",
+                               ablation_models=tmp_path / "ablation")
+    monkeypatch.setattr(calibration.Layout, "default", classmethod(lambda cls, quick=False: layout))
+    earlier = {"experiment": "table1", "job_id": "mp_elastic_bulk.crysdiff.lf1.s0", "seed": 0, "interval_scale": 1.5,
+               "test_coverage_raw": 0.8, "test_coverage_calibrated": 0.95}
+    (results / "calibration").mkdir()
+    (results / "calibration" / "runs.json").write_text(json.dumps({"rows": [earlier]}))
+    assert calibration.main([]) == 0
+    written = json.loads((results / "calibration" / "runs.json").read_text())
+    assert written["rows"] == [earlier]
+    assert written["kept_from_earlier"] == ["mp_elastic_bulk.crysdiff.lf1.s0"]
+    assert written["missing_runs"] == ["mp_elastic_bulk.crysdiff.lf1.s1"]
+
+
 def test_uncertainty_crossfit_moves_each_half_by_the_scale_of_the_other():
     """The out-of-sample check of a calibration (crysdiff calibrate's report, benchmarks/uncertainty.py
     for the bundled models). Each half's samples are moved about their means by the scale fitted on
