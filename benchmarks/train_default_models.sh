@@ -10,8 +10,9 @@
 #   pretrain_long (optional, not in the default STEPS): INIT pre-trained further on the same pool for
 #      LONG_MINUTES (a fresh schedule; crysdiff pretrain --init), for the suite's longpre-* parts; the
 #      shipped predictors do not use it.
-#   pretrain_long2 (optional): models/pretrained_pool_long.ckpt pre-trained further still for LONG2_MINUTES
-#      (a fresh schedule at a lower peak rate, 3e-4), for the suite's longpre2-* parts.
+#   pretrain_long2 (optional): pretrain_long's model (the committed models/pretrained_pool_long.ckpt when
+#      this checkout has no pretrain_long run) pre-trained further still for LONG2_MINUTES
+#      (a fresh schedule at a lower peak rate, 3e-4), for the suite's longpre-* parts (model gaussian_learned_longpre2).
 # Budgets are wall-clock caps (train.max_time_minutes). STEPS selects stages, e.g. STEPS=finetune.
 # INIT is the pre-trained denoiser the fine-tuning starts from: this script's own stage 1 when it ran,
 # else the committed models/pretrained_pool.ckpt.
@@ -45,7 +46,9 @@ if [[ " $STEPS " == *" pretrain_long "* ]]; then
       train.lr=5e-4 train.warmup_steps=200 train.log_every_steps=20
 fi
 if [[ " $STEPS " == *" pretrain_long2 "* ]]; then
-  crysdiff pretrain --init models/pretrained_pool_long.ckpt --data "$DATA" --out "$OUT/pretrain_long2" --no-progress \
+  LONG_INIT="$OUT/pretrain_long/model.ckpt"  # this script's own pretrain_long stage when it ran, else the committed one
+  [[ -f "$LONG_INIT" ]] || LONG_INIT=models/pretrained_pool_long.ckpt
+  crysdiff pretrain --init "$LONG_INIT" --data "$DATA" --out "$OUT/pretrain_long2" --no-progress \
       train.max_epochs=30 train.max_time_minutes=$LONG2_MINUTES train.anneal_over_time=true train.batch_size=64 \
       train.lr=3e-4 train.warmup_steps=200 train.log_every_steps=20
 fi
