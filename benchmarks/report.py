@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from suite_jobs import EXPERIMENTS, FRACTIONS_SPARSE, MODELS, TABLE1_TASKS, TASKS  # noqa: E402
+from suite_jobs import (EXPERIMENTS, FRACTIONS_SPARSE, LONGPRE_MODELS, MODELS, TABLE1_TASKS, TASKS,  # noqa: E402
+                        Layout)
 
 OWN_COLUMNS = ("crysdiff", "scratch", "gaussian_learned", "scratch_gaussian_learned", "regression")
 # crysdiff's diffusion heads in Table 1, each with its from-scratch twin: the paper's (CARD head,
@@ -479,8 +480,8 @@ def section_long(cells) -> list[str]:
 
 # the longer pre-trainings' models (by length: their checkpoints, their short names), and the columns
 # they are set beside (the same head from the pool model, from scratch)
-LONGPRE = (("gaussian_learned_longpre", "models/pretrained_pool_long.ckpt", "longer"),
-           ("gaussian_learned_longpre2", "models/pretrained_pool_long2.ckpt", "longer still"))
+LONGPRE = tuple((model, Layout.default().pretrained(MODELS[model].init).relative_to(ROOT).as_posix(), name)
+                for model, name in zip(LONGPRE_MODELS, ("longer", "longer still")))
 LONGPRE_BASE = ("gaussian_learned", "scratch_gaussian_learned")
 
 
@@ -506,6 +507,9 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
            + " | coverage, " + " / ".join(name for _, _, name in present) + " (raw → calibrated) |",
            "|---|---|---|---|" + "---|" * (3 * len(present) + 1)]
     compared = []  # (task, fraction, {name: mae}, pool, scratch)
+
+    def change(a, b):
+        return signed(pct(a, b)) if math.isfinite(a) and math.isfinite(b) else "–"
     for task, fraction in rows:
         source = "sparse" if (("sparse", task, LONGPRE_BASE[0], fraction) in cells) else "table1"
         pool, scratch = (r["test"]["mae"] if r else math.nan
@@ -515,9 +519,6 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
             run = _seed0(cells.get(("longpre-sparse", task, model, fraction)))
             longer[name] = run["test"]["mae"] if run else math.nan
         compared.append((task, fraction, longer, pool, scratch))
-
-        def change(a, b):
-            return signed(pct(a, b)) if math.isfinite(a) and math.isfinite(b) else "–"
         coverage = " / ".join(calibrated_cell(calibration or {}, ("longpre-sparse", task, m, fraction), {0}) or "–"
                               for m, _, _ in present)
         out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {100 * fraction:g}% | {fmt(scratch)} | {fmt(pool)} | "
@@ -547,32 +548,32 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
                 out.append(f"* {TASKS[task].label}: pre-trained {name} beats scratch at {sum(a < z for a, z in low)} of "
                            f"{len(low)} fractions up to 40% (issue 5 target: all).")
     for model, _, name in present:
-        best, counted = [], 0
-        for task in TABLE1_TASKS:
-            mine = _seed0(cells.get(("longpre-sparse", task, model, 1.0)))
-            others = {k[2]: _seed0(c) for k, c in cells.items() if k[0] == "table1" and k[1] == task and k[3] == 1.0}
-            others = {m: r["test"]["mae"] for m, r in others.items() if r}
-            if mine and others:
-                counted += 1
-                if mine["test"]["mae"] < min(others.values()):
-                    best.append(TASKS[task].label)
+        best, counted, _, _ = _table1_best(cells, model, all_seeds=False)
         if counted:
             out.append(f"* Against every Table 1 column (seed 0): pre-trained {name} would be the best column on "
                        f"{len(best)} of {counted} tasks" + (f" ({', '.join(best)})" if best else "") + ".")
     for model, _, name in present:
-        out += _longpre_seeds(cells, model, name)
+        best, counted, lines, used = _table1_best(cells, model, all_seeds=True)
+        if counted:
+            out += [f"* Against every Table 1 column, mean over the same seeds ({', '.join(map(str, sorted(used)))}): "
+                    f"pre-trained {name} would be the best column on {len(best)} of {counted} tasks"
+                    + (f" ({', '.join(best)})" if best else "") + " (issue 5 target: at least 5 of 7):", *lines]
     return out + [""]
 
 
-def _longpre_seeds(cells, model: str, name: str) -> list[str]:
-    """Where a longer pre-training's Table 1 row has two or more seeds: its mean test MAE beside every
-    Table 1 column's mean over the same seeds (columns lacking one of them left out), and the best-column count."""
-    lines, best, counted, used = [], [], 0, set()
+def _table1_best(cells, model: str, all_seeds: bool) -> tuple[list[str], int, list[str], set]:
+    """The tasks where ``model``'s Table 1 row (in ``longpre-sparse``) beats every Table 1 column: on
+    seed 0 alone, or (``all_seeds``) where the row has two or more seeds, its mean beside each column's
+    mean over the same seeds (a column lacking one of them left out). Returns the tasks it is best on,
+    the tasks counted, a line per counted task and the seeds used."""
+    best, counted, lines, used = [], 0, [], set()
     for task in TABLE1_TASKS:
         mine = cells.get(("longpre-sparse", task, model, 1.0))
-        if not mine or len(set(mine.seeds)) < 2:
+        seeds = set(mine.seeds) if mine else set()
+        if not all_seeds:
+            seeds &= {0}
+        if not seeds or (all_seeds and len(seeds) < 2):
             continue
-        seeds = set(mine.seeds)
 
         def mean_over(cell, seeds=seeds):
             maes = [r["test"]["mae"] for r in cell.results if r["seed"] in seeds]
@@ -583,17 +584,12 @@ def _longpre_seeds(cells, model: str, name: str) -> list[str]:
             continue
         counted += 1
         used |= seeds
-        own = float(np.mean(mine.maes))
-        rival = min(others, key=others.get)
+        own, rival = mean_over(mine), min(others, key=others.get)
         if own < others[rival]:
             best.append(TASKS[task].label)
         lines.append(f"  * {TASKS[task].label}: {fmt_cell(mine)} vs. the best other "
                      f"column, {model_label(rival)}, {fmt(others[rival])} ({signed(pct(own, others[rival]))}).")
-    if not counted:
-        return []
-    return [f"* Against every Table 1 column, mean over the same seeds ({', '.join(map(str, sorted(used)))}): pre-trained "
-            f"{name} would be the best column on {len(best)} of {counted} tasks"
-            + (f" ({', '.join(best)})" if best else "") + " (issue 5 target: at least 5 of 7):", *lines]
+    return best, counted, lines, used
 
 
 def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
