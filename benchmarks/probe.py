@@ -19,7 +19,8 @@ encoder only):
 
 A ridge regression (the closed form, the penalty picked on a held-out fifth of the training
 crystals) is fitted on the standardised features and scored on ``mp2018/val``. A random encoder
-is the floor a pre-training must beat: if the pre-trained features predict the property worse
+(``NAME=random``, initialised from seed 0; ``NAME=random:S`` from seed ``S``, to see how much one
+initialisation differs from another) is the floor a pre-training must beat: if the pre-trained features predict the property worse
 with a linear head, the encoder starts fine-tuning behind a random one.
 """
 
@@ -103,7 +104,8 @@ def ridge_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", nargs="+", default=list(DEFAULT_CHECKPOINTS),
-                        help="NAME=PATH of a pre-training checkpoint, or NAME=random for a fresh encoder")
+                        help="NAME=PATH of a pre-training checkpoint, or NAME=random (NAME=random:SEED) for a fresh "
+                             "encoder initialised from seed 0 (SEED)")
     parser.add_argument("--target", nargs="+", default=["formation_energy_per_atom", "band_gap"])
     parser.add_argument("--train-limit", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -129,13 +131,15 @@ def main() -> None:
                "threads": torch.get_num_threads(), "encoders": {}}
     for spec in args.checkpoint:
         name, _, path = spec.partition("=")
-        if path == "random":
+        fresh = path == "random" or path.startswith("random:")
+        if fresh:  # its own seed, so its weights do not depend on the encoders listed before it
             model_config, data = DenoiserConfig(), to_dict(DataConfig())
+            torch.manual_seed(int(path.partition(":")[2] or 0))
         else:
             payload = load_checkpoint(ROOT / path, kind="pretrain")
             model_config, data = from_dict(DenoiserConfig, payload["config"]["model"]), payload["config"]["data"]
         encoder = build_encoder(model_config).eval()
-        if path != "random":
+        if not fresh:
             state = {k[len("encoder."):]: v for k, v in payload["state_dict"].items() if k.startswith("encoder.")}
             encoder.load_state_dict(state)
         edges = EdgeSettings(max_dense_atoms=data["max_dense_atoms"], knn_neighbors=data["knn_neighbors"])

@@ -548,6 +548,8 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
                 out.append(f"* {TASKS[task].label}: pre-trained {name} beats scratch at {sum(a < z for a, z in low)} of "
                            f"{len(low)} fractions up to 40% (issue 5 target: all).")
     for model, _, name in present:
+        out += _sparse_over_seeds(cells, model, name)
+    for model, _, name in present:
         best, counted, _, _ = _table1_best(cells, model, all_seeds=False)
         if counted:
             out.append(f"* Against every Table 1 column (seed 0): pre-trained {name} would be the best column on "
@@ -559,6 +561,30 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
                     f"pre-trained {name} would be the best column on {len(best)} of {counted} tasks"
                     + (f" ({', '.join(best)})" if best else "") + " (issue 5 target: at least 5 of 7):", *lines]
     return out + [""]
+
+
+def _sparse_over_seeds(cells, model: str, name: str) -> list[str]:
+    """Fig. 4's check (beats scratch at every fraction up to 40%) for a longer pre-training on the mean
+    over the seeds that it and the scratch column both have, where they share two or more; one line per
+    task, listing each fraction's means and seeds."""
+    out = []
+    for task in dict.fromkeys(k[1] for k in cells if k[0] == "longpre-sparse" and k[2] == model):
+        rows = []
+        for fraction in FRACTIONS_SPARSE:
+            mine, theirs = cells.get(("longpre-sparse", task, model, fraction)), cells.get(("sparse", task, LONGPRE_BASE[1], fraction))
+            seeds = sorted(set(mine.seeds) & set(theirs.seeds)) if mine and theirs and fraction <= 0.4 else []
+            if len(seeds) < 2:
+                continue
+
+            def mean_over(cell, seeds=seeds):
+                return float(np.mean([r["test"]["mae"] for r in cell.results if r["seed"] in seeds]))
+            rows.append((fraction, mean_over(mine), mean_over(theirs), seeds))
+        if rows:
+            out.append(f"* {TASKS[task].label}, mean over the seeds both have: pre-trained {name} beats scratch at "
+                       f"{sum(a < z for _, a, z, _ in rows)} of {len(rows)} fractions up to 40% (issue 5 target: all): "
+                       + "; ".join(f"{100 * f:g}% {fmt(a)} vs. {fmt(z)} ({signed(pct(a, z))}, seeds "
+                                   f"{', '.join(map(str, s))})" for f, a, z, s in rows) + ".")
+    return out
 
 
 def _table1_best(cells, model: str, all_seeds: bool) -> tuple[list[str], int, list[str], set]:
@@ -858,17 +884,33 @@ def section_probe(path: Path) -> list[str]:
             out += ["", "Per-layer states are read from the equivariant encoder only (`CrysDiffEncoder(..., "
                         "all_layers=True)`); the cartesian encoder has its output row alone."]
         out.append("")
-    if {"pool", "random"} <= set(encoders):
+    pools = [n for n in encoders if n == "pool" or n.startswith("pool_")]  # the pool model and its continuations
+    if pools and "random" in encoders:
         lines = []
         for target in targets:
-            pool, rand = encoders["pool"]["probes"][target], encoders["random"]["probes"][target]
-            lines.append(f"{target}: pooled output, pre-trained {fmt(pool['pooled']['mae'])} vs. random "
-                         f"{fmt(rand['pooled']['mae'])} ({signed(pct(pool['pooled']['mae'], rand['pooled']['mae']))})")
-            depth = [pool[k]["mae"] for k in ("layer0", "layer1", "layer2", "layer3", "pooled") if k in pool]
-            if len(depth) > 2:
-                trend = "rises" if all(b >= a for a, b in zip(depth, depth[1:])) else "does not rise steadily"
-                lines.append(f"{target}: through the pre-trained layers the probe error {trend} "
-                             f"({' → '.join(fmt(v) for v in depth)})")
+            rand = encoders["random"]["probes"][target]
+            for name in pools:
+                pool = encoders[name]["probes"][target]
+                which = "pre-trained" if name == "pool" else f"pre-trained ({name})"
+                lines.append(f"{target}: pooled output, {which} {fmt(pool['pooled']['mae'])} vs. random "
+                             f"{fmt(rand['pooled']['mae'])} ({signed(pct(pool['pooled']['mae'], rand['pooled']['mae']))})")
+                if "all_layers" in pool and "all_layers" in rand:
+                    lines.append(f"{target}: all layers side by side, {which} {fmt(pool['all_layers']['mae'])} vs. random "
+                                 f"{fmt(rand['all_layers']['mae'])} "
+                                 f"({signed(pct(pool['all_layers']['mae'], rand['all_layers']['mae']))})")
+                depth = [pool[k]["mae"] for k in ("layer0", "layer1", "layer2", "layer3", "pooled") if k in pool]
+                if len(depth) > 2:
+                    trend = "rises" if all(b >= a for a, b in zip(depth, depth[1:])) else "does not rise steadily"
+                    lines.append(f"{target}: through the {which} layers the probe error {trend} "
+                                 f"({' → '.join(fmt(v) for v in depth)})")
+            randoms = [n for n in encoders if n == "random" or n.startswith("random_")]
+            if len(randoms) > 1:  # how far one random initialisation is from another
+                for key, what in (("pooled", "pooled output"), ("all_layers", "all layers side by side")):
+                    values = [encoders[n]["probes"][target][key]["mae"] for n in randoms
+                              if key in encoders[n]["probes"][target]]
+                    if len(values) > 1:
+                        lines.append(f"{target}: {what} of {len(values)} random initialisations "
+                                     f"{fmt(min(values))} to {fmt(max(values))} (the lines above compare with `random`)")
         out += ["**Analysis** (computed):", ""] + [f"* {line}." for line in lines] + [""]
     return out
 
