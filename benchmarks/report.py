@@ -73,7 +73,7 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
 
 
 # parts whose cells the report shows as columns of another part's table
-SHOWN_WITH = {"table1-heads": "table1", "variants-extra": "variants", "sparse-heads": "sparse",
+SHOWN_WITH = {"table1-heads": "table1", "variants-extra": "variants", "variants-layers": "variants", "sparse-heads": "sparse",
               "table1-long-gap": "table1-long", "longpre-table1": "longpre-sparse"}
 
 
@@ -782,7 +782,8 @@ def section_variants(cells) -> list[str]:
         return out + ["*No variant results yet* (`python benchmarks/suite.py --part variants`).", ""]
     task = tasks[0]
     fractions = sorted({k[3] for k in cells if k[0] == "variants"})
-    variants = _models_of(cells, "variants", EXPERIMENTS["variants"].models + EXPERIMENTS["variants-extra"].models)
+    variants = _models_of(cells, "variants", EXPERIMENTS["variants"].models + EXPERIMENTS["variants-extra"].models
+                        + EXPERIMENTS["variants-layers"].models)
     out += [f"{TASKS[task].label}, test MAE ({unit_of(cells, task)}) and 95% coverage, at each share of the training labels.", "",
             "| variant | " + " | ".join(f"{100 * f:g}% MAE | {100 * f:g}% coverage" for f in fractions) + " |",
             "|---|" + "---|---|" * len(fractions)]

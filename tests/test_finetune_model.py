@@ -273,3 +273,65 @@ def test_scale_spread_moves_every_quantile_about_the_mean():
     torch.testing.assert_close(wide["mean"], raw["mean"])  # calibration changes the spread, not the prediction
     torch.testing.assert_close(wide["std"], 3.0 * raw["std"])
     torch.testing.assert_close(wide["p97.5"] - wide["mean"], 3.0 * (raw["p97.5"] - raw["mean"]))
+
+
+class LayeredEncoder(torch.nn.Module):
+    """Knows the composition in its input states and forgets it by the output (as the probe finds
+    of the pre-trained encoder): ``all_layers`` returns ``[embedding, constant]``."""
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.embed = torch.nn.Embedding(20, hidden)
+        self.layers = torch.nn.ModuleList([torch.nn.Identity()])  # one layer: two states in all
+        self.out = torch.nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, batch, frac_coords, lattice, t, *, all_layers=False):
+        final = self.out.expand(len(batch.atomic_numbers), -1)
+        return [self.embed(batch.atomic_numbers), final] if all_layers else final
+
+
+def test_all_layers_head_reads_what_the_last_layer_lost():
+    """``head.layers=all``: the head reads every layer's pooled states, so a target held only by an
+    early layer is learned; with the default (last layer) the head can predict only the mean."""
+    diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=50))
+    errors = {}
+    for layers in ("last", "all"):
+        torch.manual_seed(0)
+        model = PropertyModel(LayeredEncoder(), 32, HeadConfig(hidden_dim=32, layers=layers), mean=3.0, std=2.0)
+        assert model.head.net[1].in_features == (64 if layers == "all" else 32)
+        train(model, diffusion, steps=400)
+        batch, _, target_mean, _ = toy_batch(400, torch.Generator().manual_seed(9))
+        with torch.no_grad():
+            prediction = model.predict(batch, diffusion, num_samples=20, generator=torch.Generator().manual_seed(1))["mean"]
+        errors[layers] = (prediction.double() - target_mean.double()).abs().mean().item()
+    assert errors["last"] > 0.9 and errors["all"] < 0.25, errors
+    with pytest.raises(ValueError, match="head.layers"):
+        PropertyModel(LayeredEncoder(), 32, HeadConfig(layers="first"))
+    with pytest.raises(ValueError, match="equivariant encoder"):
+        PropertyModel(ToyEncoder(), 32, HeadConfig(layers="all"))
+
+
+def test_all_layers_features_keep_the_encoders_symmetries(crystals):
+    """The concatenated per-layer features of the real encoder are invariant to rotations and
+    reflections of the lattice, periodic translations and atom permutations."""
+    from crysdiff.batching import collate_crystals
+    from crysdiff.denoiser import CrysDiffEncoder, DenoiserConfig
+    from crysdiff.symmetry import (assert_invariant, permute_atoms, random_orthogonal, random_permutation,
+                                   rotate_lattice, shift_all, shift_one_atom_by_lattice_vector)
+
+    torch.manual_seed(0)
+    encoder = CrysDiffEncoder(DenoiserConfig(hidden_dim=32, num_layers=2, num_frequencies=8, time_dim=16))
+    model = PropertyModel(encoder, 32, HeadConfig(layers="all")).double().eval()
+    batch = collate_crystals(crystals)
+    batch.frac_coords, batch.lattice = batch.frac_coords.double(), batch.lattice.double()
+
+    def fn(b):
+        return model.encode(b)
+
+    assert fn(batch).shape == (batch.num_atoms.shape[0], 3 * 32)
+    for reflect in (False, True):
+        assert_invariant(fn, batch, lambda b: rotate_lattice(b, random_orthogonal(5, reflect=reflect)), atol=1e-9)
+    shift = torch.rand(batch.num_atoms.shape[0], 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert_invariant(fn, batch, lambda b: shift_all(b, shift), atol=1e-9)
+    assert_invariant(fn, batch, lambda b: shift_one_atom_by_lattice_vector(b, 1, (1, -2, 5), wrap=True), atol=1e-9)
+    assert_invariant(fn, batch, lambda b: permute_atoms(b, random_permutation(b, 3)), atol=1e-9)

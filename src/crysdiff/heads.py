@@ -81,6 +81,12 @@ class HeadConfig:
             composition in the atom states and wears it away layer by layer (a linear probe of
             the pooled states predicts formation energy worse than a random encoder's,
             ``benchmarks/probe.py``); this skip hands the head the composition directly.
+        layers: ``"last"`` (default): the head reads the mean over atoms of the encoder's final
+            atom states. ``"all"``: the means of the states entering every layer and of the final
+            states, side by side and layer-normalised (``[B, (num_layers + 1) H]``; equivariant
+            encoder only). A linear probe finds more of the property in all layers together than
+            in the last (the last layers of a pre-trained encoder stay tuned to denoising,
+            ``benchmarks/probe.py``).
     """
 
     kind: str = "gaussian"
@@ -90,6 +96,7 @@ class HeadConfig:
     dropout: float = 0.0
     baseline: str = "prior"
     composition: bool = False
+    layers: str = "last"
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -115,12 +115,22 @@ class PropertyModel(nn.Module):
         self.interval_scale = 1.0
         self.encoder = encoder
         self.head_config = head
+        if head.layers not in ("last", "all"):
+            raise ValueError(f"unknown head.layers {head.layers!r}: expected 'last' or 'all'")
+        self.all_layers = head.layers == "all"
+        feature_dim = hidden_dim
+        if self.all_layers:
+            if not hasattr(encoder, "layers"):
+                raise ValueError(f"head.layers=all needs the equivariant encoder (model.kind=equivariant) on its own; "
+                                 f"found {type(encoder).__name__}")
+            feature_dim = hidden_dim * (len(encoder.layers) + 1)
+            self.layer_norm = nn.LayerNorm(feature_dim)
         if head.kind == "regression":
-            self.head = RegressionHead(hidden_dim, head.hidden_dim, head.dropout)
+            self.head = RegressionHead(feature_dim, head.hidden_dim, head.dropout)
         else:
-            self.head = build_noise_head(hidden_dim, head)
+            self.head = build_noise_head(feature_dim, head)
         learned = head.prior == "learned" and head.kind != "regression"  # a regression head needs no prior
-        self.prior = RegressionHead(hidden_dim, head.hidden_dim, head.dropout) if learned else None
+        self.prior = RegressionHead(feature_dim, head.hidden_dim, head.dropout) if learned else None
         # head.composition: an element embedding of the head's own, indexed by Z (row 0 unused)
         self.composition = nn.Embedding(max_atomic_number + 1, hidden_dim) if head.composition else None
         self.register_buffer("y_mean", torch.tensor(float(mean), dtype=torch.float64))
@@ -148,10 +158,15 @@ class PropertyModel(nn.Module):
         else:
             step = structure_timestep(t, property_steps, structure_diffusion.timesteps)
             frac, lattice = noise_structure(batch, structure_diffusion, step, generator)
-        nodes = self.encoder(batch, frac, lattice, step)  # [N, H]
+        if self.all_layers:  # head.layers=all: [B, (L + 1) H], every layer's pooled states side by side
+            *states, nodes = self.encoder(batch, frac, lattice, step, all_layers=True)
+        else:
+            states, nodes = [], self.encoder(batch, frac, lattice, step)  # [N, H]
         if self.composition is not None:
             nodes = nodes + self.composition(batch.atomic_numbers).to(nodes.dtype)
-        return pool_mean(nodes, batch.batch, num_crystals)
+        if not states:
+            return pool_mean(nodes, batch.batch, num_crystals)
+        return self.layer_norm(torch.cat([pool_mean(h, batch.batch, num_crystals) for h in (*states, nodes)], dim=-1))
 
     def standardise(self, y: torch.Tensor) -> torch.Tensor:
         return (y - self.y_mean.to(y.dtype)) / self.y_std.to(y.dtype)
