@@ -20,8 +20,9 @@ encoder only):
 A ridge regression (the closed form, the penalty picked on a held-out fifth of the training
 crystals) is fitted on the standardised features and scored on ``mp2018/val``. A random encoder
 (``NAME=random``, initialised from seed 0; ``NAME=random:S`` from seed ``S``, to see how much one
-initialisation differs from another) is the floor a pre-training must beat: if the pre-trained features predict the property worse
-with a linear head, the encoder starts fine-tuning behind a random one.
+initialisation differs from another) is the floor a pre-training must beat: if the pre-trained
+features predict the property worse with a linear head, the encoder starts fine-tuning behind a
+random one.
 """
 
 from __future__ import annotations
