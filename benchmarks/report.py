@@ -563,6 +563,13 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
     return out + [""]
 
 
+def _mean_over(cell: Cell, seeds) -> float:
+    """The mean test MAE of ``cell``'s runs with these seeds (``nan`` if it lacks one of them)."""
+    if not {r["seed"] for r in cell.results} >= set(seeds):
+        return math.nan
+    return float(np.mean([r["test"]["mae"] for r in cell.results if r["seed"] in seeds]))
+
+
 def _sparse_over_seeds(cells, model: str, name: str) -> list[str]:
     """Fig. 4's check (beats scratch at every fraction up to 40%) for a longer pre-training on the mean
     over the seeds that it and the scratch column both have, where they share two or more; one line per
@@ -573,12 +580,8 @@ def _sparse_over_seeds(cells, model: str, name: str) -> list[str]:
         for fraction in FRACTIONS_SPARSE:
             mine, theirs = cells.get(("longpre-sparse", task, model, fraction)), cells.get(("sparse", task, LONGPRE_BASE[1], fraction))
             seeds = sorted(set(mine.seeds) & set(theirs.seeds)) if mine and theirs and fraction <= 0.4 else []
-            if len(seeds) < 2:
-                continue
-
-            def mean_over(cell, seeds=seeds):
-                return float(np.mean([r["test"]["mae"] for r in cell.results if r["seed"] in seeds]))
-            rows.append((fraction, mean_over(mine), mean_over(theirs), seeds))
+            if len(seeds) >= 2:
+                rows.append((fraction, _mean_over(mine, seeds), _mean_over(theirs, seeds), seeds))
         if rows:
             out.append(f"* {TASKS[task].label}, mean over the seeds both have: pre-trained {name} beats scratch at "
                        f"{sum(a < z for _, a, z, _ in rows)} of {len(rows)} fractions up to 40% (issue 5 target: all): "
@@ -601,16 +604,13 @@ def _table1_best(cells, model: str, all_seeds: bool) -> tuple[list[str], int, li
         if not seeds or (all_seeds and len(seeds) < 2):
             continue
 
-        def mean_over(cell, seeds=seeds):
-            maes = [r["test"]["mae"] for r in cell.results if r["seed"] in seeds]
-            return float(np.mean(maes)) if {r["seed"] for r in cell.results} >= seeds else math.nan
-        others = {k[2]: mean_over(c) for k, c in cells.items() if k[0] == "table1" and k[1] == task and k[3] == 1.0}
+        others = {k[2]: _mean_over(c, seeds) for k, c in cells.items() if k[0] == "table1" and k[1] == task and k[3] == 1.0}
         others = {m: v for m, v in others.items() if math.isfinite(v)}
         if not others:
             continue
         counted += 1
         used |= seeds
-        own, rival = mean_over(mine), min(others, key=others.get)
+        own, rival = _mean_over(mine, seeds), min(others, key=others.get)
         if own < others[rival]:
             best.append(TASKS[task].label)
         lines.append(f"  * {TASKS[task].label}: {fmt_cell(mine)} vs. the best other "
