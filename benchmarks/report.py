@@ -859,6 +859,10 @@ PROBE_FEATURES = (("layer0", "input states"), ("layer1", "after layer 1"), ("lay
                   ("all_layers", "all layers concatenated"))
 
 
+# the probe features the analysis sets against a random encoder
+PROBE_SUMMARIES = (("pooled", "pooled output"), ("all_layers", "all layers side by side"))
+
+
 def section_probe(path: Path) -> list[str]:
     """Linear probes of frozen encoders (``benchmarks/probe.py``): where pre-training keeps or loses
     what a property needs."""
@@ -893,12 +897,11 @@ def section_probe(path: Path) -> list[str]:
             for name in pools:
                 pool = encoders[name]["probes"][target]
                 which = "pre-trained" if name == "pool" else f"pre-trained ({name})"
-                lines.append(f"{target}: pooled output, {which} {fmt(pool['pooled']['mae'])} vs. random "
-                             f"{fmt(rand['pooled']['mae'])} ({signed(pct(pool['pooled']['mae'], rand['pooled']['mae']))})")
-                if "all_layers" in pool and "all_layers" in rand:
-                    lines.append(f"{target}: all layers side by side, {which} {fmt(pool['all_layers']['mae'])} vs. random "
-                                 f"{fmt(rand['all_layers']['mae'])} "
-                                 f"({signed(pct(pool['all_layers']['mae'], rand['all_layers']['mae']))})")
+                for key, what in PROBE_SUMMARIES:
+                    if key in pool and key in rand:
+                        mine, floor = pool[key]["mae"], rand[key]["mae"]
+                        lines.append(f"{target}: {what}, {which} {fmt(mine)} vs. random {fmt(floor)} "
+                                     f"({signed(pct(mine, floor))})")
                 depth = [pool[k]["mae"] for k in ("layer0", "layer1", "layer2", "layer3", "pooled") if k in pool]
                 if len(depth) > 2:
                     trend = "rises" if all(b >= a for a, b in zip(depth, depth[1:])) else "does not rise steadily"
@@ -906,7 +909,7 @@ def section_probe(path: Path) -> list[str]:
                                  f"({' → '.join(fmt(v) for v in depth)})")
             randoms = [n for n in encoders if n == "random" or n.startswith("random_")]
             if len(randoms) > 1:  # how far one random initialisation is from another
-                for key, what in (("pooled", "pooled output"), ("all_layers", "all layers side by side")):
+                for key, what in PROBE_SUMMARIES:
                     values = [encoders[n]["probes"][target][key]["mae"] for n in randoms
                               if key in encoders[n]["probes"][target]]
                     if len(values) > 1:
