@@ -21,19 +21,44 @@ checkpoint. In a distributed run only global rank 0 writes (every rank holds the
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT_VERSION"]
+__all__ = ["CheckpointError", "RefusedCheckpoint", "save_checkpoint", "load_checkpoint", "read_plain", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A file that is not a usable crysdiff checkpoint."""
+
+
+class RefusedCheckpoint(CheckpointError):
+    """A file crysdiff will not load at all: unreadable, not a checkpoint, carrying pickled code, or
+    a path that leaves its run folder. The CLI exits with code 2."""
+
+    exit_code = 2
+
+
+def read_plain(path: str | Path):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code. Any
+    failure (a pickled payload, a truncated or empty file, text) is one :class:`RefusedCheckpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RefusedCheckpoint(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated file, not a torch file, pickled classes or code...
+        size = path.stat().st_size
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch's message carries terminal colours
+        detail = next((line.strip() for line in text.splitlines() if line.strip()), "")[:200]
+        what = "an empty (0-byte) file" if size == 0 else f"a {size:,}-byte file"
+        raise RefusedCheckpoint(f"{path}: refused: {what} that is not a plain torch checkpoint "
+                                f"({type(error).__name__}{': ' + detail if detail else ''})") from None
 
 
 def save_checkpoint(path: str | Path, *, kind: str, config: dict, state_dict: dict, **extra: Any) -> Path:
@@ -67,14 +92,9 @@ def save_checkpoint(path: str | Path, *, kind: str, config: dict, state_dict: di
 def load_checkpoint(path: str | Path, kind: str | tuple[str, ...] | None = None) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`, checking its format (and kind)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated file, not a torch file, pickled classes...
-        raise CheckpointError(f"{path}: not a readable crysdiff checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    payload = read_plain(path)
     if not isinstance(payload, dict) or payload.get("format") != "crysdiff":
-        raise CheckpointError(f"{path}: not a crysdiff checkpoint (no 'format: crysdiff' header)")
+        raise RefusedCheckpoint(f"{path}: not a crysdiff checkpoint (no 'format: crysdiff' header)")
     if int(payload.get("format_version", -1)) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {payload['format_version']} is newer than this crysdiff understands ({FORMAT_VERSION}); upgrade crysdiff"

@@ -170,6 +170,8 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
     out_dir = Path(out_dir)
     if resume and rank_zero_only.rank == 0:
         _keep_earlier_log(out_dir)
+    # no version counter: the epoch saves and the step saves write the same last.ckpt (not a second
+    # last-v1.ckpt), and a new best replaces best.ckpt
     callbacks = [
         ModelCheckpoint(
             dirpath=str(out_dir / "checkpoints"),
@@ -178,12 +180,14 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
             mode="min",
             save_last=True,
             save_top_k=1,
+            enable_version_counter=False,
         ),
         LearningRateMonitor(logging_interval="step"),
     ]
     if config.checkpoint_every_steps > 0:  # mid-epoch resume points (the loader's position is saved too)
         callbacks.append(ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0,
-                                         every_n_train_steps=config.checkpoint_every_steps))
+                                         every_n_train_steps=config.checkpoint_every_steps,
+                                         enable_version_counter=False))
     ema = ema_callback(config.ema_decay)
     if ema is not None:
         callbacks.append(ema)
@@ -225,9 +229,12 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
 
 
 def last_checkpoint(out_dir: str | Path) -> str | None:
-    """``OUT/checkpoints/last.ckpt`` if an earlier run left one (for ``--resume``)."""
-    path = Path(out_dir) / "checkpoints" / "last.ckpt"
-    return str(path) if path.is_file() else None
+    """``OUT/checkpoints/last.ckpt`` if an earlier run left one (for ``--resume``), checked and made
+    to refer to this folder only (:func:`crysdiff.runfolder.resume_checkpoint`); pass it to
+    ``trainer.fit`` with ``weights_only=True``."""
+    from crysdiff.runfolder import resume_checkpoint
+
+    return resume_checkpoint(out_dir)
 
 
 def read_metrics(out_dir: str | Path) -> list[dict[str, float]]:

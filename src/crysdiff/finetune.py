@@ -281,12 +281,14 @@ def run_finetune(
     from crysdiff.crystal import ValidationSettings
     from crysdiff.engine import last_checkpoint, make_trainer, plot_curves
     from crysdiff.loader import make_loader
+    from crysdiff.runfolder import best_state_dict
     from crysdiff.splits import label_fraction as subsample
     from crysdiff.splits import random_split
 
     if not config.target:
         raise ValueError("no target given: pass --target NAME (a label column of the data)")
     out_dir = Path(out_dir)
+    resume_from = last_checkpoint(out_dir) if resume else None  # a refused run folder stops here, before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     settings = ValidationSettings(min_distance=config.data.min_distance, max_atoms=config.data.max_atoms)
@@ -328,11 +330,11 @@ def run_finetune(
     train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, **loader_args)
     val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
     started = time.perf_counter()
-    trainer.fit(task, train_loader, val_loader, ckpt_path=last_checkpoint(out_dir) if resume else None)
+    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     fit_seconds = time.perf_counter() - started
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best and Path(best).is_file():
-        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    best = best_state_dict(trainer, out_dir)
+    if best is not None:
+        task.load_state_dict(best)
 
     # final validation with the prediction settings users get (S samples, full chain)
     metrics: dict = {"target": config.target, "unit": unit, "train_count": int(len(train_idx)),

@@ -105,10 +105,12 @@ def run_pretrain(
     from crysdiff.cache import load_dataset
     from crysdiff.crystal import ValidationSettings
     from crysdiff.loader import make_loader
+    from crysdiff.runfolder import best_state_dict
     from crysdiff.splits import random_split
 
     start = _read_init(config, init) if init else None  # before anything is written: a bad --init leaves OUT as it was
     out_dir = Path(out_dir)
+    resume_from = last_checkpoint(out_dir) if resume else None  # a refused run folder stops here, before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(config, out_dir / "config.yaml")
     L.seed_everything(config.train.seed, workers=True, verbose=False)
@@ -133,13 +135,12 @@ def run_pretrain(
     train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, drop_last=False, **loader_args)
     val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
     started = time.perf_counter()
-    trainer.fit(task, train_loader, val_loader, ckpt_path=last_checkpoint(out_dir) if resume else None)
+    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     fit_seconds = time.perf_counter() - started
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best and Path(best).is_file():
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-        task.load_state_dict(state)
+    best = best_state_dict(trainer, out_dir)
+    if best is not None:
+        task.load_state_dict(best)
     if val_loader is not None:  # the weights that are exported, validated once more (logged to metrics.csv)
         trainer.validate(task, val_loader, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}

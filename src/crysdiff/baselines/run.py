@@ -128,6 +128,7 @@ def run_cgcnn(train, val, test, target: str, out_dir: str | Path, *, minutes: fl
     """Train on ``train``, select on ``val``, predict ``test``; write ``OUT/test_predictions.csv`` and
     ``OUT/metrics.json`` (see :mod:`crysdiff.baselines.protocol`). Returns the metrics."""
     from crysdiff.engine import make_trainer
+    from crysdiff.runfolder import best_state_dict
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -157,7 +158,7 @@ def run_cgcnn(train, val, test, target: str, out_dir: str | Path, *, minutes: fl
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     chosen = "final"
     if best_path and Path(best_path).is_file() and best_score is not None and float(best_score) < final_val_mae:
-        task.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"])
+        task.load_state_dict(best_state_dict(trainer, out_dir))
         chosen = f"best checkpoint (val MAE {float(best_score):.4g})"
     _, y_val, p_val = _predict(model, val_loader)
     test_index, y_test, p_test = _predict(model, _loader(parts["test"], tables["test"], target, train_config,

@@ -11,6 +11,12 @@ from crysdiff.config import apply_overrides, load_yaml
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError)
 
 
+class UsageError(ValueError):
+    """A command-line argument that cannot work (checked before any work): one line, exit code 2."""
+
+    exit_code = 2
+
+
 def add_config_arguments(parser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config (keys as in the config written to OUT/config.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=5 model.hidden_dim=64")
@@ -45,5 +51,5 @@ def run_guarded(function) -> int:
         return int(function() or 0)
     except RecordError as error:
         return fail(f"{error.source} [{error.record}]: {error.reason}")
-    except USER_ERRORS as error:
-        return fail(str(error))
+    except USER_ERRORS as error:  # a refused file or a bad argument carries exit code 2
+        return fail(str(error), getattr(error, "exit_code", 1))
