@@ -310,6 +310,13 @@ def run_finetune(
         train_idx, val_idx = train_idx[a], train_idx[b]
     if len(train_idx) == 0:
         raise ValueError(f"no training crystal has a value for {config.target!r}")
+    if len(val_idx) == 0:
+        from crysdiff.notices import warn_once
+
+        given = "the --val data has none" if val_sources else \
+            f"data.val_fraction={config.data.val_fraction} of {len(train_idx)} labelled crystals is none"
+        warn_once(f"no validation crystals ({given}): there will be no validation MAE, the best checkpoint is the "
+                  "last one, and the 95% interval is not calibrated (pass --val or a larger data.val_fraction)")
     train_idx = subsample(train_idx, label_fraction, seed=config.train.seed) if label_fraction < 1 else train_idx
     column = train_cache.label_names.index(config.target)
     y_train = np.asarray(train_cache.labels[train_idx, column], dtype=np.float64)

@@ -257,7 +257,8 @@ def load(model: str | Path | list | tuple, device: str | torch.device | None = N
                               config=config, path=str(path),
                               structure_diffusion=None if structure_diffusion is None else structure_diffusion.to(device)))
         normalizers.append(normalizer)
-        infos.append({"path": str(path), "metrics": payload.get("metrics", {}), "data": payload.get("data", {})})
+        infos.append({"path": str(path), "metrics": payload.get("metrics", {}), "data": payload.get("data", {}),
+                      "calibrated": "interval_scale" in normalizer})
     if len(members) > 1:
         _check_ensemble(members, normalizers)
     info = infos[0] if len(infos) == 1 else {"members": infos}

@@ -14,10 +14,73 @@ Examples:
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from crysdiff.commands._common import fail, run_guarded
+from crysdiff.commands._common import UsageError, fail, run_guarded
+
+OUT_FORMATS = (".csv", ".json")
+
+
+def check_device(name: str | None) -> None:
+    """``--device`` names a device this machine has: cpu, cuda, cuda:N (N < the GPUs present) or mps."""
+    import torch
+
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name}: not a device name; expected cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: unsupported device type {device.type!r}; expected cpu, cuda, cuda:N or mps")
+
+
+def check_out(out: Path | None) -> None:
+    """``--out`` ends in an accepted extension and can be written: its folder exists or can be made
+    (no regular file on the way) and a file can be created there. Nothing is left behind."""
+    import tempfile
+
+    if out is None:
+        return
+    if out.suffix.lower() not in OUT_FORMATS:
+        raise UsageError(f"--out {out}: unknown extension {out.suffix or '(none)'!r}; accepted: {', '.join(OUT_FORMATS)}")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; expected a file name ending in {' or '.join(OUT_FORMATS)}")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: cannot be written, {folder} is a file, not a folder")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out}: the file exists and cannot be written")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"--out {out}: cannot be written in {folder} ({error.strerror or error})") from None
+
+
+def check_arguments(args) -> None:
+    """Everything that can be checked before a model is loaded or a structure read."""
+    if args.samples < 2:
+        raise UsageError(f"--samples {args.samples}: at least 2 samples per crystal are needed (the 95% interval and "
+                         "the spread come from the samples)")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: expected a positive number of crystals per batch")
+    check_device(args.device)
+    check_out(args.out)
 
 
 def add_arguments(parser) -> None:
@@ -51,7 +114,9 @@ def run(args) -> int:
         return fail("predict needs --model and at least one source (see crysdiff predict --help)", 2)
 
     def go():
+        check_arguments(args)
         predictor = load(args.model, device=args.device)
+        _warn_uncalibrated(predictor, args)
         predictor.widen = not args.as_drawn
         predictor.calibrated = not args.raw_interval
         frame, errors = predictor.predict(args.sources, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
@@ -79,3 +144,17 @@ def run(args) -> int:
         return 0
 
     return run_guarded(go)
+
+
+def _warn_uncalibrated(predictor, args) -> None:
+    """A model fine-tuned without validation crystals (or with calibrate=false) has an interval that was
+    never checked against data: say so (the output columns are unchanged)."""
+    from crysdiff.notices import warn_once
+
+    if args.raw_interval:
+        return
+    infos = predictor.info.get("members", [predictor.info])
+    for member, info in zip(predictor.members, infos):
+        if member.model.is_diffusion and not info.get("calibrated", True):
+            warn_once(f"{info['path']}: the 95% interval is uncalibrated (the model was fine-tuned without "
+                      "validation crystals or with calibrate=false); refit it with crysdiff calibrate")
