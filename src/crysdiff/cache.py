@@ -20,6 +20,12 @@ of every file (BLAKE2). Content digests are remembered in ``CACHE/digests.json``
 file's (size, mtime_ns): an unchanged file is not re-read, so a warm open of the whole shared pool
 takes well under a second, while any edit (or a change of settings) gives a new key and a rebuild.
 
+**Damaged parts heal.** Every part's ``meta.json`` records the byte size and a CRC-32 of each of
+its ``.npy`` files. Opening a part checks the sizes (and, for parts of up to 4 MiB, the checksums);
+``load_dataset(verify=True)`` (``crysdiff data cache --verify``) checks every checksum and re-hashes
+every source file instead of trusting (size, mtime_ns). A damaged part is reported in one line,
+removed and rebuilt from its sources.
+
 **Atomic writes.** A part is built in ``CACHE/.tmp-<key>-<pid>/`` and renamed into place only when
 complete: an interrupted build leaves no corrupt part and never touches existing ones. Temporary
 folders of dead processes are removed by the next build.
@@ -42,6 +48,7 @@ import shutil
 import sys
 import threading
 import time
+import zlib
 from array import array
 from dataclasses import asdict
 from itertools import groupby
@@ -53,7 +60,7 @@ from crysdiff.crystal import Crystal, RecordError, ValidationSettings
 
 __all__ = ["CrystalCache", "DatasetError", "load_dataset", "default_cache_dir", "CACHE_VERSION"]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: meta.json records each file's size and CRC-32
 _MAPPED = ("atomic_numbers", "frac_coords", "lattices", "labels", "id_bytes")  # memory-mapped
 _LOADED = ("atom_offset", "id_offset", "source_local")  # small, read into memory
 
@@ -78,8 +85,9 @@ def _source_files(path: Path) -> list[Path]:
 class _Digests:
     """BLAKE2 digests of files, remembered against (size, mtime_ns) in ``CACHE/digests.json``."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, rehash: bool = False):
         self.path = root / "digests.json"
+        self.rehash = rehash  # re-read every file, whatever its (size, mtime_ns) say
         try:
             self.table = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -90,11 +98,12 @@ class _Digests:
         stat = file.stat()
         key = str(file)
         entry = self.table.get(key)
-        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns and not self.rehash:
             return entry[2]
         digest = hashlib.blake2b(file.read_bytes(), digest_size=16).hexdigest()
-        self.table[key] = [stat.st_size, stat.st_mtime_ns, digest]
-        self.dirty = True
+        if entry is None or entry[2] != digest or entry[:2] != [stat.st_size, stat.st_mtime_ns]:
+            self.table[key] = [stat.st_size, stat.st_mtime_ns, digest]
+            self.dirty = True
         return digest
 
     def save(self) -> None:
@@ -144,6 +153,61 @@ def _load(file: Path, mmap: bool):
     if mmap and file.stat().st_size > 4096:  # tiny or empty arrays: read (an empty file cannot be mapped)
         return np.load(file, mmap_mode="r")
     return np.load(file)
+
+
+_CHECKSUM_ON_OPEN_BYTES = 4 << 20  # parts up to this size are checksummed at every open (a few ms)
+
+
+def _crc32(file: Path) -> int:
+    crc = 0
+    with open(file, "rb") as handle:
+        while chunk := handle.read(16 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _file_records(folder: Path, names) -> dict[str, list[int]]:
+    """``{file name: [bytes, crc32]}`` of the part's files, written into its meta.json."""
+    return {name: [(folder / name).stat().st_size, _crc32(folder / name)] for name in names}
+
+
+def part_problem(folder: Path, checksums: bool | None = None) -> str | None:
+    """What is wrong with the part in ``folder`` (``None``: it is whole). Sizes are always checked
+    against meta.json; checksums too with ``checksums=True``, or by default for small parts."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        files = meta["files"]
+        if meta.get("version") != CACHE_VERSION or not isinstance(files, dict):
+            raise KeyError("version")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"meta.json is unreadable or incomplete ({type(error).__name__})"
+    expected = {f"{name}.npy" for name in _MAPPED + _LOADED}
+    if set(files) != expected:
+        return "meta.json does not list the part's files"
+    total = 0
+    for name, (size, _) in sorted(files.items()):
+        try:
+            found = (folder / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if found != size:
+            return f"{name} holds {found:,} bytes, meta.json says {size:,} (truncated or replaced)"
+        total += size
+    if checksums or (checksums is None and total <= _CHECKSUM_ON_OPEN_BYTES):
+        for name, (_, crc) in sorted(files.items()):
+            if _crc32(folder / name) != crc:
+                return f"{name} does not match its checksum (damaged)"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged part out of the way (one rename, so a concurrent reader sees it or nothing) and delete it."""
+    doomed = folder.with_name(f".tmp-damaged-{folder.name}-{os.getpid()}")
+    try:
+        os.rename(folder, doomed)
+    except OSError:  # another process moved it already
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 class _Part:
@@ -231,12 +295,14 @@ class _PartWriter:
             np.save(self.tmp / f"{name}.npy", values)
         for name in self._STREAMS:
             (self.tmp / f"{name}.bin").unlink()
+        files = _file_records(self.tmp, [f"{name}.npy" for name in arrays])
         per_source = np.bincount(arrays["source_local"], minlength=len(self.sources))
         meta = {
             "version": CACHE_VERSION, "key": self.key, "settings": asdict(self.settings),
             "sources": [{"path": s.path, "format": s.format, "crystals": int(c)} for s, c in zip(self.sources, per_source)],
             "num_crystals": n, "num_atoms": total, "records": self.records, "label_names": names,
             "units": {k: units[k] for k in names if k in units}, "skipped": self.skipped, "created": time.time(),
+            "files": files,
         }
         (self.tmp / "meta.json").write_text(json.dumps(meta))
         final = self.root / self.key
@@ -384,6 +450,25 @@ def _progress(enabled: bool):
 # --- the dataset ------------------------------------------------------------------------------------
 
 
+def _damaged_or_missing(root: Path, keys: list[str], groups, checksums: bool | None) -> list[int]:
+    """Indices of the parts to build: missing ones, and damaged ones (reported, then removed)."""
+    from crysdiff.notices import warn
+
+    todo = []
+    for k, key in enumerate(keys):
+        folder = root / key
+        if not folder.exists():
+            todo.append(k)
+            continue
+        problem = part_problem(folder, checksums)
+        if problem is not None:
+            names = ", ".join(Path(s.path).name for s in groups[k][:3]) + (", ..." if len(groups[k]) > 3 else "")
+            warn(f"cache part {folder} is damaged: {problem}; rebuilding it from its sources ({names})")
+            _discard(folder)
+            todo.append(k)
+    return todo
+
+
 class CrystalCache:
     """A dataset: one or more memory-mapped parts, addressed by a global crystal index ``0..B-1``.
 
@@ -444,6 +529,11 @@ class CrystalCache:
     def skipped(self) -> list[dict]:
         """Every record left out, as ``dict(source, record, reason)``."""
         return [entry for p in self.parts for entry in p.meta["skipped"]]
+
+    @property
+    def notices(self) -> list[dict]:
+        """Records read with a caveat worth a warning (e.g. deuterium read as H), once per file and reason."""
+        return [entry for p in self.parts for entry in p.meta.get("notices", [])]
 
     @property
     def labels(self) -> np.ndarray:
@@ -529,6 +619,7 @@ def load_dataset(
     strict: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    verify: bool = False,
 ) -> CrystalCache:
     """Open (building what is missing) the cache of ``sources``: paths of files, folders, datasets.
 
@@ -536,6 +627,10 @@ def load_dataset(
         sources: paths (see :func:`crysdiff.io.resolve`); several paths pool into one dataset.
         cache_dir: where parts live (default :func:`default_cache_dir`).
         workers: parser processes (default: all cores; 1 parses in this process).
+        verify: re-hash every source file (an in-place edit that kept size and mtime is otherwise
+            not seen) and check every part's checksums, not only its sizes.
+    A damaged part (a file truncated or changed, meta.json unreadable) is reported in one line on
+    stderr, removed and rebuilt from its sources.
     Raises:
         FileNotFoundError / ValueError: a path is missing or its format unknown.
         RecordError: with ``strict``, the first bad record.
@@ -551,10 +646,10 @@ def load_dataset(
     groups = _group_sources(resolved)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    digests = _Digests(root)
+    digests = _Digests(root, rehash=verify)
     keys = [_group_key(g, settings, format, digests) for g in groups]
     digests.save()
-    missing = [k for k, key in enumerate(keys) if not (root / key / "meta.json").is_file()]
+    missing = _damaged_or_missing(root, keys, groups, checksums=True if verify else None)
     if strict:  # a cached part with skipped records must fail a strict open as well
         for k, key in enumerate(keys):
             if k not in missing:
@@ -562,11 +657,20 @@ def load_dataset(
                 if skipped:
                     first = skipped[0]
                     raise RecordError(first["source"], first["record"], first["reason"])
+    count = max(1, workers if workers is not None else (os.cpu_count() or 1))
     if missing:
         _remove_stale_tmp(root)
-        count = workers if workers is not None else (os.cpu_count() or 1)
-        _build([groups[k] for k in missing], [keys[k] for k in missing], root, settings, strict, max(1, count), progress)
-    cache = CrystalCache([root / key for key in keys])
+        _build([groups[k] for k in missing], [keys[k] for k in missing], root, settings, strict, count, progress)
+    try:
+        cache = CrystalCache([root / key for key in keys])
+    except (OSError, ValueError, KeyError, TypeError):  # damage the size checks did not see: check everything
+        again = _damaged_or_missing(root, keys, groups, checksums=True)
+        _build([groups[k] for k in again], [keys[k] for k in again], root, settings, strict, count, progress)
+        cache = CrystalCache([root / key for key in keys])
+    for notice in cache.notices:
+        from crysdiff.notices import warn_once
+
+        warn_once(f"{notice['source']} [{notice['record']}]: {notice['reason']}")
     if cache.num_crystals == 0:
         reasons = "; ".join(f"{e['source']} [{e['record']}]: {e['reason']}" for e in cache.skipped[:3])
         raise DatasetError(

@@ -2,6 +2,7 @@
 
   crysdiff data inspect PATH...   report on structures (files, folders, CSV/JSON/extxyz datasets)
   crysdiff data cache PATH...     parse into the memory-mapped cache and say where it lives
+                                  (--verify: re-hash the sources, check every checksum, rebuild what differs)
 
 Every record that cannot be used is listed with its file, record and reason; the command fails
 (exit code 1) only if no crystal could be read, or on the first bad record with --strict.
@@ -42,8 +43,11 @@ def add_arguments(parser) -> None:
         sub.add_argument("--cache-dir", type=Path, help="cache folder (default $CRYSDIFF_CACHE or ~/.cache/crysdiff)")
         if name == "inspect":
             sub.add_argument("--no-cache", action="store_true", help="parse into a temporary cache that is deleted afterwards")
-        if name == "inspect":
             sub.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+        else:
+            sub.add_argument("--verify", action="store_true",
+                             help="re-hash every source file (an edit that kept size and modification time is otherwise "
+                                  "not seen) and check every cached file's checksum; rebuild what differs")
 
 
 def run(args) -> int:
@@ -62,13 +66,15 @@ def run(args) -> int:
         as_json = getattr(args, "json", False)
         try:
             cache = load_dataset(args.paths, cache_dir=cache_dir, settings=settings, format=args.format,
-                                 strict=args.strict, workers=args.workers, progress=sys.stderr.isatty())
+                                 strict=args.strict, workers=args.workers, progress=sys.stderr.isatty(),
+                                 verify=getattr(args, "verify", False))
         except DatasetError as error:
             return fail(str(error))
         if args.action == "cache":
             folders = sorted({str(folder.parent) for folder in cache.folders})
             print(f"{len(cache):,} crystals cached in {', '.join(folders)} ({len(cache.folders)} part(s), "
-                  f"{len(cache.skipped):,} records skipped)")
+                  f"{len(cache.skipped):,} records skipped)"
+                  + ("; sources re-hashed and every checksum verified" if args.verify else ""))
             return 0
         report = dataset_report(cache)
         if as_json:
