@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crysdiff.crystal import Crystal, RecordError, ValidationSettings
+from crysdiff.crystal import Crystal, Notice, RecordError, ValidationSettings
 
 __all__ = ["CrystalCache", "DatasetError", "load_dataset", "default_cache_dir", "CACHE_VERSION"]
 
@@ -244,10 +244,15 @@ class _PartWriter:
         self.source_local = array("i")
         self.label_names: dict[str, int] = {}
         self.skipped: list[dict] = []
+        self.notices: list[dict] = []
         self.records = 0
 
     def add(self, item, slot: int) -> None:
         """One result of source ``slot`` (its position in the group)."""
+        if isinstance(item, Notice):  # kept once per file and reason
+            if (item.source, item.reason) not in {(n["source"], n["reason"]) for n in self.notices}:
+                self.notices.append(item.as_dict())
+            return
         self.records += 1
         if isinstance(item, RecordError):
             if self.strict:
@@ -302,7 +307,7 @@ class _PartWriter:
             "sources": [{"path": s.path, "format": s.format, "crystals": int(c)} for s, c in zip(self.sources, per_source)],
             "num_crystals": n, "num_atoms": total, "records": self.records, "label_names": names,
             "units": {k: units[k] for k in names if k in units}, "skipped": self.skipped, "created": time.time(),
-            "files": files,
+            "files": files, "notices": self.notices,
         }
         (self.tmp / "meta.json").write_text(json.dumps(meta))
         final = self.root / self.key
@@ -670,7 +675,7 @@ def load_dataset(
     for notice in cache.notices:
         from crysdiff.notices import warn_once
 
-        warn_once(f"{notice['source']} [{notice['record']}]: {notice['reason']}")
+        warn_once(f"{notice['source']}: {notice['reason']}")
     if cache.num_crystals == 0:
         reasons = "; ".join(f"{e['source']} [{e['record']}]: {e['reason']}" for e in cache.skipped[:3])
         raise DatasetError(

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
     "Crystal",
     "RecordError",
+    "Notice",
     "ValidationSettings",
     "validate",
     "wrap_frac",
@@ -59,6 +60,18 @@ class RecordError(Exception):
 
     def __reduce__(self):  # picklable across worker processes
         return (RecordError, (self.source, self.record, self.reason))
+
+
+class Notice(NamedTuple):
+    """A record that was read, with a caveat the user should hear about once per file (for example
+    deuterium read as hydrogen); see :func:`crysdiff.io.payload.note`."""
+
+    source: str
+    record: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"source": self.source, "record": self.record, "reason": self.reason}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,32 @@ def _element_counts(cache) -> dict[str, int]:
     return {Element.from_Z(z).symbol: n for z, n in counts.most_common()}
 
 
+def _duplicates(cache, examples: int = 5) -> dict:
+    """Exact duplicates: crystals with the same composition and structure (the same atoms in the same
+    order, coordinates and lattice equal to 1e-8) as an earlier one. Counted, never dropped."""
+    import hashlib
+
+    first: dict[bytes, int] = {}
+    groups: dict[int, list[int]] = {}
+    for part, start in zip(cache.parts, cache.part_start[:-1]):
+        z = np.asarray(part.arrays["atomic_numbers"], dtype=np.uint8)
+        frac = np.round(np.mod(np.asarray(part.arrays["frac_coords"]), 1.0), 8) % 1.0 + 0.0  # -0.0 and 1.0 as 0.0
+        lattices = np.round(np.asarray(part.arrays["lattices"]), 8) + 0.0
+        offsets = part.atom_offset
+        for local in range(part.size):
+            lo, hi = offsets[local], offsets[local + 1]
+            key = hashlib.blake2b(z[lo:hi].tobytes() + frac[lo:hi].tobytes() + lattices[local].tobytes(),
+                                  digest_size=16).digest()
+            i = int(start) + local
+            if key in first:
+                groups.setdefault(first[key], []).append(i)
+            else:
+                first[key] = i
+    copies = sum(len(v) for v in groups.values())
+    shown = [[cache.id(i) for i in [k, *v][:4]] for k, v in list(groups.items())[:examples]]
+    return {"crystals": copies, "groups": len(groups), "examples": shown}
+
+
 def _distribution(values: np.ndarray) -> dict:
     if values.size == 0:
         return {}
@@ -77,6 +103,7 @@ def dataset_report(cache) -> dict:
         "atoms_per_cell": _distribution(cache.num_atoms),
         "labels": label_stats,
         "skipped_records": cache.skipped,
+        "duplicates": _duplicates(cache),
         "cache": [str(folder) for folder in cache.folders],
     }
 
@@ -132,6 +159,11 @@ def print_report(report: dict, console=None, max_skipped: int = 50, max_sources:
         console.print(table)
     else:
         console.print("no labels")
+    duplicates = report.get("duplicates") or {}
+    if duplicates.get("crystals"):
+        ids = "; ".join(", ".join(group) for group in duplicates["examples"][:3])
+        console.print(f"exact duplicates: {duplicates['crystals']:,} crystals repeat an earlier one (same composition and "
+                      f"structure), in {duplicates['groups']:,} group(s); all kept. e.g. {ids}", markup=False, highlight=False)
 
     skipped = report["skipped_records"]
     if skipped:

@@ -29,7 +29,7 @@ from crysdiff.crystal import Crystal, RecordError, ValidationSettings, from_ase,
 from crysdiff.io import formats, tables
 from crysdiff.io.cif import parse_cif_fast, structure_arrays
 from crysdiff.io.detect import FORMATS, LABEL_TABLES, detect_format
-from crysdiff.io.payload import BadItem, short_reason
+from crysdiff.io.payload import BadItem, Notice, short_reason, take_notes
 
 __all__ = [
     "FORMATS",
@@ -126,6 +126,7 @@ def resolve(paths: Iterable[str | Path] | str | Path, format: str | None = None)
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     sources: list[Source] = []
+    walk = _Walk()
     for raw in paths:
         path = Path(raw)
         if not path.exists():
@@ -133,7 +134,7 @@ def resolve(paths: Iterable[str | Path] | str | Path, format: str | None = None)
         if path.is_dir():
             if format == "folder" and _label_table(path) is None:
                 raise ValueError(f"{path}: format 'folder' needs a label table ({' or '.join(LABEL_TABLES)}) inside it")
-            sources.extend(_expand_folder(path, format))
+            sources.extend(_expand_folder(path, format, walk))
             continue
         if format == "folder":
             raise ValueError(f"{path}: format 'folder' applies to folders, not files")
@@ -153,8 +154,37 @@ def _label_table(folder: Path) -> Path | None:
     return next((folder / name for name in LABEL_TABLES if (folder / name).is_file()), None)
 
 
-def _expand_folder(folder: Path, format: str | None) -> list[Source]:
-    """Sources under a folder: a labelled (sub)folder is one source, other files one each (sorted)."""
+class _Walk:
+    """The real folders and files met so far in one :func:`resolve`: each is read once, whatever
+    symbolic links lead to it, and a link back to a folder being walked (a loop) is reported, not followed."""
+
+    def __init__(self):
+        self.folders: dict[Path, Path] = {}  # real path -> the path it was first reached by
+        self.files: dict[Path, Path] = {}
+
+    def first_visit(self, entry: Path, table: dict) -> bool:
+        from crysdiff.notices import warn
+
+        try:
+            real = entry.resolve(strict=True)
+        except (OSError, RuntimeError):  # a link to itself, or a dangling one
+            warn(f"{entry}: a symbolic link that leads nowhere (a loop or a missing target); skipped")
+            return False
+        if real in table:
+            here = entry.parent.resolve()
+            loop = table is self.folders and (real == here or real in here.parents)
+            kind = "a symbolic link loop back to" if loop else "another path to"
+            warn(f"{entry}: {kind} {table[real]}, which is read once; not followed")
+            return False
+        table[real] = entry
+        return True
+
+
+def _expand_folder(folder: Path, format: str | None, walk: _Walk) -> list[Source]:
+    """Sources under a folder: a labelled (sub)folder is one source, other files one each (sorted);
+    every real folder and file once (see :class:`_Walk`)."""
+    if not walk.first_visit(folder, walk.folders):
+        return []
     table = _label_table(folder)
     if table is not None and format in (None, "folder"):
         return [Source(str(folder), "folder", str(table))]
@@ -163,7 +193,12 @@ def _expand_folder(folder: Path, format: str | None) -> list[Source]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            sources.extend(_expand_folder(entry, format))
+            sources.extend(_expand_folder(entry, format, walk))
+            continue
+        if entry.is_symlink() and not entry.exists():
+            walk.first_visit(entry, walk.files)  # reported
+            continue
+        if not walk.first_visit(entry, walk.files):
             continue
         by_name = detect_format(entry, sniff=False)
         if format is not None:
@@ -224,11 +259,14 @@ def plan(source: Source, chunk_size: int = 256) -> Iterator[Task]:
         yield Task(source.path, source.format, chunk)
 
 
-def run_task(task: Task, settings: ValidationSettings = ValidationSettings()) -> list[Crystal | RecordError]:
-    """Parse and validate every item of ``task``: one Crystal or one RecordError each, never raises."""
+def run_task(task: Task, settings: ValidationSettings = ValidationSettings()) -> list[Crystal | RecordError | Notice]:
+    """Parse and validate every item of ``task``: one Crystal or one RecordError each, never raises;
+    a :class:`~crysdiff.io.payload.Notice` before a record read with a caveat (e.g. D read as H)."""
     parse = _PARSERS[task.format]
-    out: list[Crystal | RecordError] = []
+    out: list[Crystal | RecordError | Notice] = []
+    take_notes()
     for item in task.items:
+        out.extend(take_notes())
         if isinstance(item, BadItem):
             out.append(RecordError(task.source, item.record, item.reason))
             continue
@@ -239,6 +277,7 @@ def run_task(task: Task, settings: ValidationSettings = ValidationSettings()) ->
             out.append(err)
         except Exception as exc:  # third-party readers raise anything; keep the good records going
             out.append(RecordError(task.source, item.record, f"could not read the record: {short_reason(exc)}"))
+    out.extend(take_notes())
     return out
 
 
@@ -258,7 +297,11 @@ def read(
         try:
             for task in plan(source):
                 for result in run_task(task, settings):
-                    if isinstance(result, RecordError):
+                    if isinstance(result, Notice):
+                        from crysdiff.notices import warn_once
+
+                        warn_once(f"{result.source}: {result.reason}")
+                    elif isinstance(result, RecordError):
                         if strict:
                             raise result
                         errors.append(result)

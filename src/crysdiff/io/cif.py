@@ -13,6 +13,7 @@ orientation), species and fractional coordinates (pymatgen's rounding of 0.3333/
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -327,6 +328,66 @@ def diagnose_cif(text: str) -> str | None:
     return None
 
 
+_ISOTOPES = {"D": "deuterium", "T": "tritium"}  # pymatgen reads both as H
+
+
+def isotope_of(symbol: str) -> str | None:
+    """``"D"`` / ``"T"`` when a type symbol or label names a hydrogen isotope ("D", "D1", "T+"), else None."""
+    letters = re.match(r"[A-Za-z]*", symbol or "").group(0)
+    return letters if letters in _ISOTOPES else None
+
+
+def isotope_notice(symbols) -> str | None:
+    """The warning for hydrogen isotopes among ``symbols`` (None if there are none)."""
+    found = sorted({iso for iso in map(isotope_of, symbols) if iso})
+    if not found:
+        return None
+    names = " and ".join(f"{_ISOTOPES[iso]} ({iso})" for iso in found)
+    return f"{names} read as hydrogen (H): the model sees elements, not isotopes"
+
+
+def atom_site_rows(text: str) -> list[tuple[int, str, str, str | None]]:
+    """``(row number from 1, label, type symbol or label, occupancy text)`` for each row of the
+    block's atom_site loop, as the user sees them in the file ([] if there is no readable loop)."""
+    try:
+        scanned = _scan(text)
+    except Exception:
+        return []
+    if scanned is None:
+        return []
+    for names, values in scanned[1]:
+        if "_atom_site_fract_x" not in names:
+            continue
+        width = len(names)
+        count = len(values) // width
+
+        def column(key: str) -> list:
+            return values[names.index(key)::width][:count] if key in names else [None] * count
+
+        labels, types, occupancies = column("_atom_site_label"), column("_atom_site_type_symbol"), column("_atom_site_occupancy")
+        return [(k + 1, _unquote(labels[k] or ""), _unquote(types[k] or labels[k] or ""), occupancies[k]) for k in range(count)]
+    return []
+
+
+def _row_name(row: int, label: str) -> str:
+    return f"atom_site row {row}" + (f" (label {label})" if label else "")
+
+
+def bad_atom_row(rows, occupancy_tolerance: float = 1e-3) -> str | None:
+    """The first atom_site row with partial occupancy or an unknown element, in words (None if none)."""
+    for row, label, symbol, occupancy in rows:
+        if symbol and _element_z(symbol) is None and not isotope_of(symbol) and not symbol.startswith(_SPECIAL_PREFIXES):
+            return f"{_row_name(row, label)} has the unknown element symbol {symbol!r}; expected one of H..Og"
+        try:
+            value = _number(occupancy) if occupancy not in (None, ".", "?") else 1.0
+        except ValueError:
+            continue
+        if abs(value - 1.0) > occupancy_tolerance:
+            return (f"{_row_name(row, label)} has occupancy {occupancy}: partial occupancy / disorder, expected one "
+                    "element with occupancy 1 on every site (disordered structures are not supported)")
+    return None
+
+
 def split_cif_blocks(text: str) -> list[tuple[str, str]]:
     """``[(block name, block text)]`` for each ``data_`` block; a header before the first block is kept with it."""
     blocks: list[tuple[str, str]] = []
@@ -355,6 +416,13 @@ def parse_cif_block(
         return fast
     from pymatgen.io.cif import CifParser
 
+    from crysdiff.io.payload import note
+
+    rows = atom_site_rows(text)
+    notice = isotope_notice(symbol for _, _, symbol, _ in rows)
+    if notice:
+        note(source, record, notice)
+
     with warnings.catch_warnings():  # pymatgen warns about every odd CIF; failures are reported below
         warnings.simplefilter("ignore")
         try:
@@ -365,14 +433,20 @@ def parse_cif_block(
             hint = f"{type(cause).__name__}: {_first_line(str(cause))}"
             if "occupancy" in hint.lower():
                 hint = f"{hint} (site occupancies sum to more than 1)"
-            problem = diagnose_cif(text)
+            problem = bad_atom_row(rows, occupancy_tolerance) or diagnose_cif(text)
             reason = f"pymatgen failed: {hint}"
             if problem:
                 reason = f"{problem}; {reason}"
             raise RecordError(source, record, f"expected a readable CIF block: {reason}") from None
     if len(structures) != 1:
         raise RecordError(source, record, f"expected one structure in the CIF block, found {len(structures)}")
-    return structure_arrays(structures[0], source, record, occupancy_tolerance)
+    try:
+        return structure_arrays(structures[0], source, record, occupancy_tolerance)
+    except RecordError:  # pymatgen's sites are the symmetry-expanded ones: name the row of the file instead
+        row = bad_atom_row(rows, occupancy_tolerance)
+        if row is None:
+            raise
+        raise RecordError(source, record, row) from None
 
 
 def structure_arrays(structure, source: str, record: str, occupancy_tolerance: float = 1e-3):

@@ -9,15 +9,16 @@ RecordError. The tabular formats (CSV, labelled folders) live in :mod:`crysdiff.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from crysdiff.crystal import Crystal, RecordError, ValidationSettings
-from crysdiff.io.cif import SYMBOL_TO_Z, parse_cif_block, split_cif_blocks, structure_arrays
+from crysdiff.io.cif import SYMBOL_TO_Z, isotope_notice, isotope_of, parse_cif_block, split_cif_blocks, structure_arrays
 from crysdiff.io.extxyz import parse_frame, split_frames
-from crysdiff.io.payload import BadItem, Item, as_label, decode, read_bytes, read_text, short_reason
+from crysdiff.io.payload import BadItem, Item, as_label, decode, note, read_bytes, read_text, short_reason
 
 __all__ = [
     "plan_cif",
@@ -78,10 +79,51 @@ def plan_poscar(source) -> list[Item]:
     return [Item("structure", _stem(source.path), read_text(source.path), {})]
 
 
+def _is_count(token: str) -> bool:
+    return token.lstrip("+").isdigit()
+
+
+def _species_symbol(token: str) -> str:
+    """The element of a VASP 5 species token ("Fe_pv" -> "Fe", "O/1a2b" -> "O")."""
+    return re.split(r"[_/]", token, maxsplit=1)[0]
+
+
+def poscar_with_species(text: str, source: str, record: str) -> str:
+    """The POSCAR text with its species named on line 6. A VASP 4 file (no species line) is refused
+    unless line 1 holds exactly one element symbol per count (then that line is copied above the
+    counts); an unknown symbol is refused; hydrogen isotopes are noted (read as H). Lines are
+    numbered as in the file."""
+    lines = text.splitlines()
+    if len(lines) < 7 or not lines[5].split():
+        return text  # too short: pymatgen's error and _diagnose_poscar say what is missing
+    row6 = lines[5].split()
+    if _is_count(row6[0]):
+        counts = [t for t in row6 if _is_count(t)]
+        title = lines[0].split()
+        if len(title) == len(counts) and all(_species_symbol(t) in SYMBOL_TO_Z or isotope_of(t) for t in title):
+            symbols, where = title, "line 1"
+            text = "\n".join([*lines[:5], " ".join(title), *lines[5:]]) + "\n"
+        else:
+            raise RecordError(source, record, (
+                f"line 6 holds the atom counts ({' '.join(row6)}) and no line names the species (a VASP 4 POSCAR): "
+                f"add a line with the {len(counts)} element symbol(s) above the counts, as VASP 5 writes it "
+                f"(or put exactly those symbols, in order, on line 1); crysdiff does not guess them"))
+    else:
+        symbols, where = row6, "line 6"
+    for token in symbols:
+        if _species_symbol(token) not in SYMBOL_TO_Z and not isotope_of(token):
+            raise RecordError(source, record, f"{where} names the species {token!r}: unknown element symbol, expected one of H..Og")
+    notice = isotope_notice(symbols)
+    if notice:
+        note(source, record, f"{notice} ({where})")
+    return text
+
+
 def parse_poscar_text(text: str, source: str, record: str, occupancy_tolerance: float = 1e-3):
     """``(atomic_numbers, frac_coords, lattice)`` of a VASP POSCAR/CONTCAR via pymatgen."""
     from pymatgen.io.vasp import Poscar
 
+    text = poscar_with_species(text, source, record)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -268,7 +310,7 @@ def structure_dict_arrays(data: dict, source: str, record: str, occupancy_tolera
                 occupancy = ", ".join(f"{sp.get('element')}:{float(sp.get('occu', 1)):.3g}" for sp in species)
                 raise RecordError(
                     source, record,
-                    f"site {k} has partial occupancy / disorder ({occupancy}); expected one element with occupancy 1",
+                    f"sites[{k}] has partial occupancy / disorder ({occupancy}); expected one element with occupancy 1",
                 )
             z = SYMBOL_TO_Z.get(species[0]["element"])
             if z is None:

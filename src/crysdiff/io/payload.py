@@ -13,9 +13,10 @@ import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from crysdiff.crystal import MISSING_MARKERS, RecordError
+from crysdiff.crystal import MISSING_MARKERS, Notice, RecordError
 
-__all__ = ["Item", "BadItem", "read_bytes", "read_text", "decode", "as_label", "short_reason"]
+__all__ = ["Item", "BadItem", "Notice", "note", "take_notes", "read_bytes", "read_text", "decode", "as_label",
+           "short_reason"]
 
 
 class Item(NamedTuple):
@@ -32,6 +33,20 @@ class BadItem(NamedTuple):
 
     record: str
     reason: str
+
+
+_NOTES: list[Notice] = []
+
+
+def note(source: str, record: str, reason: str) -> None:
+    _NOTES.append(Notice(str(source), str(record), reason))
+
+
+def take_notes() -> list[Notice]:
+    """The notes made since the last call (and forget them)."""
+    notes = list(_NOTES)
+    _NOTES.clear()
+    return notes
 
 
 def read_bytes(path: str | Path, source: str | None = None, record: str = "*") -> bytes:
