@@ -72,3 +72,13 @@ class HeadWithoutCoefficients(torch.nn.Module):
 
     def forward(self, features, y_t, mu, t, **schedule):
         return self.inner(features, y_t, mu, t, **schedule)
+
+
+def write_perov_rows(shared_data, folder, **splits) -> None:
+    """CDVAE-style CSVs of Perov-5 validation rows: ``write_perov_rows(data, root, train=(0, 16))``
+    writes rows 0-15 to ``root/train.csv``."""
+    import pandas as pd
+
+    table = pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0)
+    for name, (start, stop) in splits.items():
+        table.iloc[start:stop].to_csv(Path(folder) / f"{name}.csv")

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import write_perov_rows
+
 from crysdiff import cache as cache_module
 from crysdiff.cache import load_dataset, part_problem
 from crysdiff.cli import main
@@ -22,9 +24,8 @@ FILES = ["frac_coords.npy", "lattices.npy", "atomic_numbers.npy", "labels.npy", 
 
 @pytest.fixture
 def table(shared_data, tmp_path):
-    path = tmp_path / "perov.csv"
-    pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0).iloc[:30].to_csv(path)
-    return path
+    write_perov_rows(shared_data, tmp_path, perov=(0, 30))
+    return tmp_path / "perov.csv"
 
 
 def _part(cache_dir):

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import write_perov_rows
+
 from crysdiff.cli import main
 
 STRUCTURES = "examples/structures"
@@ -86,8 +88,7 @@ def test_a_model_file_that_is_not_a_checkpoint_is_one_line(content, capsys, tmp_
 
 
 def test_finetuning_without_validation_crystals_warns_and_predict_says_uncalibrated(shared_data, tmp_path, capsys):
-    table = pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0)
-    table.iloc[:9].to_csv(tmp_path / "nine.csv")
+    write_perov_rows(shared_data, tmp_path, nine=(0, 9))
     out = tmp_path / "ft"
     code = main(["finetune", "--data", str(tmp_path / "nine.csv"), "--target", "heat_ref", "--out", str(out),
                  "--no-progress", "--workers", "1", "model.hidden_dim=16", "model.num_layers=1",
@@ -111,8 +112,7 @@ def test_finetuning_without_validation_crystals_warns_and_predict_says_uncalibra
 
 
 def test_step_and_epoch_saves_share_one_last_checkpoint(shared_data, tmp_path):
-    table = pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0)
-    table.iloc[:12].to_csv(tmp_path / "data.csv")
+    write_perov_rows(shared_data, tmp_path, data=(0, 12))
     out = tmp_path / "pre"
     assert main(["pretrain", "--data", str(tmp_path / "data.csv"), "--out", str(out), "--no-progress", "--workers", "1",
                  "model.hidden_dim=16", "model.num_layers=1", "model.num_frequencies=4", "model.time_dim=8",
@@ -120,3 +120,12 @@ def test_step_and_epoch_saves_share_one_last_checkpoint(shared_data, tmp_path):
                  "data.val_fraction=0.25"]) == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_a_missing_model_and_other_verbs_devices_are_one_line(capsys, no_prediction, tmp_path):
+    _fails_cleanly(capsys, ["predict", "--model", str(tmp_path / "nope.ckpt"), STRUCTURES],
+                   "neither a checkpoint file nor a bundled model name")
+    for verb in (["sample", "--model", "x.ckpt", "--composition", "NaCl", "--out", str(tmp_path / "s")],
+                 ["calibrate", "--model", MODEL, "--data", STRUCTURES, "--out", str(tmp_path / "c.ckpt")]):
+        _fails_cleanly(capsys, [*verb, "--device", "bogus"], "--device bogus", "not a device name")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c.ckpt").exists()

@@ -18,31 +18,21 @@ _cell_angle_beta 90
 _cell_angle_gamma 90
 """
 
+ATOMS = "loop_\n" + "".join(f"_atom_site_{key}\n" for key in ("label", "type_symbol", "fract_x", "fract_y", "fract_z",
+                                                                 "occupancy"))
+
 NACL_FM3M = f"""data_NaCl
 {CELL}_symmetry_space_group_name_H-M 'F m -3 m'
 _symmetry_Int_Tables_number 225
-loop_
-_atom_site_label
-_atom_site_type_symbol
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-_atom_site_occupancy
-Na1 Na 0 0 0 1
+{ATOMS}Na1 Na 0 0 0 1
 {{row}}
 """
 
 HEAVY_WATER = f"""data_D2O
 {CELL}_symmetry_space_group_name_H-M 'P 1'
-loop_
-_atom_site_label
-_atom_site_type_symbol
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-O1 O 0.5 0.5 0.5
-D1 D 0.6 0.6 0.5
-D2 D 0.4 0.6 0.5
+{ATOMS}O1 O 0.5 0.5 0.5 1
+D1 D 0.6 0.6 0.5 1
+D2 D 0.4 0.6 0.5 1
 """
 
 NACL_P1 = f"""data_NaCl

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 
-import pandas as pd
 import pytest
 import torch
+
+from conftest import write_perov_rows
 
 from crysdiff.cli import main
 
@@ -35,10 +36,8 @@ def plant(path, marker) -> None:
 
 @pytest.fixture(scope="module")
 def data(shared_data, tmp_path_factory):
-    table = pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0)
     root = tmp_path_factory.mktemp("sec-data")
-    table.iloc[:16].to_csv(root / "train.csv")
-    table.iloc[16:20].to_csv(root / "val.csv")
+    write_perov_rows(shared_data, root, train=(0, 16), val=(16, 20))
     return root
 
 

@@ -79,6 +79,24 @@ def ema_callback(decay: float):
     from lightning.pytorch.trainer.states import TrainerFn
 
     class _EMA(WeightAveraging):
+        def on_fit_start(self, trainer, pl_module):
+            self._averaged_in = False
+            super().on_fit_start(trainer, pl_module)
+
+        def on_train_end(self, trainer, pl_module):
+            for callback in trainer.checkpoint_callbacks:  # the final "last" save, before the average is copied in
+                if hasattr(callback, "save_last_now"):
+                    callback.save_last_now(trainer)
+            super().on_train_end(trainer, pl_module)
+            self._averaged_in = True
+
+        def on_fit_end(self, trainer, pl_module):
+            # a resumed run that had nothing left to train skips on_train_end: the model still holds
+            # the raw weights it was resumed with; it ends with the average like any other run
+            if not getattr(self, "_averaged_in", True) and self._average_model is not None:
+                self._copy_average_to_current(pl_module)
+            super().on_fit_end(trainer, pl_module)
+
         # Lightning swaps the averaged weights in for every validation loop. Only do that while
         # fitting: a later ``trainer.validate`` must see the weights the caller loaded (the export).
         def on_validation_epoch_start(self, trainer, pl_module):
@@ -161,10 +179,31 @@ def _keep_earlier_log(out_dir: Path) -> None:
         log.rename(out_dir / "logs" / f"metrics-part{k}.csv")
 
 
+def _checkpoint_class():
+    """Lightning's ``ModelCheckpoint`` whose save at the end of training keeps the raw weights.
+
+    Lightning saves "last" once more when training ends, in ``on_train_end``, which runs after the EMA
+    callback's ``on_train_end`` has copied the averaged weights into the model: that file (once a
+    second ``last-v1.ckpt``) would hold no raw weights for a resumed run to continue. Here the EMA
+    callback asks for that save first (:meth:`save_last_now`), and it is skipped when the last step
+    was saved already."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class _Checkpoint(ModelCheckpoint):
+        def save_last_now(self, trainer) -> None:
+            if self.save_last and trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+        def on_train_end(self, trainer, pl_module):
+            self.save_last_now(trainer)
+
+    return _Checkpoint
+
+
 def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "val/loss", progress: bool = True,
                  has_validation: bool = True, resume: bool = False) -> L.Trainer:
     """A ``Trainer`` writing logs and checkpoints under ``out_dir`` (``resume``: keep the earlier log)."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     out_dir = Path(out_dir)
@@ -173,7 +212,7 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
     # no version counter: the epoch saves and the step saves write the same last.ckpt (not a second
     # last-v1.ckpt), and a new best replaces best.ckpt
     callbacks = [
-        ModelCheckpoint(
+        _checkpoint_class()(
             dirpath=str(out_dir / "checkpoints"),
             filename="best",
             monitor=monitor if has_validation else None,
@@ -185,7 +224,7 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
         LearningRateMonitor(logging_interval="step"),
     ]
     if config.checkpoint_every_steps > 0:  # mid-epoch resume points (the loader's position is saved too)
-        callbacks.append(ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0,
+        callbacks.append(_checkpoint_class()(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0,
                                          every_n_train_steps=config.checkpoint_every_steps,
                                          enable_version_counter=False))
     ema = ema_callback(config.ema_decay)

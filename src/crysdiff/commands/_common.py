@@ -53,3 +53,27 @@ def run_guarded(function) -> int:
         return fail(f"{error.source} [{error.record}]: {error.reason}")
     except USER_ERRORS as error:  # a refused file or a bad argument carries exit code 2
         return fail(str(error), getattr(error, "exit_code", 1))
+
+
+def check_device(name: str | None) -> None:
+    """``--device`` names a device this machine has: cpu, cuda, cuda:N (N < the GPUs present) or mps."""
+    import torch
+
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name}: not a device name; expected cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: unsupported device type {device.type!r}; expected cpu, cuda, cuda:N or mps")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from crysdiff.commands._common import fail, run_guarded
+from crysdiff.commands._common import check_device, fail, run_guarded
 
 
 def add_arguments(parser) -> None:
@@ -43,6 +43,7 @@ def run(args) -> int:
     from crysdiff.calibrate import calibrate
 
     def go():
+        check_device(args.device)
         if args.out.exists() and not args.force and not args.out.is_dir():
             # fail before the sampling, not after it
             return fail(f"{args.out}: exists; choose another --out or pass --force to replace it")

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from crysdiff.commands._common import run_guarded
+from crysdiff.commands._common import check_device, run_guarded
 
 
 def add_arguments(parser) -> None:
@@ -33,6 +33,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     def go():
+        check_device(args.device)
         import numpy as np
         import pandas as pd
         import torch

@@ -18,33 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from crysdiff.commands._common import UsageError, fail, run_guarded
+from crysdiff.commands._common import UsageError, check_device, fail, run_guarded
 
 OUT_FORMATS = (".csv", ".json")
-
-
-def check_device(name: str | None) -> None:
-    """``--device`` names a device this machine has: cpu, cuda, cuda:N (N < the GPUs present) or mps."""
-    import torch
-
-    if name is None:
-        return
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name}: not a device name; expected cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
-                             "use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name}: unsupported device type {device.type!r}; expected cpu, cuda, cuda:N or mps")
 
 
 def check_out(out: Path | None) -> None:
@@ -81,6 +57,12 @@ def check_arguments(args) -> None:
         raise UsageError(f"--batch-size {args.batch_size}: expected a positive number of crystals per batch")
     check_device(args.device)
     check_out(args.out)
+    from crysdiff.predict import bundled_models
+
+    for model in args.model:
+        if not Path(model).is_file() and model not in bundled_models():
+            raise UsageError(f"--model {model}: neither a checkpoint file nor a bundled model name "
+                             f"(bundled: {', '.join(bundled_models()) or 'none'})")
 
 
 def add_arguments(parser) -> None:
