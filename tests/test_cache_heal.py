@@ -24,7 +24,7 @@ FILES = ["frac_coords.npy", "lattices.npy", "atomic_numbers.npy", "labels.npy", 
 
 @pytest.fixture
 def table(shared_data, tmp_path):
-    write_perov_rows(shared_data, tmp_path, perov=(0, 30))
+    write_perov_rows(shared_data, tmp_path, perov=(0, 10))
     return tmp_path / "perov.csv"
 
 
@@ -128,6 +128,6 @@ def test_two_processes_healing_one_part_end_with_one_good_part(table, tmp_path):
             for _ in range(2)]
     results = [run.communicate(timeout=120) for run in runs]
     assert all(run.returncode == 0 for run in runs), results
-    assert results[0][0] == results[1][0] and results[0][0].split()[0] == "30"
+    assert results[0][0] == results[1][0] and results[0][0].split()[0] == "10"
     assert [p.name for p in cache_dir.iterdir() if p.is_dir() or p.name.startswith(".tmp")] == [part.name]
     assert part_problem(part, checksums=True) is None
