@@ -10,7 +10,6 @@ starts (its first step and its log), and what it starts from (optimiser, schedul
 from __future__ import annotations
 
 import lightning as L
-import pandas as pd
 import pytest
 import torch
 
@@ -74,15 +73,6 @@ def _equal(a, b) -> bool:
     return a == b
 
 
-@pytest.fixture(scope="module")
-def perov16(shared_data, tmp_path_factory):
-    table = pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0)
-    root = tmp_path_factory.mktemp("perov16")
-    table.iloc[:16].to_csv(root / "train.csv")
-    table.iloc[16:22].to_csv(root / "val.csv")
-    return root
-
-
 def _command(kind: str, data, out, steps: int) -> list[str]:
     common = ["--data", str(data / "train.csv"), "--val", str(data / "val.csv"), "--out", str(out), "--no-progress",
               "--workers", "1", *TINY, "train.batch_size=4", "train.warmup_steps=2", "train.log_every_steps=1",
@@ -112,18 +102,18 @@ def _last(out) -> dict:
 
 
 @pytest.fixture(scope="module", params=["pretrain", "finetune"])
-def runs(request, perov16, tmp_path_factory):
+def runs(request, perov_16_6, tmp_path_factory):
     """An uninterrupted run, the same run interrupted at step STOP and resumed, and a fresh run of
     the STEPS - STOP steps that remained (all with the same seed)."""
     kind, root = request.param, tmp_path_factory.mktemp(request.param)
-    assert _run(kind, perov16, root / "whole", STEPS) == 0
+    assert _run(kind, perov_16_6, root / "whole", STEPS) == 0
     with pytest.raises(Interrupted):
-        _run(kind, perov16, root / "resumed", STEPS, callback=_Stop())
+        _run(kind, perov_16_6, root / "resumed", STEPS, callback=_Stop())
     assert not (root / "resumed" / "model.ckpt").exists()
     saved = _last(root / "resumed")
     probe = _Probe()
-    assert _run(kind, perov16, root / "resumed", STEPS, "--resume", callback=probe) == 0
-    assert _run(kind, perov16, root / "fresh", STEPS - STOP) == 0
+    assert _run(kind, perov_16_6, root / "resumed", STEPS, "--resume", callback=probe) == 0
+    assert _run(kind, perov_16_6, root / "fresh", STEPS - STOP) == 0
     return {"kind": kind, "root": root, "saved": saved, "probe": probe}
 
 
