@@ -756,6 +756,42 @@ def _table1_best(cells, model: str, all_seeds: bool) -> tuple[list[str], int, li
     return best, counted, lines, used
 
 
+def section_step_budgets(cells) -> list[str]:
+    """Runs made with a step budget (``suite.py --budget-steps N``): the same optimiser steps for every
+    column, so the comparison means the same on any machine. One table per part and budget."""
+    parts = sorted({k[0] for k in cells if "@" in k[0]})
+    if not parts:
+        return []
+    out = ["## At a step budget", "",
+           "Runs made with `python benchmarks/suite.py ... --budget-steps N`: every column trains the same number of "
+           "optimizer steps, whatever the machine (the wall clock is only a safety cap). Test MAE (seeds); the "
+           "steps each run made and its machine type are read from its results file.", ""]
+    for part in parts:
+        rows = sorted({(k[1], k[3]) for k in cells if k[0] == part})
+        out += [f"**{part.replace('@', ', ').replace('st', ' steps')}**", "",
+                "| task | labels | model | test MAE | steps made | machine |", "|---|---|---|---|---|---|"]
+        for task, fraction in rows:
+            for key in sorted(k for k in cells if k[0] == part and k[1] == task and k[3] == fraction):
+                cell = cells[key]
+                out.append(f"| {TASKS[task].label} | {100 * fraction:g}% | {model_label(key[2])} | {fmt_cell(cell)} | "
+                           f"{', '.join(str(r.get('fit', {}).get('steps', '–')) for r in cell.results)} | "
+                           f"{', '.join(sorted({r['machine']['cpu'] for r in cell.results}))} |")
+        out.append("")
+    pairs = [((p, t, LONGPRE_MODELS[-1], f), (q, t, m, f)) for p, t, _, f in cells if "@" in p
+             for q in (p, p.replace("longpre-sparse", "sparse")) for m in LONGPRE_BASE
+             if (p, t, LONGPRE_MODELS[-1], f) in cells and (q, t, m, f) in cells and p.split("@")[1] == q.split("@")[1]]
+    lines = []
+    for mine, theirs in dict.fromkeys(pairs):
+        a, b = cells[mine], cells[theirs]
+        if footing(runs_of(a, b)):
+            lines.append(f"* {TASKS[mine[1]].label}, {100 * mine[3]:g}%, {mine[0].split('@')[1].replace('st', ' steps')}: "
+                         f"pre-trained longer still {fmt(a.mae)} vs. {model_label(theirs[2])} {fmt(b.mae)} "
+                         f"({signed(pct(a.mae, b.mae))}).")
+    if lines:
+        out += ["**Analysis** (computed; only pairs where every run reached its step budget):", "", *lines, ""]
+    return out
+
+
 def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
     out = ["## Fig. 4: sparse labels", ""]
     tasks = _tasks_of(cells, "sparse")
@@ -1163,6 +1199,7 @@ def render(results: Path, out: Path, figures: Path) -> str:
     lines += section_long(cells)
     lines += section_sparse(cells, figures, out.parent)
     lines += section_longpre(cells, calibration)
+    lines += section_step_budgets(cells)
     lines += section_ensemble(results)
     lines += section_ablation(cells, figures, out.parent)
     lines += section_refine(cells)

@@ -230,7 +230,7 @@ def _fixture(results: Path, experiment: str, task: str, model: str, seed: int, m
         test |= {"coverage95": coverage, "std_bins": [{"count": 50, "mean_predicted_std": s, "rmse": 1.1 * s} for s in (0.1, 0.2)]}
     payload = {
         "schema": 1, "experiment": experiment, "task": task, "model": model, "label_fraction": fraction, "seed": seed,
-        "budget_minutes": budget, "init_job": "", "job_id": f"{task}.{model}.lf{fraction:g}.s{seed}", "quick": False,
+        "budget_minutes": budget, "init_job": "", "job_id": f"{task}.{model}.lf{fraction:g}.s{seed}" + (f".b{steps}st" if steps else ""), "quick": False,
         "target": suite_jobs.TASKS[task].target, "unit": "GPa",
         "split": {"name": "mp_elastic", "seed": 0, "parts": {p: {"count": n, "file": "x", "sha256": "0"}
                                                             for p, n in (("train", 80), ("val", 10), ("test", 10))}},
@@ -648,3 +648,17 @@ def test_step_budgets_name_their_jobs_and_cap_the_wall_clock():
         train="t.csv", val="v.csv"))
     assert "train.max_steps=300" in command and f"train.max_time_minutes={own[0].budget_minutes:g}" in command
     assert not {j.job_id for j in own} & {j.job_id for j in suite_jobs.make_jobs("sparse")}
+
+
+def test_report_shows_step_budget_runs_apart_and_compares_them_on_any_machine(tmp_path):
+    results = tmp_path / "results"
+    for model, mae, cpu in (("gaussian_learned_longpre2", 10.0, "fast cpu"), ("scratch_gaussian_learned", 12.0, "test cpu")):
+        experiment = "longpre-sparse" if model.endswith("longpre2") else "sparse-heads"
+        _fixture(results, experiment, "mp2018_formation", model, 0, mae, 0.05, cpu=cpu, steps=300)
+        _fixture(results, experiment, "mp2018_formation", model, 0, 99.0, 0.05, cpu=cpu)  # the wall-clock run
+    cells = report.aggregate(report.load_results(results)[0])
+    assert cells[("sparse", "mp2018_formation", "scratch_gaussian_learned", 0.05)].maes == [99.0]  # never averaged together
+    text = "\n".join(report.section_step_budgets(cells))
+    assert "**longpre-sparse, 300 steps**" in text and "**sparse, 300 steps**" in text
+    assert "| formation energy (mp2018) | 5% | same network from scratch (Gaussian head, learned prior) | 12 | 900 | test cpu |" in text
+    assert "5%, 300 steps: pre-trained longer still 10 vs. same network from scratch (Gaussian head, learned prior) 12 (-17%)." in text
