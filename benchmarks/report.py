@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from suite_jobs import (EXPERIMENTS, FRACTIONS_SPARSE, LONGPRE_MODELS, MODELS, TABLE1_TASKS, TASKS,  # noqa: E402
+from suite_jobs import (BASE_REFINE, EXPERIMENTS, FRACTIONS_SPARSE, LONGPRE_MODELS, MODELS, TABLE1_TASKS, TASKS,  # noqa: E402
                         Layout)
 
 OWN_COLUMNS = ("crysdiff", "scratch", "gaussian_learned", "scratch_gaussian_learned", "regression")
@@ -88,19 +88,31 @@ def load_calibration(results: Path) -> dict[tuple, list[dict]]:
     return grouped
 
 
+CARRIED = "‡"  # a calibration row carried over from a pass that recorded no commit (its run folder is gone)
+
+
+def carried_over(row: dict) -> bool:
+    """A row of ``calibration/runs.json`` that cannot be regenerated: scored by a pass that recorded no
+    commit, and kept since, its run folder gone. Shown, marked, and left out of the headline counts."""
+    return not row.get("git_commit")
+
+
 def calibrated_cell(calibration: dict, key: tuple, seeds=None) -> str:
     """``raw → calibrated`` mean 95% coverage of a cell (over ``seeds`` when given), or ``''``."""
     rows = [r for r in calibration.get(key, []) if seeds is None or r["seed"] in seeds]
     if not rows:
         return ""
     return (f"{fmt(float(np.mean([r['test_coverage_raw'] for r in rows])))} → "
-            f"{fmt(float(np.mean([r['test_coverage_calibrated'] for r in rows])))}")
+            f"{fmt(float(np.mean([r['test_coverage_calibrated'] for r in rows])))}"
+            + (f" {CARRIED}" if any(carried_over(r) for r in rows) else ""))
 
 
 def aggregate(jobs: list[dict]) -> dict[tuple, Cell]:
     cells: dict[tuple, Cell] = defaultdict(Cell)
     for r in jobs:
         experiment = SHOWN_WITH.get(r["experiment"], r["experiment"])
+        if r.get("budget_steps"):  # a step budget is another job: never averaged with wall-clock runs
+            experiment += f"@{r['budget_steps']}st"
         cell = cells[(experiment, r["task"], r["model"], float(r["label_fraction"]))]
         cell.maes.append(r["test"]["mae"])
         if "coverage95" in r["test"]:
@@ -129,6 +141,40 @@ def matched_seeds(cells: dict, experiment: str) -> dict[tuple, Cell]:
                                     coverages=[r["test"]["coverage95"] for r in (cell.results[i] for i in keep)
                                                if "coverage95" in r["test"]])
     return matched
+
+
+# --- budgets that mean the same in every row (issue 27) -------------------------------------------------
+
+MIXED = "†"  # marks a comparison of runs whose budgets do not mean the same (wall clock on two machine types)
+
+
+def footing(runs) -> str | None:
+    """What makes these runs' budgets comparable, read from their results files: ``"N steps"`` where
+    every run had the same optimiser-step budget and reached it (the same on any machine), else the
+    machine type when all ran on one (a wall-clock budget then means the same for each), else ``None``."""
+    runs = [r for r in runs if r]
+    steps = {r.get("budget_steps") or 0 for r in runs}
+    if runs and len(steps) == 1 and 0 not in steps and all(r.get("fit", {}).get("steps", 0) >= min(steps) for r in runs):
+        return f"{steps.pop()} steps"
+    machines = {r.get("machine", {}).get("cpu", "unknown machine") for r in runs}
+    return machines.pop() if len(machines) == 1 else None
+
+
+def runs_of(*cells: Cell | None, seeds=None) -> list[dict]:
+    """The results of ``cells`` (those with ``seeds`` when given)."""
+    return [r for c in cells if c for r in c.results if seeds is None or r["seed"] in seeds]
+
+
+def budget_check(footings: list[str | None], what: str = "rows") -> str:
+    """The sentence a table states about what it compares: computed, from the footings of its comparisons."""
+    mixed = sum(f is None for f in footings)
+    kinds = sorted({f for f in footings if f})
+    text = (f"*Budget check* (computed from the results files): {len(footings) - mixed} of {len(footings)} {what} "
+            f"compare runs on one machine type or with one step budget ({'; '.join(kinds) or '–'})")
+    if mixed:
+        text += (f"; {mixed} compare wall-clock runs from different machine types (marked {MIXED}) and are left out of "
+                 "the counts below")
+    return text + "."
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -324,13 +370,40 @@ def section_setup(jobs, pretrain, cells) -> list[str]:
                        f"{fit.get('seconds', 0) / 60:.1f} min, validation loss {fmt(r.get('val_loss', {}).get('val/loss', math.nan))}.")
     out += ["", "Commands (each part, then the report):", "", "```bash"]
     quick = " --quick" if any(r.get("quick") for r in jobs + pretrain) else ""
-    out += [f"python benchmarks/suite.py{quick} --part {p}" for p in ("pretrain-ablation", *EXPERIMENTS)]
+    out += [f"python benchmarks/suite.py{quick} --part pretrain-ablation"]
+    out += [f"python benchmarks/suite.py{quick} --part {p}{flags}" for p in EXPERIMENTS for flags in _part_flags(jobs, p)]
     out += [f"python benchmarks/report.py{quick}", "```", "", "One command line per model column, as the suite ran it:", "", "```bash"]
     shown = {}
     for r in jobs:
         shown.setdefault(r["model"], r["commands"][0])
     out += [shown[m] for m in sorted(shown)] + ["```", ""]
     return out
+
+
+def _part_flags(jobs: list[dict], part: str) -> list[str]:
+    """The ``--seeds`` (and, where a seed ran less than the whole part, ``--models``, ``--fractions``,
+    ``--tasks``, ``--budget-steps``) the part's results files were made with: one command per group of
+    seeds that ran the same jobs."""
+    experiment, done = EXPERIMENTS[part], [r for r in jobs if r["experiment"] == part]
+    if not done:
+        return []
+    full = {"--models": set(experiment.models) | set(experiment.peers), "--fractions": set(experiment.fractions),
+            "--tasks": set(experiment.tasks) | ({BASE_REFINE} if part == "refine" else set())}  # refine's own base model
+    ran: dict[int, dict] = defaultdict(lambda: defaultdict(set))
+    for r in done:
+        for flag, value in (("--models", r["model"]), ("--fractions", float(r["label_fraction"])), ("--tasks", r["task"]),
+                            ("--budget-steps", r.get("budget_steps") or 0)):
+            ran[r["seed"]][flag].add(value)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for seed, sets in sorted(ran.items()):
+        words = []
+        for flag, values in sets.items():
+            if flag == "--budget-steps":
+                words += [f"--budget-steps {v}" for v in sorted(values) if v]
+            elif values != full[flag] and not (flag == "--models" and values >= set(experiment.models)):
+                words.append(f"{flag} " + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(values)))
+        groups[" ".join(words)].append(seed)
+    return [f" --seeds {' '.join(map(str, seeds))}" + (f" {words}" if words else "") for words, seeds in groups.items()]
 
 
 def section_table1(cells, calibration: dict | None = None) -> list[str]:
@@ -344,33 +417,37 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
     out += ["Mean test MAE ± standard deviation over seeds (number of seeds); best per row in bold. "
             "*coverage*: fraction of test targets inside the 95% interval of each crysdiff head"
             + (", the chain's own interval → the calibrated one that `crysdiff predict` reports "
-               "(fitted on the validation set; `benchmarks/calibration.py`)" if calibration else "") + ".", "",
+               "(fitted on the validation set; `benchmarks/calibration.py`)" if calibration else "") + "."
+            + (f" {CARRIED}: from calibration rows carried over from a pass that recorded no commit (see the calibration "
+               "section)." if any(carried_over(r) for rows in calibration.values() for r in rows) else ""), "",
             "| task (unit) | budget | " + " | ".join(model_label(m) for m in models) + " | "
             + " | ".join(f"coverage, {what}" for _, _, what in heads) + " |",
             "|---|---|" + "---|" * (len(models) + len(heads))]
-    best_of = {}
+    best_of, fair = {}, {}
     for task in tasks:
         row = {m: cells.get(("table1", task, m, 1.0)) for m in models}
         finite = {m: c.mae for m, c in row.items() if c and c.maes}
+        fair[task] = footing(runs_of(*row.values()))
         best_of[task] = min(finite, key=finite.get) if finite else None
         budget = next(iter(row.values())).results[0]["budget_minutes"] if any(row.values()) else math.nan
         coverage = [(calibrated_cell(calibration, ("table1", task, own, 1.0), set(row[own].seeds))
                      or fmt(row[own].coverage)) if row.get(own) else "–" for own, _, _ in heads]
-        out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {budget:g} min | "
+        out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}){'' if fair[task] else ' ' + MIXED} | {budget:g} min | "
                    + " | ".join(fmt_cell(row[m], m == best_of[task]) for m in models) + " | " + " | ".join(coverage) + " |")
-    out += ["", "**Analysis** (computed from the table):", ""]
+    out += ["", budget_check([fair[t] for t in tasks]), "", "**Analysis** (computed from the table):", ""]
     own_heads = {own for own, _, _ in heads}
+    best_of = {t: best for t, best in best_of.items() if fair[t]}
     for own, twin, what in heads:
         count = sum(best == own for best in best_of.values())
-        out.append(f"* crysdiff ({what}) is the best column on {count} of {len(tasks)} tasks (issue 5 target: at least 5 of 7).")
+        out.append(f"* crysdiff ({what}) is the best column on {count} of {len(best_of)} tasks (issue 5 target: at least 5 of 7).")
     if len(heads) > 1:
         count = sum(best in own_heads for best in best_of.values())
-        out.append(f"* One of crysdiff's diffusion heads is the best column on {count} of {len(tasks)} tasks.")
+        out.append(f"* One of crysdiff's diffusion heads is the best column on {count} of {len(best_of)} tasks.")
     for own, twin, what in heads:
         gains, sizes = {}, {}
         for task in tasks:
             crys, scratch = cells.get(("table1", task, own, 1.0)), cells.get(("table1", task, twin, 1.0))
-            if crys and scratch:
+            if crys and scratch and footing(runs_of(crys, scratch)):
                 gains[task] = pct(crys.mae, scratch.mae)
                 sizes[task] = crys.results[0].get("train_count") or 0
         if not gains:
@@ -390,7 +467,8 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
                        f"are few).")
     for own, _, what in heads:
         head_gains = {t: pct(cells[("table1", t, own, 1.0)].mae, cells[("table1", t, "regression", 1.0)].mae)
-                      for t in tasks if ("table1", t, own, 1.0) in cells and ("table1", t, "regression", 1.0) in cells}
+                      for t in tasks if ("table1", t, own, 1.0) in cells and ("table1", t, "regression", 1.0) in cells
+                      and footing(runs_of(cells[("table1", t, own, 1.0)], cells[("table1", t, "regression", 1.0)]))}
         if head_gains:
             better = sum(g < 0 for g in head_gains.values())
             out.append(f"* The diffusion head ({what}) beats a regression head on the same pre-trained encoder on {better} "
@@ -403,24 +481,56 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
                    "from the runs' own logs): " + "; ".join(f"{TASKS[t].label} {n} steps, {e} epochs, {c} crystals"
                                                              for t, n, e, c in done)
                    + ". The budgets compare how fast the models learn, not where they end up; the bundled models "
-                     "(default head, 108 min of fine-tuning per property in two stages) are in `models/README.md`.")
+                     "(default head, fine-tuned for longer, in two stages; their budgets on their cards) are in "
+                     "`models/README.md`.")
     for own, _, what in heads:
         coverages = [cells[("table1", t, own, 1.0)].coverage for t in tasks if ("table1", t, own, 1.0) in cells]
         inside = sum(0.90 <= c <= 0.98 for c in coverages if math.isfinite(c))
         if coverages:
             out.append(f"* 95% interval coverage of crysdiff ({what}), the chain's own interval, is within [0.90, 0.98] "
                        f"on {inside} of {len(coverages)} tasks (range {fmt(min(coverages))}–{fmt(max(coverages))}).")
-        calibrated = [float(np.mean([r["test_coverage_calibrated"] for r in calibration[("table1", t, own, 1.0)]
-                                     if r["seed"] in cells[("table1", t, own, 1.0)].seeds]))
-                      for t in tasks if ("table1", t, own, 1.0) in cells and calibration.get(("table1", t, own, 1.0))]
+        scored = {t: [r for r in calibration.get(("table1", t, own, 1.0), []) if r["seed"] in cells[("table1", t, own, 1.0)].seeds]
+                  for t in tasks if ("table1", t, own, 1.0) in cells}
+        calibrated = [float(np.mean([r["test_coverage_calibrated"] for r in rows])) for rows in scored.values()
+                      if rows and not any(carried_over(r) for r in rows)]
+        carried = sum(bool(rows) and any(carried_over(r) for r in rows) for rows in scored.values())
+        left = (f" ({carried} tasks whose calibration rows are carried over, {CARRIED}, left out)" if carried else "")
         if calibrated:
             inside = sum(0.90 <= c <= 0.98 for c in calibrated)
             out.append(f"* Calibrated on the validation set, as `crysdiff predict` reports it: within [0.90, 0.98] on "
-                       f"{inside} of {len(calibrated)} tasks (range {fmt(min(calibrated))}–{fmt(max(calibrated))}).")
-    out.append("* No peer column reports an interval.")
-    out.append("* Domain overlap: the pre-training pool is every structure under `../shared/data` (labels ignored), so the "
-               "structures of every task, test sets included, were seen unlabelled during pre-training.")
+                       f"{inside} of {len(calibrated)} tasks (range {fmt(min(calibrated))}–{fmt(max(calibrated))}){left}.")
+        elif carried:
+            out.append(f"* Calibrated on the validation set, as `crysdiff predict` reports it: not counted, every task's "
+                       f"calibration rows ({carried}) are carried over from a pass that recorded no commit ({CARRIED}; "
+                       "their run folders are gone); see the calibration section.")
+    peers = sorted({m for m in models if m not in MODELS or MODELS[m].peer})
+    with_interval = [m for m in peers if any(c.coverages for k, c in cells.items() if k[0] == "table1" and k[2] == m)]
+    if peers:
+        out.append(f"* Peer columns reporting an interval (a 95% coverage in their results files): "
+                   f"{', '.join(with_interval) or 'none'} of {', '.join(peers)}.")
+    out.append(domain_overlap())
     return out + [""]
+
+
+def domain_overlap(pool: Path = ROOT / "models" / "pretrained_pool.ckpt", data: Path = ROOT.parent / "shared" / "data") -> str:
+    """What the pre-training pool held, read from the pool model's record and checked against the
+    structure files under ``data``: the test sets' structures were seen, unlabelled, in pre-training."""
+    import torch
+
+    if not pool.is_file():
+        return f"* Domain overlap: `{_rel(pool, ROOT)}` is missing, so the pre-training pool is not known here."
+    sources = torch.load(pool, map_location="cpu", weights_only=True)["data"]["train"]["sources"]
+    names = {s.split("shared/data/", 1)[-1] for s in sources}
+    files = ([p.relative_to(data).as_posix() for p in sorted(data.rglob("*")) if p.is_file()
+              and p.name.endswith((".csv.gz", ".extxyz", ".json", ".json.gz")) and p.parent.name != "structures"]
+             if data.is_dir() else [])
+    missing = [f for f in files if f not in names]
+    checked = (f"every structure file under `../shared/data` ({len(files)}; `mp_elastic` as its folder) is among them"
+               if files and not missing else f"not among them: {', '.join(missing)}" if missing else
+               "`../shared/data` is not here to check against")
+    return (f"* Domain overlap (read from `{_rel(pool, ROOT)}`'s record): the pre-training pool has {len(sources)} sources, "
+            f"labels ignored; {checked}." + (" So the structures of every task, test sets included, were seen "
+                                              "unlabelled during pre-training." if files and not missing else ""))
 
 
 def _seed0(cell: Cell | None) -> dict | None:
@@ -459,10 +569,11 @@ def section_long(cells) -> list[str]:
         for m in models:
             change = signed(pct(long[m]["test"]["mae"], short[m]["test"]["mae"])) if short[m] and long[m] else "–"
             out.append(f"| {model_label(m)} | {shown(short[m])} | {shown(long[m])} | {change} |")
-        out.append("")
+        same = footing([*short.values(), *long.values()])
+        out += ["", budget_check([same], "table (every run of it)"), ""]
         for runs, budget in ((short, short_budget), (long, long_budget)):
             done = {m: r["test"]["mae"] for m, r in runs.items() if r}
-            if done:
+            if done and same:
                 order = sorted(done, key=done.get)
                 analysis.append(f"* {TASKS[task].label}, {budget:g} min: ranking "
                                 + " < ".join(f"{model_label(m)} {fmt(done[m], 4)}" for m in order)
@@ -471,7 +582,7 @@ def section_long(cells) -> list[str]:
         for own, twin, what in CRYSDIFF_HEADS:
             pairs = [(b, runs[own]["test"]["mae"], runs[twin]["test"]["mae"])
                      for b, runs in ((short_budget, short), (long_budget, long))
-                     if runs.get(own) and runs.get(twin)]
+                     if runs.get(own) and runs.get(twin) and footing([runs[own], runs[twin]])]
             if pairs:
                 analysis.append(f"* {TASKS[task].label}, pre-trained vs. from scratch ({what}): "
                                 + "; ".join(f"{b:g} min {signed(pct(a, z))}" for b, a, z in pairs) + ".")
@@ -506,32 +617,38 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
            + " | ".join(f"{name} vs. pool model | {name} vs. scratch" for _, _, name in present)
            + " | coverage, " + " / ".join(name for _, _, name in present) + " (raw → calibrated) |",
            "|---|---|---|---|" + "---|" * (3 * len(present) + 1)]
-    compared = []  # (task, fraction, {name: mae}, pool, scratch)
+    compared = []  # (task, fraction, {name: seed-0 run}, pool run, scratch run)
+
+    def mae(run) -> float:
+        return run["test"]["mae"] if run else math.nan
 
     def change(a, b):
-        return signed(pct(a, b)) if math.isfinite(a) and math.isfinite(b) else "–"
+        mark = "" if footing([a, b]) else f" {MIXED}"
+        return signed(pct(mae(a), mae(b))) + mark if a and b else "–"
+    pairs_checked = []
     for task, fraction in rows:
         source = "sparse" if (("sparse", task, LONGPRE_BASE[0], fraction) in cells) else "table1"
-        pool, scratch = (r["test"]["mae"] if r else math.nan
-                         for r in (_seed0(cells.get((source, task, m, fraction))) for m in LONGPRE_BASE))
-        longer = {}
-        for model, _, name in present:
-            run = _seed0(cells.get(("longpre-sparse", task, model, fraction)))
-            longer[name] = run["test"]["mae"] if run else math.nan
+        pool, scratch = (_seed0(cells.get((source, task, m, fraction))) for m in LONGPRE_BASE)
+        longer = {name: _seed0(cells.get(("longpre-sparse", task, model, fraction))) for model, _, name in present}
         compared.append((task, fraction, longer, pool, scratch))
+        pairs_checked += [footing([run, other]) for run in longer.values() for other in (pool, scratch) if run and other]
         coverage = " / ".join(calibrated_cell(calibration or {}, ("longpre-sparse", task, m, fraction), {0}) or "–"
                               for m, _, _ in present)
-        out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {100 * fraction:g}% | {fmt(scratch)} | {fmt(pool)} | "
-                   + " | ".join(fmt(longer[name]) for _, _, name in present) + " | "
+        out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}) | {100 * fraction:g}% | {fmt(mae(scratch))} | "
+                   f"{fmt(mae(pool))} | " + " | ".join(fmt(mae(longer[name])) for _, _, name in present) + " | "
                    + " | ".join(f"{change(longer[name], pool)} | {change(longer[name], scratch)}" for _, _, name in present)
                    + f" | {coverage} |")
-    out += ["", "**Analysis** (computed):", ""]
+    out += ["", budget_check(pairs_checked, "comparisons in the change columns"), "", "**Analysis** (computed):", ""]
 
     def tally(pairs, what):
-        pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
-        if pairs:
-            out.append(f"* {what}: lower test MAE in {sum(a < b for a, b in pairs)} of {len(pairs)} rows, median change "
-                       f"{signed(median(pct(a, b) for a, b in pairs))}.")
+        pairs = [(a, b) for a, b in pairs if a and b]
+        fair = [(mae(a), mae(b)) for a, b in pairs if footing([a, b])]
+        left = f" ({len(pairs) - len(fair)} rows mixing machine types left out)" if len(fair) < len(pairs) else ""
+        if fair:
+            out.append(f"* {what}: lower test MAE in {sum(a < b for a, b in fair)} of {len(fair)} rows, median change "
+                       f"{signed(median(pct(a, b) for a, b in fair))}{left}.")
+        elif pairs:
+            out.append(f"* {what}: no row on one machine type ({len(pairs)} rows mix machine types).")
 
     names = [name for _, _, name in present]
     for name in names:
@@ -542,20 +659,29 @@ def section_longpre(cells, calibration: dict | None = None) -> list[str]:
     tally([(c[3], c[4]) for c in compared], "The pool model vs. from scratch (the same rows, for reference)")
     for name in names:
         for task in dict.fromkeys(c[0] for c in compared):
-            low = [(c[2][name], c[4]) for c in compared if c[0] == task and c[1] <= 0.4
-                   and math.isfinite(c[2][name]) and math.isfinite(c[4])]
+            low = [(mae(c[2][name]), mae(c[4])) for c in compared if c[0] == task and c[1] <= 0.4
+                   and c[2][name] and c[4] and footing([c[2][name], c[4]])]
             if len(low) > 1:
                 out.append(f"* {TASKS[task].label}: pre-trained {name} beats scratch at {sum(a < z for a, z in low)} of "
                            f"{len(low)} fractions up to 40% (issue 5 target: all).")
+            elif any(c[0] == task and c[1] <= 0.4 and c[2][name] and c[4] for c in compared):
+                out.append(f"* {TASKS[task].label}: pre-trained {name} against scratch up to 40%: not counted, the seed-0 "
+                           f"runs ran on different machine types ({MIXED}).")
     for model, _, name in present:
         out += _sparse_over_seeds(cells, model, name)
     for model, _, name in present:
-        best, counted, _, _ = _table1_best(cells, model, all_seeds=False)
+        best, counted, lines, _ = _table1_best(cells, model, all_seeds=False)
+        if not counted and lines:
+            out.append(f"* Against every Table 1 column (seed 0): pre-trained {name} not counted: its runs and Table 1's "
+                       f"ran on different machine types ({MIXED}).")
         if counted:
             out.append(f"* Against every Table 1 column (seed 0): pre-trained {name} would be the best column on "
                        f"{len(best)} of {counted} tasks" + (f" ({', '.join(best)})" if best else "") + ".")
     for model, _, name in present:
         best, counted, lines, used = _table1_best(cells, model, all_seeds=True)
+        if not counted and lines:
+            out.append(f"* Against every Table 1 column, mean over seeds: pre-trained {name} not counted: its runs and "
+                       f"Table 1's ran on different machine types ({MIXED}).")
         if counted:
             out += [f"* Against every Table 1 column, mean over the same seeds ({', '.join(map(str, sorted(used)))}): "
                     f"pre-trained {name} would be the best column on {len(best)} of {counted} tasks"
@@ -576,16 +702,22 @@ def _sparse_over_seeds(cells, model: str, name: str) -> list[str]:
     task, listing each fraction's means and seeds."""
     out = []
     for task in dict.fromkeys(k[1] for k in cells if k[0] == "longpre-sparse" and k[2] == model):
-        rows = []
+        rows, mixed = [], 0
         for fraction in FRACTIONS_SPARSE:
             mine, theirs = cells.get(("longpre-sparse", task, model, fraction)), cells.get(("sparse", task, LONGPRE_BASE[1], fraction))
             seeds = sorted(set(mine.seeds) & set(theirs.seeds)) if mine and theirs and fraction <= 0.4 else []
-            if len(seeds) >= 2:
-                rows.append((fraction, _mean_over(mine, seeds), _mean_over(theirs, seeds), seeds))
+            fair = [seed for seed in seeds if footing(runs_of(mine, theirs, seeds={seed}))]  # pairs on one machine type
+            mixed += len(seeds) - len(fair)
+            if len(seeds) >= 2 and fair:
+                rows.append((fraction, _mean_over(mine, fair), _mean_over(theirs, fair), fair))
+        if mixed:
+            out.append(f"* {TASKS[task].label}, pre-trained {name} against scratch: {mixed} seed pairs up to 40% ran on two "
+                       "machine types and are left out of the mean below" + ("" if rows else " (no fraction keeps a seed)")
+                       + ".")
         if rows:
-            out.append(f"* {TASKS[task].label}, mean over the seeds both have: pre-trained {name} beats scratch at "
+            out.append(f"* {TASKS[task].label}, mean over the seeds both have on one machine type: pre-trained {name} beats scratch at "
                        f"{sum(a < z for _, a, z, _ in rows)} of {len(rows)} fractions up to 40% (issue 5 target: all): "
-                       + "; ".join(f"{100 * f:g}% {fmt(a)} vs. {fmt(z)} ({signed(pct(a, z))}, seeds "
+                       + "; ".join(f"{100 * f:g}% {fmt(a)} vs. {fmt(z)} ({signed(pct(a, z))}, seed{'s' * (len(s) > 1)} "
                                    f"{', '.join(map(str, s))})" for f, a, z, s in rows) + ".")
     return out
 
@@ -601,6 +733,12 @@ def _table1_best(cells, model: str, all_seeds: bool) -> tuple[list[str], int, li
         seeds = set(mine.seeds) if mine else set()
         if not all_seeds:
             seeds &= {0}
+        columns = [c for k, c in cells.items() if k[0] == "table1" and k[1] == task and k[3] == 1.0]
+        fair = {seed for seed in seeds if footing(runs_of(mine, *columns, seeds={seed}))}
+        if fair != seeds:
+            lines.append(f"  * {TASKS[task].label}: seed(s) {', '.join(map(str, sorted(seeds - fair)))} left out "
+                         f"({MIXED}: the row and the Table 1 columns ran on different machine types).")
+        seeds = fair
         if not seeds or (all_seeds and len(seeds) < 2):
             continue
 
@@ -618,6 +756,42 @@ def _table1_best(cells, model: str, all_seeds: bool) -> tuple[list[str], int, li
     return best, counted, lines, used
 
 
+def section_step_budgets(cells) -> list[str]:
+    """Runs made with a step budget (``suite.py --budget-steps N``): the same optimiser steps for every
+    column, so the comparison means the same on any machine. One table per part and budget."""
+    parts = sorted({k[0] for k in cells if "@" in k[0]})
+    if not parts:
+        return []
+    out = ["## At a step budget", "",
+           "Runs made with `python benchmarks/suite.py ... --budget-steps N`: every column trains the same number of "
+           "optimizer steps, whatever the machine (the wall clock is only a safety cap). Test MAE (seeds); the "
+           "steps each run made and its machine type are read from its results file.", ""]
+    for part in parts:
+        rows = sorted({(k[1], k[3]) for k in cells if k[0] == part})
+        out += [f"**{part.replace('@', ', ').replace('st', ' steps')}**", "",
+                "| task | labels | model | test MAE | steps made | machine |", "|---|---|---|---|---|---|"]
+        for task, fraction in rows:
+            for key in sorted(k for k in cells if k[0] == part and k[1] == task and k[3] == fraction):
+                cell = cells[key]
+                out.append(f"| {TASKS[task].label} | {100 * fraction:g}% | {model_label(key[2])} | {fmt_cell(cell)} | "
+                           f"{', '.join(str(r.get('fit', {}).get('steps', '–')) for r in cell.results)} | "
+                           f"{', '.join(sorted({r['machine']['cpu'] for r in cell.results}))} |")
+        out.append("")
+    pairs = [((p, t, LONGPRE_MODELS[-1], f), (q, t, m, f)) for p, t, _, f in cells if "@" in p
+             for q in (p, p.replace("longpre-sparse", "sparse")) for m in LONGPRE_BASE
+             if (p, t, LONGPRE_MODELS[-1], f) in cells and (q, t, m, f) in cells and p.split("@")[1] == q.split("@")[1]]
+    lines = []
+    for mine, theirs in dict.fromkeys(pairs):
+        a, b = cells[mine], cells[theirs]
+        if footing(runs_of(a, b)):
+            lines.append(f"* {TASKS[mine[1]].label}, {100 * mine[3]:g}%, {mine[0].split('@')[1].replace('st', ' steps')}: "
+                         f"pre-trained longer still {fmt(a.mae)} vs. {model_label(theirs[2])} {fmt(b.mae)} "
+                         f"({signed(pct(a.mae, b.mae))}).")
+    if lines:
+        out += ["**Analysis** (computed; only pairs where every run reached its step budget):", "", *lines, ""]
+    return out
+
+
 def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
     out = ["## Fig. 4: sparse labels", ""]
     tasks = _tasks_of(cells, "sparse")
@@ -632,21 +806,25 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
         out += [f"![test MAE against label fraction]({_rel(figures / 'fig4_sparse.png', out_dir)})", ""]
     out += ["| task | model | " + " | ".join(f"{100 * f:g}%" for f in FRACTIONS_SPARSE) + " |",
             "|---|---|" + "---|" * len(FRACTIONS_SPARSE)]
+    fair = {(t, f): footing(runs_of(*(cells.get(("sparse", t, m, f)) for m in models)))
+            for t in tasks for f in FRACTIONS_SPARSE if any(("sparse", t, m, f) in cells for m in models)}
     for task in tasks:
         for model in models:
             if not any(("sparse", task, model, f) in cells for f in FRACTIONS_SPARSE):
                 continue  # a column not run on this task (e.g. `--tasks` left it out)
             out.append(f"| {TASKS[task].label} | {model_label(model)} | "
-                       + " | ".join(fmt_cell(cells.get(("sparse", task, model, f))) for f in FRACTIONS_SPARSE) + " |")
+                       + " | ".join(fmt_cell(cells.get(("sparse", task, model, f)))
+                                    + ("" if fair.get((task, f), True) else f" {MIXED}") for f in FRACTIONS_SPARSE) + " |")
     if extra:
         out += ["", f"Each cell averages the seeds that every model at that fraction has; seeds that only some models have "
                     f"({', '.join(map(str, extra))}) are left out here and used by the ensemble analysis below."]
-    out += ["", "**Analysis** (computed):", ""]
+    out += ["", budget_check(list(fair.values()), "task-and-fraction columns (every model in them)"), "",
+            "**Analysis** (computed):", ""]
     heads = [(own, twin, what) for own, twin, what in CRYSDIFF_HEADS if own in models]
     peers = [m for m in models if m not in {name for pair in CRYSDIFF_HEADS for name in pair[:2]}]
     for task in tasks:
-        by_model = {m: {f: cells[("sparse", task, m, f)] for f in FRACTIONS_SPARSE if ("sparse", task, m, f) in cells}
-                    for m in models}
+        by_model = {m: {f: cells[("sparse", task, m, f)] for f in FRACTIONS_SPARSE
+                        if ("sparse", task, m, f) in cells and fair[(task, f)]} for m in models}
         for own, twin, what in heads:
             ours = by_model.get(own, {})
             pairs = [(f, ours[f].mae, cell.mae) for f, cell in by_model.get(twin, {}).items() if f in ours]
@@ -737,12 +915,14 @@ def section_ablation(cells, figures: Path, out_dir: Path) -> list[str]:
             "|---|" + "---|" * len(tasks)]
     for v in variants:
         out.append(f"| {model_label(v)} | " + " | ".join(fmt_cell(cells.get(("ablation", t, v, 1.0))) for t in tasks) + " |")
-    out += ["", "**Analysis** (computed; change of test MAE relative to the full model):", ""]
+    fair = {t: footing(runs_of(*(cells.get(("ablation", t, v, 1.0)) for v in variants))) for t in tasks}
+    out += ["", budget_check(list(fair.values()), "task columns (every variant in them)"), "",
+            "**Analysis** (computed; change of test MAE relative to the full model):", ""]
     for v in variants:
         if v == "crysdiff":
             continue
         changes = [pct(cells[("ablation", t, v, 1.0)].mae, cells[("ablation", t, "crysdiff", 1.0)].mae)
-                   for t in tasks if ("ablation", t, v, 1.0) in cells and ("ablation", t, "crysdiff", 1.0) in cells]
+                   for t in tasks if ("ablation", t, v, 1.0) in cells and ("ablation", t, "crysdiff", 1.0) in cells and fair[t]]
         if changes:
             out.append(f"* {model_label(v)}: worse than the full model on {sum(c > 0 for c in changes)} of {len(changes)} "
                        f"tasks (changes: {', '.join(signed(c) for c in changes)}).")
@@ -761,18 +941,32 @@ def section_refine(cells) -> list[str]:
             "scheme) and tested on the rest.", "",
             "| second source used | test on | mp2018 model, before | after refinement | pre-trained, second source only |",
             "|---|---|---|---|---|"]
-    analysis = []
+    analysis, footings = [], []
     for task in tasks:
-        share = "20%" if task.endswith("20") else "80%"
-        rest = "80%" if share == "20%" else "20%"
         before, after, direct = (cells.get(("refine", task, m, 1.0)) for m in ("dft_only", "refined", "crysdiff"))
+        share, rest = _refine_shares(runs_of(before, after, direct))
+        footings.append(footing(runs_of(after, direct)))  # the two trained columns (before: the same mp2018 model, evaluated)
+        if not footings[-1]:
+            direct = None
         out.append(f"| {share} | the other {rest} | {fmt_cell(before)} | {fmt_cell(after)} | {fmt_cell(direct)} |")
         if before and after:
             analysis.append(f"* With {share} of the second source, refinement changes the test MAE by "
                             f"{signed(pct(after.mae, before.mae))} ({fmt(before.mae)} → {fmt(after.mae)} {unit_of(cells, task)})"
                             + (f"; the mp2018 stage changes it by {signed(pct(after.mae, direct.mae))} against fine-tuning "
                                f"the pre-trained model on the second source alone." if direct else "."))
-    return out + ["", "**Analysis** (computed):", "", *analysis, ""]
+    return out + ["", budget_check(footings, "rows (their two trained columns)"), "", "**Analysis** (computed):", "",
+                  *analysis, ""]
+
+
+def _refine_shares(runs) -> tuple[str, str]:
+    """The second source's share used for training and the share tested on, read from the split's
+    crystal counts in the results files (train + val against test)."""
+    parts = runs[0]["split"]["parts"] if runs else {}
+    if not parts:
+        return "–", "–"
+    used = parts["train"]["count"] + parts["val"]["count"]
+    share = used / (used + parts["test"]["count"])
+    return f"{100 * share:.0f}%", f"{100 * (1 - share):.0f}%"
 
 
 def section_variants(cells) -> list[str]:
@@ -787,19 +981,25 @@ def section_variants(cells) -> list[str]:
     out += [f"{TASKS[task].label}, test MAE ({unit_of(cells, task)}) and 95% coverage, at each share of the training labels.", "",
             "| variant | " + " | ".join(f"{100 * f:g}% MAE | {100 * f:g}% coverage" for f in fractions) + " |",
             "|---|" + "---|---|" * len(fractions)]
-    best = {f: min((v for v in variants if ("variants", task, v, f) in cells), key=lambda v: cells[("variants", task, v, f)].mae,
-                   default=None) for f in fractions}
+    # the table's footing: that of most of its runs; a variant run elsewhere is marked and left out of "best"
+    kinds = [footing([r]) for key, cell in cells.items() if key[0] == "variants" and key[1] == task for r in cell.results]
+    main = max(set(kinds), key=kinds.count)
+    fair = {v: footing([*runs_of(*(cells.get(("variants", task, v, f)) for f in fractions)), {"machine": {"cpu": main}}])
+            is not None for v in variants}
+    best = {f: min((v for v in variants if ("variants", task, v, f) in cells and fair[v]),
+                   key=lambda v: cells[("variants", task, v, f)].mae, default=None) for f in fractions}
     for v in variants:
         row = []
         for f in fractions:
             cell = cells.get(("variants", task, v, f))
             row += [fmt_cell(cell, best[f] == v), fmt(cell.coverage) if cell else "–"]
-        out.append(f"| {model_label(v)} | " + " | ".join(row) + " |")
-    out += ["", "**Analysis** (computed):", ""]
+        out.append(f"| {model_label(v)}{'' if fair[v] else ' ' + MIXED} | " + " | ".join(row) + " |")
+    out += ["", budget_check([main if fair[v] else None for v in variants], "variant rows (against the table's main "
+                             "machine type; a marked row is left out of *best*)"), "", "**Analysis** (computed):", ""]
     for f in fractions:
         def mae(v):
             cell = cells.get(("variants", task, v, f))
-            return cell.mae if cell else math.nan
+            return cell.mae if cell and fair[v] else math.nan
 
         lines = [f"best: {model_label(best[f])}"] if best[f] else []
         for a, b, what in (("crysdiff", "scratch", "pre-trained vs. scratch (diffusion head)"),
@@ -825,7 +1025,7 @@ ARCHIVES = {
         "Rows of the earlier runs whose `card` head started at `ε̂ = 0` (`head.baseline=zero`, before 2026-11-29), "
         "kept under `archive/card-baseline-zero/`, against the same job (task, model, labels, seed, budget) rerun with "
         "the current default, the head starting at the prior's noise predictor (`head.baseline=prior`, "
-        "see `docs/method.md`). Same machine type, same budget; one seed each, so differences of a few percent are noise."),
+        "see `docs/method.md`). One seed each, so differences of a few percent are noise."),
 }
 
 
@@ -834,23 +1034,26 @@ def section_archives(results: Path, cells) -> list[str]:
     out = []
     for name, (title, text) in ARCHIVES.items():
         old = [json.loads(p.read_text()) for p in sorted((results / "archive" / name).glob("*.json"))]
-        rows, better = [], 0
+        rows, better, footings = [], 0, []
         for r in old:
             cell = cells.get((r["experiment"], r["task"], r["model"], float(r["label_fraction"])))
             now = [x for x in (cell.results if cell else []) if x["seed"] == r["seed"]]
             if not now:
                 continue
+            footings.append(footing([r, now[0]]) if r["budget_minutes"] == now[0]["budget_minutes"] else None)
             new = now[0]["test"]
-            better += new["mae"] < r["test"]["mae"]
+            better += new["mae"] < r["test"]["mae"] and footings[-1] is not None
             rows.append(f"| {TASKS[r['task']].label} | {model_label(r['model'])} | {100 * float(r['label_fraction']):g}% | "
-                        f"{r['seed']} | {fmt(r['test']['mae'])} | {fmt(new['mae'])} | {signed(pct(new['mae'], r['test']['mae']))} | "
+                        f"{r['seed']} | {fmt(r['test']['mae'])} | {fmt(new['mae'])} | {signed(pct(new['mae'], r['test']['mae']))}"
+                        f"{'' if footings[-1] else ' ' + MIXED} | "
                         f"{fmt(r['test'].get('coverage95', math.nan))} | {fmt(new.get('coverage95', math.nan))} |")
         if not rows:
             continue
         out += [f"## {title}", "", text, "",
                 "| task | model | labels | seed | MAE before | MAE now | change | coverage before | coverage now |",
                 "|---|---|---|---|---|---|---|---|---|", *rows, "",
-                f"Lower MAE now on {better} of {len(rows)} rows.", ""]
+                budget_check(footings, "rows (the same budget in minutes, before and now)"), "",
+                f"Lower MAE now on {better} of {sum(f is not None for f in footings)} rows.", ""]
     return out
 
 
@@ -932,21 +1135,29 @@ def section_calibration(results: Path, calibration: dict) -> list[str]:
             "calibrated one, and the mean scale fitted.", "",
             "| part | task | model | labels | seeds | scale | coverage raw | coverage calibrated |",
             "|---|---|---|---|---|---|---|---|"]
-    raw_inside = cal_inside = 0
+    inside = {"all": [0, 0, 0], "regenerable": [0, 0, 0]}  # cells, raw inside, calibrated inside
     for key in sorted(calibration, key=lambda k: (k[0], k[1], k[2], k[3])):
         rows = calibration[key]
         raw = float(np.mean([r["test_coverage_raw"] for r in rows]))
         cal = float(np.mean([r["test_coverage_calibrated"] for r in rows]))
-        raw_inside += 0.90 <= raw <= 0.98
-        cal_inside += 0.90 <= cal <= 0.98
+        carried = sum(carried_over(r) for r in rows)
+        for which in ("all", "regenerable") if not carried else ("all",):
+            inside[which] = [inside[which][0] + 1, inside[which][1] + (0.90 <= raw <= 0.98),
+                             inside[which][2] + (0.90 <= cal <= 0.98)]
         out.append(f"| {key[0]} | {TASKS[key[1]].label if key[1] in TASKS else key[1]} | {model_label(key[2])} | "
-                   f"{100 * key[3]:g}% | {len(rows)} | {fmt(float(np.mean([r['interval_scale'] for r in rows])))} | "
-                   f"{fmt(raw)} | {fmt(cal)} |")
+                   f"{100 * key[3]:g}% | {len(rows)}{f' ({carried} {CARRIED})' if carried else ''} | "
+                   f"{fmt(float(np.mean([r['interval_scale'] for r in rows])))} | {fmt(raw)} | {fmt(cal)} |")
+    rows = [r for cell in calibration.values() for r in cell]
+    old = sum(carried_over(r) for r in rows)
+    (n, raw_in, cal_in), (m, raw_ok, cal_ok) = inside["all"], inside["regenerable"]
     out += ["", f"`{meta['command']}` at commit `{meta['git_commit'][:10]}`"
             + (f"; runs without their folder (not scored): {len(meta['missing_runs'])}" if meta.get("missing_runs") else "")
-            + ".", "", "**Analysis** (computed):", "",
-            f"* Cells with 95% coverage inside [0.90, 0.98]: {raw_inside} of {len(calibration)} with the chain's own "
-            f"interval, {cal_inside} of {len(calibration)} calibrated.", ""]
+            + f". {CARRIED}: {old} of {len(rows)} rows are carried over from a pass that recorded no commit, their run "
+            "folders gone, so they cannot be regenerated; the other rows record the commit that scored them.",
+            "", "**Analysis** (computed):", "",
+            f"* Cells with 95% coverage inside [0.90, 0.98], counting only cells whose every row records its commit: "
+            f"{raw_ok} of {m} with the chain's own interval, {cal_ok} of {m} calibrated.",
+            f"* With the carried-over rows too: {raw_in} of {n} raw, {cal_in} of {n} calibrated.", ""]
     return out
 
 
@@ -988,6 +1199,7 @@ def render(results: Path, out: Path, figures: Path) -> str:
     lines += section_long(cells)
     lines += section_sparse(cells, figures, out.parent)
     lines += section_longpre(cells, calibration)
+    lines += section_step_budgets(cells)
     lines += section_ensemble(results)
     lines += section_ablation(cells, figures, out.parent)
     lines += section_refine(cells)

@@ -2,7 +2,7 @@
 
     python benchmarks/suite.py --list                         # every job, its budget, and what is done
     python benchmarks/suite.py --part pretrain-ablation       # once: the ablation's pre-trained models
-    python benchmarks/suite.py --part table1 [--seeds 0 1] [--budget-minutes M]
+    python benchmarks/suite.py --part table1 [--seeds 0 1] [--budget-minutes M | --budget-steps N]
     python benchmarks/suite.py --all                          # every part, in order
     python benchmarks/suite.py --quick --part variants        # reduced form: small subsets, tiny budgets
     python benchmarks/suite.py --part sparse --dry-run        # print the command lines only
@@ -91,6 +91,8 @@ def finetune_command(layout: Layout, job: Job, split, resume: bool = False) -> l
                 "--seed", job.seed, "--out", layout.run_dir(job), "--no-progress"]
     if resume:
         command.append("--resume")
+    if job.budget_steps:  # machine-independent budget; the wall clock is only a safety cap
+        command.append(f"train.max_steps={job.budget_steps}")
     command += [f"train.max_time_minutes={job.budget_minutes:g}", "train.max_epochs=1000"]
     if layout.quick:  # a few dozen steps in all: a short warm-up so they do train
         command += ["train.val_every_steps=10", "train.warmup_steps=5", "train.log_every_steps=5"]
@@ -462,7 +464,8 @@ def select_jobs(parts, args) -> list:
     jobs = []
     for part in parts:
         jobs += make_jobs(part, quick=args.quick, seeds=tuple(args.seeds) if args.seeds else None,
-                          budget_minutes=args.budget_minutes, models=tuple(args.models) if args.models else None)
+                          budget_minutes=args.budget_minutes, models=tuple(args.models) if args.models else None,
+                          budget_steps=getattr(args, "budget_steps", None))
     if getattr(args, "fractions", None):  # pre-trainings have no label fraction and always stay
         jobs = [j for j in jobs if not hasattr(j, "label_fraction") or j.label_fraction in args.fractions]
     if getattr(args, "tasks", None):  # likewise, pre-trainings have no task
@@ -518,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
                                                               "results in benchmarks/results/suite-quick/")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: per experiment, see --list)")
     parser.add_argument("--budget-minutes", type=float, help="override every job's budget (minutes of training)")
+    parser.add_argument("--budget-steps", type=int,
+                        help="train every crysdiff job for this many optimiser steps (a budget that means the same on "
+                             "any machine; the wall clock becomes a safety cap of STEP_CAP_FACTOR x the task's budget)")
     parser.add_argument("--models", nargs="+", help="only these model columns (e.g. crysdiff scratch alignn)")
     parser.add_argument("--fractions", type=float, nargs="+", help="only these label fractions (e.g. 1 or 0.1 0.4)")
     parser.add_argument("--tasks", nargs="+", help="only these tasks (e.g. mp_elastic_bulk perov5_heat; see --list)")

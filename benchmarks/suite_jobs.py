@@ -138,6 +138,7 @@ class Experiment:
     peers: tuple[str, ...] = ()  # peer columns, generated when registered in PEERS
     quick_tasks: tuple[str, ...] | None = None  # --quick runs only these tasks (None: all; (): none), to stay within 30 min
     budget_minutes: float | None = None  # every job's budget (None: the task's own)
+    budget_steps: int = 0  # optimiser steps per crysdiff job (0: the wall clock is the budget); see STEP_CAP_FACTOR
 
 
 TABLE1_TASKS = ("mp2018_formation", "mp2018_band_gap", "mp_elastic_bulk", "mp_elastic_shear", "perov5_heat",
@@ -199,6 +200,7 @@ PARTS = ("pretrain-ablation", "table1", "table1-heads", "table1-long", "table1-l
          "variants-layers")
 
 QUICK_BUDGET_MINUTES = 0.15
+STEP_CAP_FACTOR = 4.0  # a step-budget job's wall-clock cap, in multiples of the task's budget (a safety limit)
 QUICK_PRETRAIN_MINUTES = 0.3
 QUICK_OVERHEAD_MINUTES = 0.2
 QUICK_FRACTIONS_SPARSE = (0.1, 0.4, 1.0)  # Fig. 4 in reduced form: three of the six fractions
@@ -275,11 +277,13 @@ class Job:
     seed: int
     budget_minutes: float
     init_job: str = ""  # the fine-tuned model this job refines (refined) or tests (dft_only)
+    budget_steps: int = 0  # > 0: the budget is this many optimiser steps, budget_minutes only a safety cap
 
     @property
     def job_id(self) -> str:
         """Names the run, not the experiment: equal settings in two experiments are the same job."""
-        budget = "eval" if self.budget_minutes == 0 else f"b{self.budget_minutes:g}m"
+        budget = ("eval" if self.budget_minutes == 0 else f"b{self.budget_steps}st" if self.budget_steps
+                  else f"b{self.budget_minutes:g}m")
         base = f"{self.task}.{self.model}.lf{self.label_fraction:g}.s{self.seed}.{budget}"
         return f"{base}.from-{self.init_job}" if self.init_job else base
 
@@ -301,8 +305,13 @@ class PretrainJob:
 
 
 def make_jobs(part: str, *, quick: bool = False, seeds: tuple[int, ...] | None = None,
-              budget_minutes: float | None = None, models: tuple[str, ...] | None = None) -> list:
-    """The jobs of one part, in run order. Deterministic: the same arguments give the same list."""
+              budget_minutes: float | None = None, models: tuple[str, ...] | None = None,
+              budget_steps: int | None = None) -> list:
+    """The jobs of one part, in run order. Deterministic: the same arguments give the same list.
+
+    With a step budget (``budget_steps`` or the experiment's own) every crysdiff job trains that many
+    optimiser steps, a budget that means the same on any machine; its wall-clock cap is then
+    ``STEP_CAP_FACTOR`` times the task's budget, a safety limit only (peers keep the wall clock)."""
     if part == "pretrain-ablation":
         minutes = budget_minutes or (QUICK_PRETRAIN_MINUTES if quick else PRETRAIN_MINUTES)
         return [PretrainJob(name, overrides, minutes) for name, overrides in PRETRAININGS.items()
@@ -327,7 +336,10 @@ def make_jobs(part: str, *, quick: bool = False, seeds: tuple[int, ...] | None =
                         continue
                     init_job = base.job_id if part == "refine" and MODELS.get(model, Model("")).init == "job" else ""
                     minutes = 0.0 if MODELS.get(model, Model("")).evaluate_only else budget(task)
-                    jobs.append(Job(part, task, model, fraction, seed, minutes, init_job))
+                    steps = (budget_steps or experiment.budget_steps) if minutes and model in MODELS and not MODELS[model].peer else 0
+                    if steps:
+                        minutes = STEP_CAP_FACTOR * (QUICK_BUDGET_MINUTES if quick else TASKS[task].budget_minutes)
+                    jobs.append(Job(part, task, model, fraction, seed, minutes, init_job, steps))
     return jobs
 
 

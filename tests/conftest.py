@@ -46,6 +46,19 @@ def read_csv_crystals(path, rows: int, max_atoms: int = 24):
 
 
 @pytest.fixture(scope="module")
+def perov_16_6(shared_data, tmp_path_factory):
+    """The first 16 labelled Perov-5 crystals (val split) as ``train.csv`` and the next 6 as ``val.csv``:
+    4 batches of 4 an epoch, for the tiny training runs of the tests."""
+    import pandas as pd
+
+    table = pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0)
+    root = tmp_path_factory.mktemp("perov16")
+    table.iloc[:16].to_csv(root / "train.csv")
+    table.iloc[16:22].to_csv(root / "val.csv")
+    return root
+
+
+@pytest.fixture(scope="module")
 def crystals(shared_data):
     """Four small mp2018 crystals and one Perov-5 crystal: a real, mixed batch for symmetry tests."""
     mp = read_csv_crystals(shared_data / "mp2018" / "val.csv.gz", rows=8)[:4]

@@ -69,11 +69,22 @@ def test_bad_ema_decay_is_rejected():
         ema_callback(1.5)
 
 
-def test_precision_auto_is_full_precision_on_cpu():
-    assert resolve_precision(TrainConfig(accelerator="cpu")) == "32-true"
-    assert resolve_precision(TrainConfig(precision="bf16-mixed")) == "bf16-mixed"
-    if not torch.cuda.is_available():
-        assert resolve_precision(TrainConfig()) == "32-true"
+def test_precision_auto_is_bf16_on_a_bf16_gpu_and_full_precision_otherwise(monkeypatch, tmp_path):
+    """``precision=auto``: bf16-mixed where a CUDA GPU that supports it will be used, 32-true on a GPU
+    without bf16, on the CPU, or when the CPU is asked for; an explicit setting is kept. The setting
+    the trainer gets is the resolved one."""
+    for available, bf16, accelerator, expected in ((True, True, "auto", "bf16-mixed"), (True, True, "gpu", "bf16-mixed"),
+                                                   (True, False, "auto", "32-true"), (True, True, "cpu", "32-true"),
+                                                   (False, True, "auto", "32-true")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+        assert resolve_precision(TrainConfig(accelerator=accelerator)) == expected, (available, bf16, accelerator)
+    monkeypatch.undo()
+    assert resolve_precision(TrainConfig(precision="16-mixed")) == "16-mixed"
+    trainer = make_trainer(TrainConfig(accelerator="cpu", precision="bf16-mixed"), tmp_path, progress=False)
+    assert trainer.precision == "bf16-mixed"
+    trainer = make_trainer(TrainConfig(accelerator="cpu"), tmp_path, progress=False)
+    assert trainer.precision == "32-true"
 
 
 class LrLine(Line):

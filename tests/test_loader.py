@@ -118,3 +118,31 @@ def test_loader_ranks_shard_the_epoch(perov):
     shards = [sum((b.index.tolist() for b in make_loader(perov, np.arange(500), batch_size=64, shuffle=True, seed=2,
                                                           rank=r, world_size=2)), []) for r in range(2)]
     assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(500))
+
+
+def test_lightning_sets_each_epoch_of_the_shuffle(perov):
+    """Lightning passes the epoch to ``loader.batch_sampler.sampler``: a training run draws a new
+    order every epoch (the sampler used to stay at epoch 0, repeating the first epoch's order)."""
+    import lightning as L
+    import torch
+
+    class Record(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.orders = {}
+
+        def training_step(self, batch, batch_idx):
+            self.orders.setdefault(self.current_epoch, []).extend(batch.index.tolist())
+            return self.weight * 0.0
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = Record()
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False, accelerator="cpu")
+    trainer.fit(module, make_loader(perov, np.arange(40), batch_size=8, shuffle=True, seed=2))
+    orders = [module.orders[e] for e in range(3)]
+    assert all(sorted(order) == list(range(40)) for order in orders)
+    assert orders[0] != orders[1] != orders[2] != orders[0]

@@ -16,14 +16,18 @@ from crysdiff.sampling import sample_structures, time_schedule
 
 
 @pytest.fixture(scope="module")
-def batch(shared_data):
+def three(shared_data):
     from pymatgen.core import Structure
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rows = pd.read_csv(shared_data / "mp2018" / "val.csv.gz", nrows=3)
-        crystals = [validate(from_pymatgen(Structure.from_str(c, fmt="cif"))) for c in rows["cif"]]
-    return collate_crystals(crystals)
+        return [validate(from_pymatgen(Structure.from_str(c, fmt="cif"))) for c in rows["cif"]]
+
+
+@pytest.fixture(scope="module")
+def batch(three):
+    return collate_crystals(three)
 
 
 class Oracle:
@@ -60,8 +64,11 @@ def test_oracle_recovers_the_structure(batch, steps):
     assert circular_distance(frac, batch.frac_coords.double()).max().item() < 1e-6
 
 
-def test_oracle_lattice_chain_concentrates(batch):
-    """Half-way through the chain the lattice already sits near sqrt(alpha_bar) L_0 (not just at the end)."""
+def test_oracle_lattice_chain_concentrates(three):
+    """Near the end of the chain (t = 20 of 200) the lattice sits at sqrt(alpha_bar) L_0 with the forward
+    process's spread sqrt(1 - alpha_bar), within 12% (the spread of 16 copies of the batch: 432 numbers,
+    whose std scatters by about 4%)."""
+    batch = collate_crystals(three * 16)
     diffusion = JointDiffusion(DiffusionConfig(timesteps=200))
     oracle = Oracle(diffusion, batch.frac_coords, batch.lattice)
     seen = {}
@@ -75,7 +82,7 @@ def test_oracle_lattice_chain_concentrates(batch):
     sample_structures(spy, diffusion, double, corrector_steps=0, generator=torch.Generator().manual_seed(1))
     ab = diffusion.alpha_bar[20]
     err = (seen[20] - ab.sqrt() * batch.lattice.double()).std().item()
-    assert err == pytest.approx((1 - ab).sqrt().item(), rel=0.5)
+    assert err == pytest.approx((1 - ab).sqrt().item(), rel=0.12)
 
 
 def test_shapes_range_and_determinism(batch):

@@ -223,18 +223,18 @@ def test_split_files_are_deterministic_disjoint_and_readable(tmp_path, shared_da
 
 
 def _fixture(results: Path, experiment: str, task: str, model: str, seed: int, mae: float, fraction: float = 1.0,
-             coverage: float | None = 0.95, budget: float = 1.5) -> None:
+             coverage: float | None = 0.95, budget: float = 1.5, cpu: str = "test cpu", steps: int = 0) -> None:
     """A fabricated results file (a test fixture, shaped like the suite's)."""
     test = {"count": 100, "mae": mae, "rmse": 1.3 * mae, "r2": 0.9}
     if coverage is not None:
         test |= {"coverage95": coverage, "std_bins": [{"count": 50, "mean_predicted_std": s, "rmse": 1.1 * s} for s in (0.1, 0.2)]}
     payload = {
         "schema": 1, "experiment": experiment, "task": task, "model": model, "label_fraction": fraction, "seed": seed,
-        "budget_minutes": budget, "init_job": "", "job_id": f"{task}.{model}.lf{fraction:g}.s{seed}", "quick": False,
+        "budget_minutes": budget, "init_job": "", "job_id": f"{task}.{model}.lf{fraction:g}.s{seed}" + (f".b{steps}st" if steps else ""), "quick": False,
         "target": suite_jobs.TASKS[task].target, "unit": "GPa",
         "split": {"name": "mp_elastic", "seed": 0, "parts": {p: {"count": n, "file": "x", "sha256": "0"}
                                                             for p, n in (("train", 80), ("val", 10), ("test", 10))}},
-        "git_commit": "0" * 40, "machine": {"cpu": "test cpu", "cores": 2, "torch": "x", "torch_threads": 1, "gpu": "none"},
+        "git_commit": "0" * 40, "budget_steps": steps, "machine": {"cpu": cpu, "cores": 2, "torch": "x", "torch_threads": 1, "gpu": "none"},
         "commands": [f"crysdiff finetune --target {suite_jobs.TASKS[task].target} ({model})"], "seconds": {"total": 60.0},
         "train_count": int(800 * fraction), "test": test, "fit": {"steps": 900, "epochs": round(24 / fraction)},
     }
@@ -407,8 +407,8 @@ def test_report_sets_the_longer_pretrainings_beside_the_pool_model_and_scratch(t
         _fixture(results, "table1-heads" if model != "regression" else "table1", "mp_elastic_bulk", model, 0, mae)
     cells = report.aggregate(report.load_results(results)[0])
     calibration = {("longpre-sparse", "dielectric_n", "gaussian_learned_longpre", 1.0):
-                   [{"seed": 0, "test_coverage_raw": 0.9, "test_coverage_calibrated": 0.95},
-                    {"seed": 1, "test_coverage_raw": 0.5, "test_coverage_calibrated": 0.5}]}  # seed 1: not in the table
+                   [{"seed": 0, "test_coverage_raw": 0.9, "test_coverage_calibrated": 0.95, "git_commit": "c" * 40},
+                    {"seed": 1, "test_coverage_raw": 0.5, "test_coverage_calibrated": 0.5, "git_commit": "c" * 40}]}  # seed 1: not in the table
     text = "\n".join(report.section_longpre(cells, calibration))
     assert "`models/pretrained_pool_long.ckpt` (longer) and `models/pretrained_pool_long2.ckpt` (longer still)" in text
     assert "| pre-trained longer | pre-trained longer still | longer vs. pool model | longer vs. scratch | " \
@@ -447,7 +447,7 @@ def test_report_sets_the_longer_pretrainings_beside_the_pool_model_and_scratch(t
     for fraction, mae in ((0.05, 31.0), (0.4, 15.0)):
         _fixture(results, "longpre-sparse", "mp_elastic_bulk", "gaussian_learned_longpre2", 1, mae, fraction)
     text = "\n".join(report.section_longpre(report.aggregate(report.load_results(results)[0])))
-    assert ("* bulk modulus (mp_elastic), mean over the seeds both have: pre-trained longer still beats scratch at 2 of 2 "
+    assert ("* bulk modulus (mp_elastic), mean over the seeds both have on one machine type: pre-trained longer still beats scratch at 2 of 2 "
             "fractions up to 40% (issue 5 target: all): 5% 30 vs. 67 (-55%, seeds 0, 1); 40% 14 vs. 56.5 (-75%, "
             "seeds 0, 1).") in text
     assert "pre-trained longer beats scratch at 1 of 2 fractions up to 40%" in text  # seed 0 lines unchanged
@@ -538,8 +538,9 @@ def test_report_shows_raw_and_calibrated_coverage(tmp_path):
     rows = [{"experiment": "table1", "job_id": f"mp_elastic_bulk.{m}.lf1.s0.b1.5m", "task": "mp_elastic_bulk", "model": m,
              "label_fraction": 1.0, "seed": 0, "interval_scale": scale, "val_count": 50, "val_coverage_raw": raw,
              "test_count": 10, "test_coverage_raw": raw, "test_coverage_calibrated": cal, "test_mean_width_raw": 1.0,
-             "test_mean_width_calibrated": scale}
-            for m, scale, raw, cal in (("crysdiff", 2.0, 0.6, 0.95), ("scratch", 1.5, 0.7, 0.99))]
+             "test_mean_width_calibrated": scale, **commit}
+            for m, scale, raw, cal, commit in (("crysdiff", 2.0, 0.6, 0.95, {"git_commit": "b" * 40}),
+                                               ("scratch", 1.5, 0.7, 0.99, {}))]  # scratch: carried over, no commit
     (results / "calibration").mkdir(parents=True)
     (results / "calibration" / "runs.json").write_text(json.dumps({
         "rows": rows, "missing_runs": [], "level": 0.95, "command": "python benchmarks/calibration.py",
@@ -548,7 +549,12 @@ def test_report_shows_raw_and_calibrated_coverage(tmp_path):
     assert "| bulk modulus (mp_elastic) (GPa) | 1.5 min | **8** | 9 | 0.6 → 0.95 |" in text
     assert "Calibrated on the validation set, as `crysdiff predict` reports it: within [0.90, 0.98] on 1 of 1 tasks" in text
     assert "| table1 | bulk modulus (mp_elastic) | crysdiff (pre-trained + CARD head, constant prior) | 100% | 1 | 2 | 0.6 | 0.95 |" in text
-    assert "Cells with 95% coverage inside [0.90, 0.98]: 0 of 2 with the chain's own interval, 1 of 2 calibrated." in text
+    # the carried-over row is shown, marked, and kept out of the count that only regenerable rows make
+    assert "| table1 | bulk modulus (mp_elastic) | same network from scratch (CARD head) | 100% | 1 (1 ‡) | 1.5 | 0.7 | 0.99 |" in text
+    assert "‡: 1 of 2 rows are carried over from a pass that recorded no commit" in text
+    assert ("Cells with 95% coverage inside [0.90, 0.98], counting only cells whose every row records its commit: "
+            "0 of 1 with the chain's own interval, 1 of 1 calibrated.") in text
+    assert "With the carried-over rows too: 0 of 2 raw, 1 of 2 calibrated." in text
 
 
 def test_report_probe_section_reads_layers_and_missing_rows(tmp_path):
@@ -579,3 +585,80 @@ def test_report_probe_section_reads_layers_and_missing_rows(tmp_path):
     path.write_text(json.dumps(encoders))
     text = "\n".join(report.section_probe(path))
     assert "t: pooled output of 2 random initialisations 0.9 to 0.95 (the lines above compare with `random`)" in text
+
+
+def test_report_marks_comparisons_across_machine_types_and_keeps_them_out_of_the_counts(tmp_path):
+    """A wall-clock budget buys more steps on a faster machine: a Table 1 row whose columns ran on two
+    machine types is marked and left out of the best-column count; runs with one step budget compare
+    on any machine; the longer pre-training's tallies count only pairs on one machine type."""
+    results = tmp_path / "results"
+    for model, mae in (("crysdiff", 10.0), ("scratch", 11.0), ("regression", 12.0)):
+        _fixture(results, "table1", "mp_elastic_bulk", model, 0, mae)  # one machine: counted
+        _fixture(results, "table1", "mp_elastic_shear", model, 0, mae, cpu="fast cpu" if model == "crysdiff" else "test cpu")
+    text = "\n".join(report.section_table1(report.aggregate(report.load_results(results)[0])))
+    assert "| shear modulus (mp_elastic) (GPa) † |" in text and "| bulk modulus (mp_elastic) (GPa) |" in text
+    assert "1 of 2 rows compare runs on one machine type or with one step budget (test cpu); 1 compare" in text
+    assert "crysdiff (the paper's CARD head, constant prior) is the best column on 1 of 1 tasks" in text
+    assert "lowers the test MAE on 1 of 1 tasks" in text
+    # one step budget, reached by every run, compares on any machine; one cut short by its time cap does not
+    fast, slow = ({"budget_steps": 900, "fit": {"steps": n}, "machine": {"cpu": cpu}} for n, cpu in ((900, "a"), (900, "b")))
+    assert report.footing([fast, slow]) == "900 steps"
+    assert report.footing([fast, slow | {"fit": {"steps": 700}}]) is None
+    assert report.footing([fast, fast | {"budget_steps": 0}]) == "a"
+
+    for model, cpu in (("gaussian_learned_longpre2", "fast cpu"), ("gaussian_learned", "test cpu"),
+                       ("scratch_gaussian_learned", "test cpu")):
+        experiment = "longpre-sparse" if model.endswith("longpre2") else "sparse-heads"
+        _fixture(results, experiment, "mp_elastic_bulk", model, 0, 10.0 if cpu == "fast cpu" else 12.0, 0.05, cpu=cpu)
+        for seed in (1, 2):  # seeds 1 and 2 of both on the fast machine: a fair mean over seeds
+            if model != "gaussian_learned":
+                _fixture(results, experiment, "mp_elastic_bulk", model, seed, 11.0 if model.endswith("longpre2") else 10.0,
+                         0.05, cpu="fast cpu")
+    text = "\n".join(report.section_longpre(report.aggregate(report.load_results(results)[0])))
+    assert "| bulk modulus (mp_elastic) (GPa) | 5% | 12 | 12 | 10 | -17% † | -17% † | – |" in text
+    assert "Pre-trained longer still vs. the pool model: no row on one machine type (1 rows mix machine types)." in text
+    assert "1 seed pairs up to 40% ran on two machine types and are left out of the mean below." in text
+    assert ("mean over the seeds both have on one machine type: pre-trained longer still beats scratch at 0 of 1 "
+            "fractions up to 40% (issue 5 target: all): 5% 11 vs. 10 (+10%, seeds 1, 2)") in text
+
+
+def test_report_prints_the_seeds_models_and_fractions_each_part_ran_with(tmp_path):
+    results = tmp_path / "results"
+    for model in ("crysdiff", "scratch"):
+        for fraction in suite_jobs.FRACTIONS_SPARSE:
+            _fixture(results, "sparse", "mp_elastic_bulk", model, 0, 10.0, fraction)
+            _fixture(results, "sparse", "mp2018_formation", model, 0, 10.0, fraction)
+    for seed in (1, 2):
+        _fixture(results, "sparse", "mp_elastic_bulk", "crysdiff", seed, 10.0, 0.05)
+    jobs = report.load_results(results)[0]
+    assert report._part_flags(jobs, "sparse") == [" --seeds 0", " --seeds 1 2 --models crysdiff --fractions 0.05 "
+                                                                "--tasks mp_elastic_bulk"]
+    assert report._part_flags(jobs, "table1") == []
+
+
+def test_step_budgets_name_their_jobs_and_cap_the_wall_clock():
+    """``--budget-steps N``: every crysdiff job trains N optimiser steps (the same on any machine), the
+    wall clock a safety cap; peers keep their wall-clock budget."""
+    jobs = suite_jobs.make_jobs("sparse", budget_steps=300, models=("crysdiff", "cgcnn"), seeds=(0,))
+    own = [j for j in jobs if j.model == "crysdiff"]
+    assert own and all(j.budget_steps == 300 and j.job_id.endswith(".s0.b300st") for j in own)
+    assert all(j.budget_minutes == suite_jobs.STEP_CAP_FACTOR * suite_jobs.TASKS[j.task].budget_minutes for j in own)
+    assert all(j.budget_steps == 0 for j in jobs if j.model == "cgcnn")
+    command = suite.finetune_command(suite_jobs.Layout.default(), own[0], suite.argparse.Namespace(
+        train="t.csv", val="v.csv"))
+    assert "train.max_steps=300" in command and f"train.max_time_minutes={own[0].budget_minutes:g}" in command
+    assert not {j.job_id for j in own} & {j.job_id for j in suite_jobs.make_jobs("sparse")}
+
+
+def test_report_shows_step_budget_runs_apart_and_compares_them_on_any_machine(tmp_path):
+    results = tmp_path / "results"
+    for model, mae, cpu in (("gaussian_learned_longpre2", 10.0, "fast cpu"), ("scratch_gaussian_learned", 12.0, "test cpu")):
+        experiment = "longpre-sparse" if model.endswith("longpre2") else "sparse-heads"
+        _fixture(results, experiment, "mp2018_formation", model, 0, mae, 0.05, cpu=cpu, steps=300)
+        _fixture(results, experiment, "mp2018_formation", model, 0, 99.0, 0.05, cpu=cpu)  # the wall-clock run
+    cells = report.aggregate(report.load_results(results)[0])
+    assert cells[("sparse", "mp2018_formation", "scratch_gaussian_learned", 0.05)].maes == [99.0]  # never averaged together
+    text = "\n".join(report.section_step_budgets(cells))
+    assert "**longpre-sparse, 300 steps**" in text and "**sparse, 300 steps**" in text
+    assert "| formation energy (mp2018) | 5% | same network from scratch (Gaussian head, learned prior) | 12 | 900 | test cpu |" in text
+    assert "5%, 300 steps: pre-trained longer still 10 vs. same network from scratch (Gaussian head, learned prior) 12 (-17%)." in text

@@ -4,7 +4,6 @@ fine-tuning (``diffusion.mode`` + ``extra_init``) and unfixed structures (``fix_
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 from conftest import HeadWithoutCoefficients
@@ -216,12 +215,8 @@ QUICK = ["--no-progress", "--workers", "1", "train.max_steps=2", "train.batch_si
 
 
 @pytest.fixture(scope="module")
-def small_data(shared_data, tmp_path_factory):
-    table = pd.read_csv(shared_data / "perov_5" / "val.csv.gz", index_col=0)
-    root = tmp_path_factory.mktemp("variants")
-    table.iloc[:16].to_csv(root / "train.csv")
-    table.iloc[16:22].to_csv(root / "val.csv")
-    return root
+def small_data(perov_16_6):
+    return perov_16_6
 
 
 def test_cli_one_field_cartesian_models_finetuned_on_unfixed_structures(small_data, tmp_path, capsys):

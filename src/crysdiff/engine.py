@@ -23,7 +23,8 @@ import torch
 
 from crysdiff.config import TrainConfig
 
-__all__ = ["make_trainer", "configure_adamw", "plot_curves", "last_checkpoint", "resolve_precision", "ema_callback"]
+__all__ = ["make_trainer", "configure_adamw", "plot_curves", "last_checkpoint", "resolve_precision", "ema_callback",
+           "RandomState", "planned_steps"]
 
 
 def _timer_progress(module, budget_seconds: float) -> float:
@@ -59,6 +60,19 @@ def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def planned_steps(config: TrainConfig, batches_per_epoch: int) -> int:
+    """The optimiser steps a run makes: ``max_steps`` or ``max_epochs`` passes over ``batches_per_epoch``
+    batches, whichever ends first (Lightning's ``estimated_stepping_batches``, computed without it: that
+    property loads the training data before a resumed run's loader position is restored, so the
+    resumed run would start its epoch again)."""
+    bounds = [config.max_steps] if config.max_steps > 0 else []
+    if config.max_epochs > 0:
+        bounds.append(config.max_epochs * max(1, batches_per_epoch))
+    if not bounds:
+        raise ValueError("the learning-rate schedule needs train.max_steps or train.max_epochs (max_time_minutes is a cap)")
+    return int(min(bounds))
 
 
 def resolve_precision(config: TrainConfig) -> str:
@@ -114,6 +128,41 @@ def ema_callback(decay: float):
 
     # buffers (diffusion constants, target statistics) are constants: they are not averaged
     return _EMA(avg_fn=ema, use_buffers=False)
+
+
+class RandomState(L.Callback):
+    """Puts the global random states (Python, NumPy, torch, CUDA) into every Lightning checkpoint and
+    restores them on ``--resume``, so the diffusion noise after a resume is the noise the
+    uninterrupted run would have drawn (the data order is restored by the loader's own state).
+    Stored as tensors and numbers only, so the checkpoint still loads with ``weights_only=True``."""
+
+    def state_dict(self) -> dict:
+        import random
+
+        import numpy as np
+
+        name, keys, position, has_gauss, gauss = np.random.get_state()
+        version, words, next_gauss = random.getstate()
+        state = {"torch": torch.get_rng_state(),
+                 "numpy": {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "position": int(position),
+                           "has_gauss": int(has_gauss), "gauss": float(gauss)},
+                 "python": {"version": version, "words": list(words), "gauss": next_gauss}}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        import random
+
+        import numpy as np
+
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype("uint32"), n["position"], n["has_gauss"], n["gauss"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["words"]), p["gauss"]))
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _csv_logger_class():
@@ -222,6 +271,7 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
             enable_version_counter=False,
         ),
         LearningRateMonitor(logging_interval="step"),
+        RandomState(),
     ]
     if config.checkpoint_every_steps > 0:  # mid-epoch resume points (the loader's position is saved too)
         callbacks.append(_checkpoint_class()(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0,

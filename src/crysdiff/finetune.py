@@ -138,6 +138,7 @@ class FinetuneTask(L.LightningModule):
             for p in self.model.encoder.parameters():
                 p.requires_grad_(False)
         self._val = []
+        self.total_steps: int | None = None  # the schedule's length, set by run_finetune (see planned_steps)
 
     def _target(self, batch) -> torch.Tensor:
         return batch.y[:, 0].double()
@@ -169,7 +170,7 @@ class FinetuneTask(L.LightningModule):
         groups = [{"params": head_params}]
         if not self.config.freeze_encoder:
             groups.append({"params": list(self.model.encoder.parameters()), "lr": self.config.train.lr * self.config.encoder_lr_ratio})
-        return configure_adamw(self, groups, self.config.train, int(self.trainer.estimated_stepping_batches))
+        return configure_adamw(self, groups, self.config.train, self.total_steps or int(self.trainer.estimated_stepping_batches))
 
 
 def _select_labelled(cache, indices: np.ndarray, target: str) -> tuple[np.ndarray, int]:
@@ -279,7 +280,7 @@ def run_finetune(
     from crysdiff.cache import load_dataset
     from crysdiff.checkpoint import save_checkpoint
     from crysdiff.crystal import ValidationSettings
-    from crysdiff.engine import last_checkpoint, make_trainer, plot_curves
+    from crysdiff.engine import last_checkpoint, make_trainer, planned_steps, plot_curves
     from crysdiff.loader import make_loader
     from crysdiff.runfolder import best_state_dict
     from crysdiff.splits import label_fraction as subsample
@@ -336,6 +337,7 @@ def run_finetune(
                        rank=trainer.global_rank, world_size=trainer.world_size)
     train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, **loader_args)
     val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
+    task.total_steps = planned_steps(config.train, len(train_loader))
     started = time.perf_counter()
     trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     fit_seconds = time.perf_counter() - started

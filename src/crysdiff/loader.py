@@ -20,6 +20,7 @@ vectorised, so loading keeps up with training without worker processes on small 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from crysdiff.batching import EdgeSettings, make_batch
@@ -54,6 +55,12 @@ class CrystalBatchSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    @property
+    def sampler(self) -> "CrystalBatchSampler":
+        """Itself: Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` each epoch (the
+        attribute of torch's ``BatchSampler``), and this is how the epoch reaches the shuffle."""
+        return self
 
     def _order(self) -> np.ndarray:
         order = self.indices
@@ -179,7 +186,8 @@ def make_loader(cache, indices=None, *, batch_size: int = 64, max_atoms_per_batc
     sampler = CrystalBatchSampler(indices, cache.num_atoms, batch_size=batch_size, max_atoms_per_batch=max_atoms_per_batch,
                                   shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last)
     loader = CrystalLoader(_BatchDataset(cache, list(targets) if targets else None, edges), batch_sampler=sampler,
-                           collate_fn=_identity, num_workers=num_workers, persistent_workers=num_workers > 0)
+                           collate_fn=_identity, num_workers=num_workers, persistent_workers=num_workers > 0,
+                           generator=torch.Generator().manual_seed(seed))  # worker seeds: never drawn from the global RNG
     loader.dropped = dropped
     return loader
 

@@ -20,7 +20,7 @@ from crysdiff.checkpoint import load_checkpoint, save_checkpoint
 from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
 from crysdiff.denoiser import CrysDiffDenoiser, DenoiserConfig
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
-from crysdiff.engine import configure_adamw, last_checkpoint, make_trainer, plot_curves
+from crysdiff.engine import configure_adamw, last_checkpoint, make_trainer, planned_steps, plot_curves
 
 __all__ = ["PretrainConfig", "PretrainTask", "run_pretrain", "init_config", "load_pretrained"]
 
@@ -48,6 +48,7 @@ class PretrainTask(L.LightningModule):
         self.model = CrysDiffDenoiser(config.model)
         self.diffusion = JointDiffusion(config.diffusion)
         self._val_generator: torch.Generator | None = None
+        self.total_steps: int | None = None  # the schedule's length, set by run_pretrain (see planned_steps)
 
     def on_fit_start(self) -> None:
         self.diffusion.to(self.device)
@@ -71,7 +72,8 @@ class PretrainTask(L.LightningModule):
             self.log(f"val/{key}", value, prog_bar=key == "loss", batch_size=size, sync_dist=True)
 
     def configure_optimizers(self):
-        return configure_adamw(self, self.parameters(), self.config.train, int(self.trainer.estimated_stepping_batches))
+        total = self.total_steps or int(self.trainer.estimated_stepping_batches)
+        return configure_adamw(self, self.parameters(), self.config.train, total)
 
 
 def _summary(cache, indices) -> dict:
@@ -134,6 +136,7 @@ def run_pretrain(
                        rank=trainer.global_rank, world_size=trainer.world_size)
     train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, drop_last=False, **loader_args)
     val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
+    task.total_steps = planned_steps(config.train, len(train_loader))
     started = time.perf_counter()
     trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     fit_seconds = time.perf_counter() - started
