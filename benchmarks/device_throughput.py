@@ -31,6 +31,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from denoiser_speed import timed_steps  # noqa: E402  (the CPU figure's timing loop)
 
 
 def _sync(device: torch.device) -> None:
@@ -67,17 +69,9 @@ def train_throughput(batches: list, device: torch.device, precision: str, second
     for batch in batches[:2]:  # warm-up: kernels chosen, allocator filled
         if not torch.isfinite(step(batch)):
             raise RuntimeError(f"non-finite loss at batch {int(batch.num_atoms.shape[0])} in {precision}")
-    _sync(device)
-    crystals, steps, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or steps < 3:
-        batch = batches[steps % len(batches)]
-        step(batch)
-        crystals += int(batch.num_atoms.shape[0])
-        steps += 1
-        _sync(device)
-    elapsed = time.perf_counter() - start
+    row = timed_steps(step, batches, seconds, min_steps=3, sync=lambda: _sync(device))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return {"crystals_per_s": crystals / elapsed, "steps": steps, "seconds": elapsed, "peak_memory_gb": peak / 1e9}
+    return {**row, "peak_memory_gb": peak / 1e9}
 
 
 def largest_batch(cache, device: torch.device, precision: str, seconds: float, max_batch: int, config, diffusion) -> dict:
@@ -173,15 +167,22 @@ def main(argv=None) -> int:
     config = DenoiserConfig(hidden_dim=16, num_layers=1, num_frequencies=4, time_dim=8) if args.small_model else DenoiserConfig()
     result["model"] = config.__dict__
     first = np.arange(min(args.cells, len(cache)))
+
+    def save():  # after every measurement: a run stopped at its time limit keeps what it measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
     for precision in ("32-true", "bf16-mixed"):
         row = train_throughput(_batches(cache, first, 64, device), device, precision, args.seconds, config, diffusion)
         print(f"pre-training {precision}, batch 64 on {len(first)} cells: {row['crystals_per_s']:.0f} crystals/s", flush=True)
         result["pretrain"][precision] = {"batch64": row,
                                          **largest_batch(cache, device, precision, args.seconds, args.max_batch, config, diffusion)}
+        save()
     for batch_size in sorted({64, args.predict_batch}):
         row = predict_throughput(cache, device, args.samples, args.predict_crystals, batch_size)
         print(f"prediction S={args.samples}, batch {batch_size}: {row['crystals_per_s']:.0f} crystals/s", flush=True)
         result["predict"][f"batch{batch_size}"] = row
+        save()
     reference = result["cpu_reference"] = _cpu_reference()
     if "missing" not in reference and device.type == "cuda":
         best = max(result["predict"].values(), key=lambda row: row["crystals_per_s"])
@@ -193,8 +194,7 @@ def main(argv=None) -> int:
             "predict_best": best["crystals_per_s"] / reference["predict_crystals_per_s"],
         }
         print("speed-up over the 2-core CPU: " + ", ".join(f"{k} {v:.1f}x" for k, v in result["speedup_over_cpu"].items()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save()
     print(f"wrote {args.out}")
     return 0
 
