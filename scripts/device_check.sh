@@ -109,8 +109,9 @@ step() {  # step NAME SECONDS COMMAND...: one check under a time limit, logged t
 }
 results=""
 step environment "$T_ENV" "$PYTHON" -c "
-import sys, torch, numpy, pymatgen.core, ase, spglib, crysdiff
-print('python', sys.version.split()[0], 'torch', torch.__version__, 'numpy', numpy.__version__, 'crysdiff', crysdiff.__version__)
+import sys, torch, numpy, lightning, torch_geometric, pymatgen.core, ase, spglib, crysdiff
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'numpy', numpy.__version__, 'lightning', lightning.__version__,
+      'torch_geometric', torch_geometric.__version__, 'ase', ase.__version__, 'spglib', spglib.__version__, 'crysdiff', crysdiff.__version__)
 if '$DEVICE' == 'cuda':
     assert torch.cuda.is_available(), 'torch sees no CUDA device'
     print('device', torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"
