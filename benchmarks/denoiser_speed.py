@@ -84,12 +84,20 @@ def throughput(model, diffusion, batches, reference: bool, seconds: float, warmu
 
     for batch in batches[:warmup]:  # first calls at each size pay for fresh allocations
         step(batch)
+    return timed_steps(step, batches, seconds)
+
+
+def timed_steps(step, batches, seconds: float, min_steps: int = 2, sync=lambda: None) -> dict:
+    """Crystals per second of ``step(batch)`` cycling over ``batches`` for about ``seconds`` (at least
+    ``min_steps`` steps); ``sync`` waits for queued device work (each step is timed to its end)."""
+    sync()
     crystals, steps, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or steps < 2:
+    while time.perf_counter() - start < seconds or steps < min_steps:
         batch = batches[steps % len(batches)]
         step(batch)
         crystals += int(batch.num_atoms.shape[0])
         steps += 1
+        sync()
     elapsed = time.perf_counter() - start
     return {"crystals_per_s": crystals / elapsed, "steps": steps, "seconds": elapsed}
 

@@ -1,15 +1,20 @@
-"""Shared test fixtures. Tests read the real data in ``../shared/data`` in place (never copied)."""
+"""Shared test fixtures. Tests read the real data in ``../shared/data`` in place (never copied), or
+in ``$CRYSDIFF_TEST_DATA`` where that is set (a machine without ``../shared``: the GPU check's
+carried excerpt, see ``scripts/device_check.sh``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+SHARED_DATA = Path(os.environ.get("CRYSDIFF_TEST_DATA") or REPO.parent / "shared" / "data").resolve()
 EXAMPLES = REPO / "examples" / "structures"
+# marks of a test (or parameter) that needs a CUDA GPU: selected by ``-m cuda``, skipped without one
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.fixture(scope="session")

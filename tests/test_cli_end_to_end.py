@@ -377,56 +377,6 @@ def test_refine_a_finetuned_model(finetuned, perov_small, tmp_path):
     assert json.loads((out / "val_metrics.json").read_text())["init_kind"] == "finetune"
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(perov_small, tmp_path):
-    """SIGKILL mid-epoch, then ``--resume``: training continues from the last step checkpoint, and
-    what was written before the kill (checkpoints, the log) stays readable. (The resumed run is given
-    a shorter step budget only to keep the test short.)"""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    out = tmp_path / "killed"
-    args = ["pretrain", "--data", str(perov_small / "train.csv"), "--val", str(perov_small / "val.csv"), "--out", str(out),
-            "--no-progress", "--workers", "1", *TINY_MODEL, "diffusion.timesteps=20", "train.batch_size=2",
-            "train.warmup_steps=1", "train.log_every_steps=1", "train.checkpoint_every_steps=3"]
-    process = subprocess.Popen([sys.executable, "-m", "crysdiff", *args, "train.max_steps=100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = out / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-
-    def logged_first_step() -> bool:
-        # Lightning's CSV writer rewrites the whole file when a new column appears; wait until the
-        # first training rows are on disk, so the kill tests keeping the log, not that race
-        from crysdiff.engine import read_metrics
-
-        try:
-            return any(row.get("step") == 0 and "train/loss" in row for row in read_metrics(out))
-        except Exception:  # a file caught mid-write
-            return False
-
-    try:
-        while time.time() < deadline and process.poll() is None:
-            if last.is_file() and torch.load(last, weights_only=False)["global_step"] >= 6 and logged_first_step():
-                break
-            time.sleep(0.2)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    killed_at = torch.load(last, weights_only=False)
-    assert 6 <= killed_at["global_step"] < 100000 and not (out / "model.ckpt").exists()
-    assert not [p for p in (out / "checkpoints").iterdir() if p.suffix != ".ckpt"]  # no half-written files
-    resumed_budget = killed_at["global_step"] + 6
-    assert main([*args, "--resume", f"train.max_steps={resumed_budget}"]) == 0
-    final = load_checkpoint(out / "model.ckpt", kind="pretrain")
-    assert final["training"]["steps"] == resumed_budget
-    from crysdiff.engine import read_metrics
-
-    steps = [row["step"] for row in read_metrics(out) if "train/loss" in row]
-    assert min(steps) == 0 and max(steps) >= resumed_budget - 1  # the killed run's log is kept, then continued
-    assert (out / "logs" / "metrics-part1.csv").is_file()
-
-
 def test_composition_skip_round_trips_through_the_checkpoint(pretrained, perov_small, tmp_path):
     """``head.composition=true`` adds a head-side element embedding; the saved model loads and
     predicts with it (the embedding's weights are in the checkpoint, not re-initialised)."""

@@ -112,9 +112,12 @@ def _mlp(in_dim: int, hidden_dim: int, out_dim: int, activation: str) -> nn.Sequ
 
 
 def _scatter_mean(values: torch.Tensor, index: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` ``[E, H]`` grouped by ``index`` ``[E]``; ``count`` ``[M]`` is the group sizes."""
-    out = values.new_zeros(count.shape[0], values.shape[1]).index_add_(0, index, values)
-    return out / count.clamp(min=1).to(values.dtype)[:, None]
+    """Mean of ``values`` ``[E, H]`` grouped by ``index`` ``[E]``; ``count`` ``[M]`` is the group sizes.
+    Summed in at least float32: under bf16 autocast the messages are bf16, whose 8-bit mantissa loses
+    most of a sum over hundreds of neighbours."""
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    out = values.new_zeros(count.shape[0], values.shape[1], dtype=dtype).index_add_(0, index, values.to(dtype))
+    return out / count.clamp(min=1).to(dtype)[:, None]
 
 
 class _Layer(nn.Module):
@@ -165,7 +168,9 @@ class CrysDiffEncoder(nn.Module):
         hidden, num_atoms = self.config.hidden_dim, frac_coords.shape[0]
         degree = torch.bincount(target, minlength=num_atoms)  # [N]
         h = self._initial_state(batch, t)  # [N, H]
-        dtype = h.dtype
+        # Geometry in the weights' precision, not h's: under bf16 autocast h is bf16, and phases of up
+        # to 2π K f (f + n for an atom shifted by a lattice vector) need float32's mantissa.
+        dtype = self.input.weight.dtype
         # The Fourier block once per atom pair, for every layer at once (see _fourier_terms).
         fourier_terms, edge_row = self._fourier_terms(frac_coords.to(dtype), source, target)
         gram = gram_features(lattice.to(dtype)).index_select(0, batch.batch)  # [N, 6]
@@ -219,7 +224,7 @@ class CrysDiffEncoder(nn.Module):
         num_atoms = frac_coords.shape[0]
         degree = torch.bincount(target, minlength=num_atoms)
         h = self._initial_state(batch, t)
-        dtype = h.dtype
+        dtype = self.input.weight.dtype  # as in forward: geometry in the weights' precision
         frac = frac_coords.to(dtype)
         d = frac.index_select(0, source) - frac.index_select(0, target)  # [E, 3] f_j - f_i
         angle = self._phases(d).flatten(1)  # [E, 3K]

@@ -353,16 +353,18 @@ def run_finetune(
         normalizer.update(mean=float(model.y_mean), std=float(model.y_std))
     if len(val_idx):
         rows = []
-        task.model.eval()
-        generator = torch.Generator().manual_seed(config.train.seed)
+        device = trainer.strategy.root_device  # Lightning moved the task back to the CPU when fit ended
+        task.to(device).eval()
+        generator = torch.Generator(device=device).manual_seed(config.train.seed)
         for batch in make_loader(val_cache, val_idx, batch_size=config.train.batch_size, edges=edges, targets=[config.target]):
-            pred = task.model.predict(batch, task.diffusion, num_samples=config.report_samples, generator=generator,
+            pred = task.model.predict(batch.to(device), task.diffusion, num_samples=config.report_samples, generator=generator,
                                       structure_diffusion=task.structure_diffusion, structure_encodings=config.structure_encodings)
+            pred = {k: v.cpu().numpy() for k, v in pred.items()}
             rows.append(pd.DataFrame({
                 "id": [val_cache.id(int(i)) for i in batch.index], "y": batch.y[:, 0].double().numpy(),
-                "mean": pred["mean"].numpy(), "std": pred["std"].numpy(),
-                "p2.5": pred["p2.5"].numpy(), "p97.5": pred["p97.5"].numpy(),
+                "mean": pred["mean"], "std": pred["std"], "p2.5": pred["p2.5"], "p97.5": pred["p97.5"],
             }))
+        task.cpu()
         table = pd.concat(rows, ignore_index=True)
         table.to_csv(out_dir / "val_predictions.csv", index=False)
         metrics["val"] = regression_metrics(table["y"].values, table["mean"].values, table["p2.5"].values,
@@ -382,7 +384,7 @@ def run_finetune(
         data={"train_sources": [str(s) for s in train_sources], "train_count": int(len(train_idx)),
               "label_fraction": label_fraction, "val_count": int(len(val_idx))},
         training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "seconds": fit_seconds,
-                  "device": str(task.device), "torch_threads": torch.get_num_threads()},
+                  "device": str(trainer.strategy.root_device), "torch_threads": torch.get_num_threads()},
     )
     (out_dir / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curves(out_dir, ["train/loss", "val/mae"], title=f"fine-tuning on {config.target}")

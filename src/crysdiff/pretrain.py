@@ -156,7 +156,7 @@ def run_pretrain(
         data={"train": _summary(train_cache, train_idx), "val": _summary(val_cache, val_idx)},
         metrics=metrics,
         training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "seconds": fit_seconds,
-                  "device": str(task.device), "torch_threads": torch.get_num_threads(),
+                  "device": str(trainer.strategy.root_device), "torch_threads": torch.get_num_threads(),
                   **({"init": start[1]} if start else {})},
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
