@@ -123,7 +123,7 @@ def test_sample_writes_cifs_and_extxyz(pretrained, tmp_path):
 
 
 def test_sample_rejects_bad_composition(pretrained, tmp_path, capsys):
-    assert main(["sample", "--model", str(pretrained / "model.ckpt"), "--composition", "Xq2O", "--out", str(tmp_path)]) == 1
+    assert main(["sample", "--model", str(pretrained / "model.ckpt"), "--composition", "Xq2O", "--out", str(tmp_path)]) == 2
     assert "Xq2O" in capsys.readouterr().err
 
 
@@ -174,7 +174,7 @@ def test_finetune_outputs(finetuned, pretrained):
 def test_finetune_unknown_target_is_a_clear_error(pretrained, perov_small, tmp_path, capsys):
     code = main(["finetune", "--init", str(pretrained / "model.ckpt"), "--data", str(perov_small / "train.csv"),
                  "--target", "nonsense", "--out", str(tmp_path), "--no-progress", "--workers", "1"])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert "nonsense" in err and "heat_ref" in err and "Traceback" not in err
 
@@ -220,7 +220,7 @@ def test_predict_skips_bad_records_and_fails_when_nothing_is_usable(finetuned, t
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "broken.cif").write_text("data_broken\n")
-    assert main(["predict", "--model", str(finetuned / "model.ckpt"), str(empty), "--device", "cpu"]) == 1
+    assert main(["predict", "--model", str(finetuned / "model.ckpt"), str(empty), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "no usable" in err and "Traceback" not in err
 
@@ -274,21 +274,21 @@ def test_calibrate_never_writes_over_earlier_work_and_says_what_is_wrong(finetun
     common = ["calibrate", "--model", str(model), "--samples", "5", "--device", "cpu"]
     calib = ["--data", str(perov_small / "calib.csv")]
     # the model itself, and an existing file without --force, are never replaced
-    assert main([*common, *calib, "--out", str(model), "--force"]) == 1
+    assert main([*common, *calib, "--out", str(model), "--force"]) == 2
     assert "model being calibrated" in capsys.readouterr().err and model.read_bytes() == original
     earlier = tmp_path / "earlier.ckpt"
     earlier.write_bytes(b"the user's earlier work")
-    assert main([*common, *calib, "--out", str(earlier)]) == 1
+    assert main([*common, *calib, "--out", str(earlier)]) == 2
     assert "--force" in capsys.readouterr().err and earlier.read_bytes() == b"the user's earlier work"
     assert main([*common, *calib, "--out", str(earlier), "--force"]) == 0
     assert load_checkpoint(earlier, kind="finetune")["calibrations"][-1]["count"] == 30
     capsys.readouterr()
     # 12 labelled crystals cannot calibrate a 95% interval
-    assert main([*common, "--data", str(perov_small / "val.csv"), "--out", str(tmp_path / "few.ckpt")]) == 1
+    assert main([*common, "--data", str(perov_small / "val.csv"), "--out", str(tmp_path / "few.ckpt")]) == 2
     err = capsys.readouterr().err
     assert "12 crystals" in err and "at least 20" in err and not (tmp_path / "few.ckpt").exists()
     # a label column the data does not have: the error lists the ones it has
-    assert main([*common, *calib, "--target", "nonsense", "--out", str(tmp_path / "x.ckpt")]) == 1
+    assert main([*common, *calib, "--target", "nonsense", "--out", str(tmp_path / "x.ckpt")]) == 2
     err = capsys.readouterr().err
     assert "nonsense" in err and "heat_ref" in err and "Traceback" not in err
     # calibrating on the training data works, with a warning that the interval comes out too narrow
@@ -358,7 +358,7 @@ def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_smal
 def test_an_ensemble_rejects_members_it_cannot_pool(finetuned, pretrained, perov_small, tmp_path, capsys):
     regression = _finetune_tiny(pretrained, perov_small, tmp_path / "reg", "head.kind=regression")
     assert main(["predict", "--model", str(finetuned / "model.ckpt"), "--model", str(regression), "examples/structures",
-                 "--device", "cpu"]) == 1
+                 "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert str(regression) in err and "diffusion heads" in err and "Traceback" not in err
     other = _finetune_tiny(pretrained, perov_small, tmp_path / "knn", "data.knn_neighbors=6")

@@ -45,16 +45,16 @@ def test_bad_file_is_reported_and_good_ones_kept(tmp_path, capsys):
     assert report["skipped_records"][0]["source"].endswith("half.cif")
     assert main(["data", "inspect", str(tmp_path)]) == 0
     assert "half.cif" in capsys.readouterr().out
-    assert main(["data", "inspect", str(tmp_path), "--strict"]) == 1
+    assert main(["data", "inspect", str(tmp_path), "--strict"]) == 2
     err = capsys.readouterr().err
     assert "half.cif" in err and "Traceback" not in err
 
 
 def test_all_bad_and_missing_paths_fail_cleanly(tmp_path, capsys):
     (tmp_path / "empty.cif").write_text("")
-    assert main(["data", "inspect", str(tmp_path)]) == 1
+    assert main(["data", "inspect", str(tmp_path)]) == 2
     assert "no usable crystal" in capsys.readouterr().err
-    assert main(["data", "inspect", str(tmp_path / "nope")]) == 1
+    assert main(["data", "inspect", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
 
 

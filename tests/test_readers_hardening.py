@@ -86,7 +86,7 @@ def test_a_vasp4_poscar_without_species_is_refused_naming_the_line(tmp_path, cap
     unknown = tmp_path / "CONTCAR"
     unknown.write_text(VASP4.format(title="x").replace("4 4\n", "Na Xx\n4 4\n"))
     code, report, _ = inspect(capsys, unknown)
-    assert code == 1  # nothing usable
+    assert code == 2  # nothing usable
 
 
 def test_deuterium_is_read_as_hydrogen_with_one_warning_per_file(tmp_path, capsys):

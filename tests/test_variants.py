@@ -233,7 +233,7 @@ def test_cli_one_field_cartesian_models_finetuned_on_unfixed_structures(small_da
                      "diffusion.timesteps=20", *QUICK]) == 0
     a, b = tmp_path / "lattice" / "model.ckpt", tmp_path / "coords" / "model.ckpt"
     assert load_checkpoint(a)["config"]["model"]["kind"] == "cartesian"
-    assert main(["sample", "--model", str(a), "--composition", "NaCl", "--out", str(tmp_path / "s"), "--device", "cpu"]) == 1
+    assert main(["sample", "--model", str(a), "--composition", "NaCl", "--out", str(tmp_path / "s"), "--device", "cpu"]) == 2
     assert "diffusion.mode=lattice" in capsys.readouterr().err
 
     # the encoders start from A and B
@@ -246,7 +246,7 @@ def test_cli_one_field_cartesian_models_finetuned_on_unfixed_structures(small_da
     out = tmp_path / "ft"
     # the default head's learned prior would need the clean structure: the CLI says so before training
     assert main(["finetune", "--init", str(a), "extra_init=" + str(b), "fix_structure=false", *data, "--target", "heat_ref",
-                 "--out", str(tmp_path / "refused"), *QUICK]) == 1
+                 "--out", str(tmp_path / "refused"), *QUICK]) == 2
     assert "fix_structure=false needs a diffusion head with prior=mean" in capsys.readouterr().err
     assert main(["finetune", "--init", str(a), "extra_init=" + str(b), "fix_structure=false", "structure_encodings=3",
                  "head.prior=mean",

@@ -41,8 +41,6 @@ class RefusedCheckpoint(CheckpointError):
     """A file crysdiff will not load at all: unreadable, not a checkpoint, carrying pickled code, or
     a path that leaves its run folder. The CLI exits with code 2."""
 
-    exit_code = 2
-
 
 def read_plain(path: str | Path):
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code. Any

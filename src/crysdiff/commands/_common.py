@@ -14,8 +14,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, P
 class UsageError(ValueError):
     """A command-line argument that cannot work (checked before any work): one line, exit code 2."""
 
-    exit_code = 2
-
 
 def add_config_arguments(parser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config (keys as in the config written to OUT/config.yaml)")
@@ -38,7 +36,7 @@ def resolve_config(cls, args, **defaults):
     return apply_overrides(config, list(args.overrides or []))
 
 
-def fail(message: str, code: int = 1) -> int:
+def fail(message: str, code: int = 2) -> int:
     print(f"crysdiff: error: {message}", file=sys.stderr)
     return code
 
@@ -51,8 +49,8 @@ def run_guarded(function) -> int:
         return int(function() or 0)
     except RecordError as error:
         return fail(f"{error.source} [{error.record}]: {error.reason}")
-    except USER_ERRORS as error:  # a refused file or a bad argument carries exit code 2
-        return fail(str(error), getattr(error, "exit_code", 1))
+    except USER_ERRORS as error:  # every user error (bad file, bad record, bad argument) exits with code 2
+        return fail(str(error))
 
 
 def check_device(name: str | None) -> None:

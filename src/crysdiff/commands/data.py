@@ -5,7 +5,7 @@
                                   (--verify: re-hash the sources, check every checksum, rebuild what differs)
 
 Every record that cannot be used is listed with its file, record and reason; the command fails
-(exit code 1) only if no crystal could be read, or on the first bad record with --strict.
+(exit code 2) only if no crystal could be read, or on the first bad record with --strict.
 
 Example:
   crysdiff data inspect examples/structures
