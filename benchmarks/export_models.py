@@ -154,11 +154,18 @@ HELD_OUT_NOTE = ("These figures are on the crystals that also chose what was shi
                  "chose nothing.")
 
 
-def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None, first_run: Path | None = None) -> str:
-    import torch  # noqa: F401  (payloads are already loaded)
+# a shipped predictor carded from its checkpoint alone (its run folders gone): the second stage of
+# train_default_models.sh, whose checkpoint records neither the first stage's budget nor the curve's values
+UNRECORDED_FIRST_STAGE = ("it continues a first stage (`STEPS=finetune`) whose budget the shipped checkpoint does not "
+                          "record and whose run folder is not kept")
 
+
+def _card_finetune(path: Path, payload: dict, run: Path | None, first: dict | None, first_run: Path | None = None,
+                   continued: bool = False) -> str:
+    """One fine-tuned predictor's card; ``run=None``: from the checkpoint alone, ``continued``: it is a
+    second stage whose first stage is not at hand."""
     config, data, normalizer = payload["config"], payload["data"], payload["normalizer"]
-    metrics_file = run / "val_metrics.json"
+    metrics_file = run / "val_metrics.json" if run is not None else Path("/nonexistent")
     val = json.loads(metrics_file.read_text()).get("val", {}) if metrics_file.is_file() else payload.get("metrics", {})
     scale = normalizer.get("interval_scale")
     calibration = "" if scale is None else (
@@ -169,6 +176,11 @@ def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None, fir
     stages = [first, payload] if first is not None else [payload]
     total = sum(p.get("training", {}).get("seconds", 0.0) for p in stages) / 60
     budget = "; then ".join(_stage(p) for p in stages)
+    budget_line = (f"{total:.0f} min of fine-tuning in all on the 2-core CPU (shared with other work), "
+                   f"batch {config['train']['batch_size']}: {budget}")
+    if continued and first is None:
+        budget_line = (f"the shipped stage, on the 2-core CPU (shared with other work), batch {config['train']['batch_size']}: "
+                       f"{budget}; {UNRECORDED_FIRST_STAGE}")
     bound = normalizer.get("lower_bound")
     uncertainty = ROOT / "benchmarks" / "results" / f"uncertainty_{normalizer['target']}.json"
     extra = ""
@@ -206,7 +218,7 @@ def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None, fir
   ({data['val_count']:,} crystals); target standardised with mean {normalizer['mean']:.4f} and std {normalizer['std']:.4f} {unit}.{
   f" Training values are all non-negative, so predicted samples are clipped at {bound:g}." if bound is not None else ""}
 * **Start**: the encoder of `models/pretrained_pool.ckpt`; head `{config['head']['kind']}` with prior `{config['head']['prior']}`.
-* **Budget**: {total:.0f} min of fine-tuning in all on the 2-core CPU (shared with other work), batch {config['train']['batch_size']}: {budget}.
+* **Budget**: {budget_line}.
 * **Validation (mp2018/val, S = {config.get('report_samples', 50)} samples, T = {config['property']['timesteps']})**: MAE {val.get('mae', NAN):.4f} {unit},
   RMSE {val.get('rmse', NAN):.4f}, R² {val.get('r2', NAN):.3f}, 95% interval coverage {val.get('coverage95', NAN):.3f} (raw),
   mean predicted std {val.get('mean_std', NAN):.4f} (raw), Pearson correlation of std with |error| {val.get('std_abs_error_corr', NAN):.2f}.
@@ -214,7 +226,7 @@ def _card_finetune(path: Path, payload: dict, run: Path, first: dict | None, fir
 * **Curves**: {_curve_stages([first_run, run], normalizer['target'], unit) if first_run else _curve(run, normalizer['target'])}.
 * **Use**: `crysdiff predict --model {path.stem} FILES...` or `crysdiff.load("{path.stem}")`. On another domain,
   `crysdiff calibrate --model {path.stem} --data LABELLED --out NEW.ckpt` refits the interval on labelled crystals from there.{recal}
-* **Reproduce**: `STEPS="finetune{" continue" if first is not None else ""}" bash benchmarks/train_default_models.sh` (from the committed `models/pretrained_pool.ckpt`).
+* **Reproduce**: `STEPS="finetune{" continue" if first is not None or continued else ""}" bash benchmarks/train_default_models.sh` (from the committed `models/pretrained_pool.ckpt`).
 """
 
 
@@ -312,6 +324,7 @@ def main() -> None:
             cards.append(_card_pretrain_long(shipped, payload, made.parent if made.is_file() else None, chain))
             chain.append((f"models/{name}", payload))
     runs = {p.name: p for p in args.runs.iterdir() if p.is_dir() and (p / "model.ckpt").is_file()} if args.runs.is_dir() else {}
+    carded: set[Path] = set()
     for name in sorted(runs):
         if name == "pretrain" or name.endswith("_continued"):
             continue
@@ -326,6 +339,10 @@ def main() -> None:
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(run / "model.ckpt", target)
         cards.append(_card_finetune(target, payload, run, first, first_run))
+        carded.add(target)
+    for shipped in sorted((ROOT / "src" / "crysdiff" / "models").glob("*.ckpt")):
+        if shipped not in carded:  # no run folder in this checkout: the card from what the checkpoint records
+            cards.append(_card_finetune(shipped, torch.load(shipped, weights_only=True), None, None, continued=True))
     target = ROOT / "models" / "perov5_csp.ckpt"
     if (args.perov / "model.ckpt").is_file():
         shutil.copyfile(args.perov / "model.ckpt", target)

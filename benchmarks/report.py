@@ -935,15 +935,19 @@ def section_refine(cells) -> list[str]:
     tasks = [t for t in tasks if t.startswith("flla")]
     if not tasks:
         return out + ["*No refine results yet* (`python benchmarks/suite.py --part refine`).", ""]
+    def columns(task):
+        return [cells.get(("refine", task, m, 1.0)) for m in ("dft_only", "refined", "crysdiff")]
+
+    shares = " or ".join(dict.fromkeys(_refine_shares(runs_of(*columns(t)))[0] for t in tasks))
     out += ["No experimental formation energies with structures can be had offline, so the protocol is reproduced "
-            "with a second computed source: a model fine-tuned on mp2018 formation energies is refined on 20% or 80% "
-            "of the `matminer/flla_2015` materials absent from mp2018 (MP 2015 energies, a different correction "
-            "scheme) and tested on the rest.", "",
+            "with a second computed source: a model fine-tuned on mp2018 formation energies is refined on "
+            f"{shares} of the `matminer/flla_2015` materials absent from mp2018 (MP 2015 energies, a different "
+            "correction scheme) and tested on the rest.", "",
             "| second source used | test on | mp2018 model, before | after refinement | pre-trained, second source only |",
             "|---|---|---|---|---|"]
     analysis, footings = [], []
     for task in tasks:
-        before, after, direct = (cells.get(("refine", task, m, 1.0)) for m in ("dft_only", "refined", "crysdiff"))
+        before, after, direct = columns(task)
         share, rest = _refine_shares(runs_of(before, after, direct))
         footings.append(footing(runs_of(after, direct)))  # the two trained columns (before: the same mp2018 model, evaluated)
         if not footings[-1]:

@@ -662,3 +662,18 @@ def test_report_shows_step_budget_runs_apart_and_compares_them_on_any_machine(tm
     assert "**longpre-sparse, 300 steps**" in text and "**sparse, 300 steps**" in text
     assert "| formation energy (mp2018) | 5% | same network from scratch (Gaussian head, learned prior) | 12 | 900 | test cpu |" in text
     assert "5%, 300 steps: pre-trained longer still 10 vs. same network from scratch (Gaussian head, learned prior) 12 (-17%)." in text
+
+
+def test_refine_intro_states_the_shares_of_the_split_files(tmp_path):
+    """The Table 2 section's "refined on X% or Y%" comes from the splits' crystal counts, not typed."""
+    committed = BENCHMARKS / "results" / "suite" / "refine"
+    (tmp_path / "refine").mkdir()
+    for path in committed.glob("*.json"):
+        payload = json.loads(path.read_text())
+        if payload.get("task") == "flla_refine20":  # 500 + 0 used against 500 tested: half
+            parts = payload["split"]["parts"]
+            parts["train"]["count"], parts["val"]["count"], parts["test"]["count"] = 500, 0, 500
+        (tmp_path / "refine" / path.name).write_text(json.dumps(payload))
+    text = "\n".join(report.section_refine(report.aggregate(report.load_results(tmp_path)[0])))
+    assert "is refined on 50% or 80% of the `matminer/flla_2015` materials" in text
+    assert "| 50% | the other 50% |" in text
