@@ -157,6 +157,10 @@ def test_finetune_outputs(finetuned, pretrained):
     # the encoder started from the pre-trained weights (same architecture, same keys)
     assert {k for k in payload["state_dict"] if k.startswith("encoder.")} == {k for k in pre["state_dict"] if k.startswith("encoder.")}
     assert payload["normalizer"]["target"] == "heat_ref"
+    # the summary of the training crystals behind predict's per-row flags
+    domain = payload["data"]["domain"]
+    assert domain["crystals"] == metrics["train_count"] and set(domain["features"]) == {
+        "atoms_per_cell", "volume_per_atom", "min_distance", "vacuum"} and domain["element_counts"]["O"] > 0
     # the spread's calibration, fitted on the validation crystals, is stored and reported
     scale = payload["normalizer"]["interval_scale"]
     assert scale > 0 and metrics["val"]["interval_scale"] == scale
@@ -176,7 +180,7 @@ def test_predict_cli_and_python_api(finetuned, tmp_path):
     assert main(["predict", "--model", str(finetuned / "model.ckpt"), "examples/structures", "--samples", "10",
                  "--out", str(out), "--device", "cpu"]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "unit"]
+    assert list(table.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "unit", "flags"]
     assert len(table) == 10 and (table["p2.5"] <= table["p97.5"]).all() and (table["unit"] == "eV/atom").all()
 
     import crysdiff
@@ -330,7 +334,7 @@ def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_smal
     report = json.loads(preds.read_text())
     assert report["models"] == [str(first), str(second)] and report["pooling"] == "widened"
     rows = pd.DataFrame(report["predictions"])
-    assert list(rows.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "std_models", "unit"]
+    assert list(rows.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "std_models", "unit", "flags"]
     assert len(rows) == 10 and (rows["std_models"] > 0).all() and (rows["p2.5"] <= rows["p97.5"]).all()
     raw = tmp_path / "raw.json"
     assert main(["predict", "--model", str(first), "--model", str(second), "examples/structures", "--samples", "5",
