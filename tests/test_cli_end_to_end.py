@@ -120,6 +120,17 @@ def test_sample_writes_cifs_and_extxyz(pretrained, tmp_path):
 
     frames = ase.io.read(out / "samples.extxyz", index=":")
     assert [len(f) for f in frames] == [2, 2, 5, 5] or sorted(len(f) for f in frames) == [2, 2, 5, 5]
+    summary = json.loads((out / "samples.json").read_text())
+    assert summary["requested"] == 4 and summary["valid"] == sum(s["valid"] for s in summary["samples"])
+    assert all(s["valid"] == (s["invalid_reason"] == "") for s in summary["samples"])
+
+    # --valid-only writes only valid structures, each drawn at most --max-draws times
+    kept = tmp_path / "valid"
+    assert main(["sample", "--model", str(pretrained / "model.ckpt"), "--composition", "SrTiO3", "NaCl",
+                 "--num-samples", "2", "--out", str(kept), "--device", "cpu", "--valid-only", "--max-draws", "2"]) == 0
+    summary = json.loads((kept / "samples.json").read_text())
+    assert all(s["valid"] and 1 <= s["draws"] <= 2 for s in summary["samples"])
+    assert len(list(kept.glob("*.cif"))) == len(summary["samples"]) == summary["valid"]
 
 
 def test_sample_rejects_bad_composition(pretrained, tmp_path, capsys):
