@@ -120,6 +120,17 @@ def test_sample_writes_cifs_and_extxyz(pretrained, tmp_path):
 
     frames = ase.io.read(out / "samples.extxyz", index=":")
     assert [len(f) for f in frames] == [2, 2, 5, 5] or sorted(len(f) for f in frames) == [2, 2, 5, 5]
+    summary = json.loads((out / "samples.json").read_text())
+    assert summary["requested"] == 4 and summary["valid"] == sum(s["valid"] for s in summary["samples"])
+    assert all(s["valid"] == (s["invalid_reason"] == "") for s in summary["samples"])
+
+    # --valid-only writes only valid structures, each drawn at most --max-draws times
+    kept = tmp_path / "valid"
+    assert main(["sample", "--model", str(pretrained / "model.ckpt"), "--composition", "SrTiO3", "NaCl",
+                 "--num-samples", "2", "--out", str(kept), "--device", "cpu", "--valid-only", "--max-draws", "2"]) == 0
+    summary = json.loads((kept / "samples.json").read_text())
+    assert all(s["valid"] and 1 <= s["draws"] <= 2 for s in summary["samples"])
+    assert len(list(kept.glob("*.cif"))) == len(summary["samples"]) == summary["valid"]
 
 
 def test_sample_rejects_bad_composition(pretrained, tmp_path, capsys):
@@ -157,6 +168,10 @@ def test_finetune_outputs(finetuned, pretrained):
     # the encoder started from the pre-trained weights (same architecture, same keys)
     assert {k for k in payload["state_dict"] if k.startswith("encoder.")} == {k for k in pre["state_dict"] if k.startswith("encoder.")}
     assert payload["normalizer"]["target"] == "heat_ref"
+    # the summary of the training crystals behind predict's per-row flags
+    domain = payload["data"]["domain"]
+    assert domain["crystals"] == metrics["train_count"] and set(domain["features"]) == {
+        "atoms_per_cell", "volume_per_atom", "min_distance", "vacuum"} and domain["element_counts"]["O"] > 0
     # the spread's calibration, fitted on the validation crystals, is stored and reported
     scale = payload["normalizer"]["interval_scale"]
     assert scale > 0 and metrics["val"]["interval_scale"] == scale
@@ -184,7 +199,7 @@ def test_predict_cli_and_python_api(finetuned, tmp_path):
     assert main(["predict", "--model", str(finetuned / "model.ckpt"), "examples/structures", "--samples", "10",
                  "--out", str(out), "--device", "cpu"]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "unit"]
+    assert list(table.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "unit", "flags"]
     assert len(table) == 10 and (table["p2.5"] <= table["p97.5"]).all() and (table["unit"] == "eV/atom").all()
 
     import crysdiff
@@ -344,7 +359,7 @@ def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_smal
     report = json.loads(preds.read_text())
     assert report["models"] == [str(first), str(second)] and report["pooling"] == "widened"
     rows = pd.DataFrame(report["predictions"])
-    assert list(rows.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "std_models", "unit"]
+    assert list(rows.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "std_models", "unit", "flags"]
     assert len(rows) == 10 and (rows["std_models"] > 0).all() and (rows["p2.5"] <= rows["p97.5"]).all()
     raw = tmp_path / "raw.json"
     assert main(["predict", "--model", str(first), "--model", str(second), "examples/structures", "--samples", "5",

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         doc = (module.__doc__ or verb).strip()
         sub = verbs.add_parser(
             verb,
-            help=doc.splitlines()[0],
+            help=doc.splitlines()[0].replace("%", "%%"),  # argparse %-formats help strings ("95% interval")
             description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             if moved:
                 setattr(args, name, [v for v in values if v not in moved])
                 args.overrides = list(args.overrides or []) + moved
-    if getattr(args, "_run", None) is None:
+    if getattr(args, "_run", None) is None:  # bare ``crysdiff``: the verb list, as --help prints it
         parser.print_help()
-        return 2
+        return 0
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -22,9 +22,13 @@ import torch
 from crysdiff.batching import EdgeSettings, make_batch
 from crysdiff.crystal import Crystal, RecordError, ValidationSettings, validate
 
-__all__ = ["composition_atoms", "generate", "match", "MATCHER_SETTINGS", "CSPResult"]
+__all__ = ["composition_atoms", "generate", "match", "validity", "volume_range", "MATCHER_SETTINGS", "CSPResult",
+           "DEFAULT_VOLUME_PER_ATOM"]
 
 MATCHER_SETTINGS = dict(stol=0.5, angle_tol=10, ltol=0.3)
+# Volume per atom (Å³) a physically valid sample must have when its checkpoint records no training
+# range: the smallest and largest of mp2018/train.csv.gz (31,884 crystals; crysdiff.domain).
+DEFAULT_VOLUME_PER_ATOM = (4.81, 114.1)
 
 
 def composition_atoms(formula: str, formula_units: int | None = None, num_atoms: int | None = None) -> np.ndarray:
@@ -62,8 +66,9 @@ def composition_atoms(formula: str, formula_units: int | None = None, num_atoms:
 
 @torch.no_grad()
 def generate(model, diffusion, compositions: list[np.ndarray], *, batch_size: int = 256, seed: int = 0,
-             corrector_steps: int = 1, step_lr: float | None = None, edges: EdgeSettings = EdgeSettings(),
-             device: str | torch.device = "cpu", progress: bool = False) -> list[Crystal]:
+             corrector_steps: int = 1, step_lr: float | None = None, timesteps: int | None = None,
+             edges: EdgeSettings = EdgeSettings(), device: str | torch.device = "cpu",
+             progress: bool = False) -> list[Crystal]:
     """One generated crystal per entry of ``compositions`` (each an ``[N]`` array of atomic numbers)."""
     from crysdiff.sampling import sample_structures
 
@@ -74,7 +79,7 @@ def generate(model, diffusion, compositions: list[np.ndarray], *, batch_size: in
         from rich.progress import track
 
         starts = track(starts, description="sampling", transient=True)
-    kwargs = {"corrector_steps": corrector_steps, "generator": generator}
+    kwargs = {"corrector_steps": corrector_steps, "generator": generator, "timesteps": timesteps}
     if step_lr is not None:
         kwargs["step_lr"] = step_lr
     for start in starts:
@@ -101,6 +106,27 @@ def is_usable(crystal: Crystal, min_distance: float = 0.5) -> bool:
         return True
     except RecordError:
         return False
+
+
+def volume_range(data: dict) -> tuple[float, float]:
+    """The training crystals' volume per atom (min, max) that a pre-training checkpoint's ``data``
+    summary records, else :data:`DEFAULT_VOLUME_PER_ATOM`."""
+    recorded = data.get("train", {}).get("volume_per_atom")
+    return (recorded["min"], recorded["max"]) if recorded else DEFAULT_VOLUME_PER_ATOM
+
+
+def validity(crystal: Crystal, volumes: tuple[float, float] = DEFAULT_VOLUME_PER_ATOM, min_distance: float = 0.5) -> str:
+    """Why a generated structure is not physically valid, or ``""`` when it is: a usable crystal
+    (finite lattice, positive volume, no two atoms closer than ``min_distance`` Å) whose volume
+    per atom lies within ``volumes`` (the training range)."""
+    try:
+        validate(crystal, ValidationSettings(min_distance=min_distance, max_atoms=10**6))
+    except RecordError as error:
+        return error.reason
+    per_atom = crystal.volume / crystal.num_atoms
+    if not volumes[0] <= per_atom <= volumes[1]:
+        return f"volume per atom {per_atom:.3g} Å³ outside the training range {volumes[0]:.3g}-{volumes[1]:.3g}"
+    return ""
 
 
 def match(generated: Crystal, reference: Crystal, matcher=None) -> float | None:

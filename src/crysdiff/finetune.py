@@ -280,6 +280,7 @@ def run_finetune(
     from crysdiff.cache import load_dataset
     from crysdiff.checkpoint import save_checkpoint
     from crysdiff.crystal import ValidationSettings
+    from crysdiff.domain import training_summary
     from crysdiff.engine import last_checkpoint, make_trainer, planned_steps, plot_curves
     from crysdiff.loader import make_loader
     from crysdiff.runfolder import best_state_dict
@@ -382,7 +383,8 @@ def run_finetune(
         out_dir / "model.ckpt", kind="finetune", config=to_dict(config), state_dict=task.model.state_dict(),
         normalizer=normalizer, metrics=metrics.get("val", {}),
         data={"train_sources": [str(s) for s in train_sources], "train_count": int(len(train_idx)),
-              "label_fraction": label_fraction, "val_count": int(len(val_idx))},
+              "label_fraction": label_fraction, "val_count": int(len(val_idx)),
+              "domain": training_summary(*train_cache.gather(train_idx))},  # for predict's per-row flags
         training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "seconds": fit_seconds,
                   "device": str(trainer.strategy.root_device), "torch_threads": torch.get_num_threads()},
     )

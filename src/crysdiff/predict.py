@@ -4,7 +4,8 @@
 ``formation_energy_per_atom``; see :func:`bundled_models`). ``predict`` takes paths (anything the
 readers understand), ``pymatgen`` Structures, ``ase`` Atoms or :class:`~crysdiff.crystal.Crystal`
 objects, and returns one row per structure: ``id``, ``source``, ``mean``, ``std``, ``p2.5``,
-``p97.5``, ``unit``. Each crystal is encoded once; the ``S`` samples of the reverse chain then run
+``p97.5``, ``unit``, ``flags`` (empty, or why the row is unlike the model's training crystals:
+see :mod:`crysdiff.domain`). Each crystal is encoded once; the ``S`` samples of the reverse chain then run
 through the head only (Alg. 3). A model fine-tuned with ``fix_structure=false`` encodes each crystal
 ``structure_encodings`` times instead (see :mod:`crysdiff.property_model`).
 
@@ -130,7 +131,7 @@ class Predictor:
     @property
     def columns(self) -> list[str]:
         extra = ["std_models"] if len(self.members) > 1 else []
-        return ["id", "source", "mean", "std", "p2.5", "p97.5", *extra, "unit"]
+        return ["id", "source", "mean", "std", "p2.5", "p97.5", *extra, "unit", "flags"]
 
     def sample(self, batch, samples: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Summary of ``samples`` draws per member for a collated batch already on the device: ``mean``,
@@ -217,6 +218,9 @@ class Predictor:
         ``return_errors``, returned as a second value (a list of ``RecordError``)."""
         import pandas as pd
 
+        from crysdiff.domain import batch_flags, flags_note, predictor_summary
+
+        summary = predictor_summary(self.info)
         if isinstance(inputs, (str, Path)) or not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
         jobs, errors = self._batches(list(inputs), batch_size, strict, progress)
@@ -229,10 +233,11 @@ class Predictor:
         for batch, ids, sources in jobs:
             out = self.sample(batch.to(self.device), samples, generator)
             numbers = [name for name in self.columns if name in out]
-            for k, (identifier, source) in enumerate(zip(ids, sources)):
+            for k, (identifier, source, flags) in enumerate(zip(ids, sources, batch_flags(batch, summary))):
                 rows.append({"id": identifier, "source": source, **{name: float(out[name][k]) for name in numbers},
-                             "unit": self.unit})
+                             "unit": self.unit, "flags": flags})
         frame = pd.DataFrame(rows, columns=self.columns)
+        frame.attrs["flags_note"] = flags_note(summary)
         return (frame, errors) if return_errors else frame
 
 

@@ -77,10 +77,13 @@ class PretrainTask(L.LightningModule):
 
 
 def _summary(cache, indices) -> dict:
+    _, _, lattices, counts = cache.gather(indices)
+    per_atom = np.abs(np.linalg.det(lattices)) / counts  # [B] Å³ per atom: the range samples are checked against
     return {
         "sources": list(cache.sources),
         "num_crystals": int(len(indices)),
         "num_atoms_total": int(np.asarray(cache.num_atoms)[indices].sum()),
+        "volume_per_atom": {"min": float(per_atom.min()), "max": float(per_atom.max())} if len(indices) else None,
     }
 
 

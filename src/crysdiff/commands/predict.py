@@ -1,8 +1,10 @@
 """Predict a property with uncertainty for structures (paper Alg. 3).
 
 SOURCES are anything crysdiff reads (CIF/POSCAR files, folders, CSV/JSON/extxyz datasets). One row
-per structure: id, source, mean, std, p2.5, p97.5, unit. Bad records are reported on stderr and
-skipped. --model takes a fine-tuned checkpoint or a bundled model name (--list-models). Repeat
+per structure: id, source, mean, std, p2.5, p97.5, unit, flags (empty, or why the crystal is unlike
+the model's training data: an unseen or rare element, a cell size, volume per atom, smallest
+distance or vacuum beyond what the training crystals cover; docs/method.md "Flags"). Bad records
+are reported on stderr and skipped. --model takes a fine-tuned checkpoint or a bundled model name (--list-models). Repeat
 --model to predict with an ensemble of models of the same target (e.g. one fine-tuning run per
 --seed): S samples from each, pooled, plus a std_models column (how much the models disagree).
 
@@ -105,6 +107,8 @@ def run(args) -> int:
                                           strict=args.strict, progress=True, return_errors=True)
         for error in errors:
             print(f"skipped {error.source} [{error.record}]: {error.reason}", file=sys.stderr)
+        if frame.attrs.get("flags_note"):
+            print(f"note: {frame.attrs['flags_note']}", file=sys.stderr)
         if frame.empty:
             return fail(f"no usable structure in {', '.join(args.sources)} ({len(errors)} skipped)")
         as_json = args.json or (args.out is not None and args.out.suffix == ".json")

@@ -2,20 +2,27 @@
 
 Lattices are sampled by ancestral DDPM, fractional coordinates by predictor-corrector sampling of
 the wrapped-normal score (Langevin corrector; see crysdiff.sampling for the step size). Writes
-one CIF per sample (OUT/<formula>_<k>.cif) and OUT/samples.extxyz with all of them.
+one CIF per sample (OUT/<formula>_<k>.cif), OUT/samples.extxyz with all of them and OUT/samples.json
+with a summary. Each structure is marked physically valid or not: valid means no two atoms closer
+than 0.5 Å and a volume per atom within the training crystals' range (recorded in the checkpoint;
+4.81-114.1 Å³, mp2018/train's, for checkpoints that predate it). --valid-only draws the invalid
+ones again with fresh seeds until all are valid or each has been drawn --max-draws times, and
+writes only the valid ones.
 
 Example:
   crysdiff sample --model runs/pre/model.ckpt --composition SrTiO3 --formula-units 1 --num-samples 10 --out samples/
   crysdiff sample --model runs/pre/model.ckpt --composition SrTiO3 NaCl --num-atoms 8 --num-samples 5 --out samples/
+  crysdiff sample --model models/pretrained_pool.ckpt --composition MgO --num-samples 10 --valid-only --out samples/
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
-from crysdiff.commands._common import check_device, run_guarded
+from crysdiff.commands._common import check_device, fail, run_guarded
 
 
 def add_arguments(parser) -> None:
@@ -31,6 +38,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--step-lr", type=float, help="Langevin corrector step size (default: the sampler's)")
     parser.add_argument("--batch-size", type=int, default=256, help="crystals sampled at once")
     parser.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
+    parser.add_argument("--valid-only", action="store_true",
+                        help="keep only physically valid structures, drawing the invalid ones again (see --max-draws)")
+    parser.add_argument("--max-draws", type=int, default=10,
+                        help="with --valid-only: draws per requested structure at most (default 10)")
+
+
+def _draw_until_valid(draw, jobs: list, volumes, max_draws: int) -> tuple[list, list[str], list[int]]:
+    """Draw every job once; with ``max_draws > 1`` draw the invalid ones again (a fresh seed each
+    round) until all are valid or each has been drawn ``max_draws`` times."""
+    from crysdiff.csp import validity
+
+    crystals = draw([atoms for _, _, atoms in jobs], 0)
+    reasons = [validity(crystal, volumes) for crystal in crystals]
+    draws = [1] * len(jobs)
+    for round_ in range(1, max_draws):
+        missing = [i for i, reason in enumerate(reasons) if reason]
+        if not missing:
+            break
+        for i, crystal in zip(missing, draw([jobs[i][2] for i in missing], round_)):
+            crystals[i], reasons[i], draws[i] = crystal, validity(crystal, volumes), draws[i] + 1
+    return crystals, reasons, draws
 
 
 def run(args) -> int:
@@ -41,36 +69,59 @@ def run(args) -> int:
         from pymatgen.io.cif import CifWriter
 
         from crysdiff.crystal import to_ase, to_pymatgen
-        from crysdiff.csp import composition_atoms, generate, is_usable
+        from crysdiff.csp import composition_atoms, generate, volume_range
+        from crysdiff.domain import crystal_features
         from crysdiff.pretrain import load_pretrained
         from crysdiff.sampling import require_joint
 
+        if args.max_draws < 1:
+            return fail(f"--max-draws must be at least 1, got {args.max_draws}", 2)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, diffusion, config, _ = load_pretrained(args.model, map_location=device)
+        model, diffusion, config, payload = load_pretrained(args.model, map_location=device)
         require_joint(diffusion, str(args.model))
+        volumes = volume_range(payload.get("data", {}))
         jobs = []
         for formula in args.composition:
             atoms = composition_atoms(formula, args.formula_units, args.num_atoms)
             jobs += [(formula, k, atoms) for k in range(args.num_samples)]
-        start = time.perf_counter()
-        crystals = generate(model, diffusion, [z for _, _, z in jobs], batch_size=args.batch_size, seed=args.seed,
+
+        def draw(compositions, round_):
+            return generate(model, diffusion, compositions, batch_size=args.batch_size, seed=args.seed + 7919 * round_,
                             corrector_steps=args.corrector_steps, step_lr=args.step_lr, device=device, progress=True)
+
+        start = time.perf_counter()
+        crystals, reasons, draws = _draw_until_valid(draw, jobs, volumes, args.max_draws if args.valid_only else 1)
         seconds = time.perf_counter() - start
         args.out.mkdir(parents=True, exist_ok=True)
         frames, summary = [], []
-        for (formula, k, _), crystal in zip(jobs, crystals):
+        for (formula, k, _), crystal, reason, drawn in zip(jobs, crystals, reasons, draws):
+            if args.valid_only and reason:
+                continue
             name = f"{formula}_{k}"
             crystal.id = name
-            usable = is_usable(crystal)
             CifWriter(to_pymatgen(crystal)).write_file(args.out / f"{name}.cif")
             atoms = to_ase(crystal)
-            atoms.info.update(id=name, composition=formula, usable=usable)
+            atoms.info.update(id=name, composition=formula, valid=not reason)
             frames.append(atoms)
-            summary.append({"id": name, "composition": formula, "usable": usable, "volume": crystal.volume})
-        ase.io.write(args.out / "samples.extxyz", frames, format="extxyz")
-        (args.out / "samples.json").write_text(json.dumps({"model": str(args.model), "seed": args.seed,
-                                                           "seconds": seconds, "samples": summary}, indent=1))
-        print(f"{len(crystals)} structures written to {args.out} in {seconds:.1f} s "
-              f"({sum(s['usable'] for s in summary)} usable: no atoms closer than 0.5 Å)")
+            features = crystal_features(crystal.frac_coords, crystal.lattice) if crystal.volume > 0 else {}
+            summary.append({"id": name, "composition": formula, "valid": not reason, "invalid_reason": reason,
+                            "min_distance": features.get("min_distance"),
+                            "volume_per_atom": features.get("volume_per_atom"), "volume": crystal.volume,
+                            "draws": drawn})
+        if frames:
+            ase.io.write(args.out / "samples.extxyz", frames, format="extxyz")
+        valid = sum(not reason for reason in reasons)
+        (args.out / "samples.json").write_text(json.dumps({
+            "model": str(args.model), "seed": args.seed, "seconds": seconds,
+            "validity": {"min_distance": 0.5, "volume_per_atom": list(volumes)},
+            "valid_only": args.valid_only, "max_draws": args.max_draws if args.valid_only else 1,
+            "requested": len(jobs), "valid": valid, "draws": sum(draws), "samples": summary}, indent=1))
+        rule = f"no atoms closer than 0.5 Å, {volumes[0]:.3g}-{volumes[1]:.3g} Å³ per atom"
+        print(f"{len(summary)} structures written to {args.out} in {seconds:.1f} s; {valid} of {len(jobs)} valid "
+              f"({rule})" + (f" after {sum(draws)} draws" if args.valid_only else ""))
+        if args.valid_only and valid < len(jobs):
+            print(f"crysdiff sample: only {valid} of {len(jobs)} requested structures are valid after "
+                  f"{args.max_draws} draws each (--max-draws)", file=sys.stderr)
+        return 0
 
     return run_guarded(go)
