@@ -9,9 +9,16 @@ in :mod:`crysdiff.predict`), for training and prediction alike:
 1. spglib finds the primitive cell (``standardize_cell(to_primitive=True, no_idealize=True)``:
    the atoms keep the user's positions, no symmetrisation of the lattice);
 2. spglib Niggli-reduces its lattice, and the fractional coordinates are rewritten in the
-   reduced basis and wrapped into ``[0, 1)``.
+   reduced basis and wrapped into ``[0, 1)``;
+3. a Niggli-reduced lattice has several bases with the same metric (``L`` and ``-L`` always, up
+   to 48 for a cubic lattice); when the crystal has less symmetry than its lattice they are
+   different inputs for the network, so the basis whose structure-factor fingerprint (invariant to
+   translations and atom order, not to the basis) is largest is kept.
 
 What is left is a rotation, a translation and an atom order, which the network does not see.
+A cell that is already primitive (most of a database) is recognised without spglib (no common
+divisor of the element counts, or no translation mapping the rarest element onto itself and then
+every atom): spglib costs ~5 ms a structure, the whole reduction ~1 ms.
 
 Reduction never merges distinct structures: the primitive cell must hold a whole fraction of the
 given atoms with the same composition, the volume per atom must be kept, and every given atom must
@@ -37,6 +44,7 @@ from crysdiff.crystal import Crystal, wrap_frac
 __all__ = ["CellConfig", "Reduced", "canonical_cell", "stored_data_config", "AS_GIVEN"]
 
 _NIGGLI_EPS = 1e-5  # spglib's relative tolerance for the Niggli conditions
+_METRIC_TOLERANCE = 1e-4  # two bases share a metric when their Gram matrices agree to this (relative to the largest entry)
 _QUICK_ATOMS = 256  # cells up to this size are checked for translations here before spglib is asked
 _CHECK_CHUNK = 512  # given atoms compared at once with the reduced cell's atoms (bounds memory)
 
@@ -140,6 +148,56 @@ def _has_pure_translation(crystal: Crystal, symprec: float) -> bool:
     return False
 
 
+_SHORT = np.array([v for v in np.ndindex(3, 3, 3) if v != (1, 1, 1)], dtype=np.float64) - 1  # [26, 3] in {-1, 0, 1}³
+
+
+def _automorphisms(gram: np.ndarray) -> np.ndarray:
+    """``[A, 3, 3]`` the integer matrices ``M`` (entries in {-1, 0, 1}, which suffices for a
+    Niggli-reduced basis) with ``M G Mᵀ = G`` within tolerance, the identity first: row ``i`` of
+    ``M`` is a lattice vector as long as basis vector ``i``, and the angles must match too."""
+    tolerance = _METRIC_TOLERANCE * np.abs(gram).max()
+    norms = np.einsum("vi,ij,vj->v", _SHORT, gram, _SHORT)  # [26]
+    rows = [_SHORT[np.abs(norms - gram[i, i]) <= tolerance] for i in range(3)]
+    grid = np.stack(np.meshgrid(*[np.arange(len(r)) for r in rows], indexing="ij"), axis=-1).reshape(-1, 3)
+    m = np.stack([rows[i][grid[:, i]] for i in range(3)], axis=1)  # [C, 3, 3]
+    same = np.all(np.abs(m @ gram @ m.transpose(0, 2, 1) - gram) <= tolerance, axis=(1, 2))
+    m = m[same & (np.abs(np.round(np.linalg.det(m))) == 1)]
+    identity = np.all(m == np.eye(3), axis=(1, 2))
+    return np.concatenate([m[identity], m[~identity]])
+
+
+# the reciprocal vectors whose structure factors tell the bases of one lattice apart: the axes, their
+# sums (triple products of these are odd under inversion, their moduli are not) and differences
+_WAVES = np.array([(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1), (1, -1, 0), (1, 0, -1),
+                   (0, 1, -1)], dtype=np.float64)
+_TRIPLES = ((0, 1, 3), (0, 2, 4), (1, 2, 5), (3, 2, 6))  # S(a) S(b) conj S(a + b)
+
+
+def _fingerprints(frac: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``[A, 10 + 4]`` for fractional coordinates ``[A, N, 3]`` (one crystal in ``A`` bases): numbers
+    that do not change with a translation or the atom order but do with the basis, ``|S(k)|²`` and
+    ``Im S(a) S(b) conj S(a+b)`` of the structure factor ``S(k) = Σ z exp(2πi k·f) / Σ z``."""
+    factors = np.einsum("n,ank->ak", z / z.sum(), np.exp(2j * np.pi * frac @ _WAVES.T))  # [A, 10]
+    a, b, c = (np.array(index) for index in zip(*_TRIPLES))
+    triples = factors[:, a] * factors[:, b] * np.conj(factors[:, c])  # [A, 4]
+    return np.concatenate([np.abs(factors) ** 2, np.imag(triples)], axis=1)
+
+
+def _one_basis(lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of the bases of a Niggli-reduced lattice with the same metric (``lattice`` and ``-lattice`` always,
+    more for a lattice with more symmetry than the crystal), the one whose fingerprint is largest
+    (lexicographically, rounded), so that every cell of the crystal ends in the same one; ties are
+    symmetries of the crystal itself."""
+    same = _automorphisms(lattice @ lattice.T)  # [A, 3, 3]
+    if len(same) == 1:
+        return lattice, frac
+    inverse = np.round(np.linalg.inv(same))  # integer too
+    keys = np.round(_fingerprints(frac @ inverse, z.astype(np.float64)), 6)  # [A, 14]
+    best = np.lexsort(keys.T[::-1])[-1]  # a largest key (first column most significant)
+    best = min(np.flatnonzero(np.all(keys == keys[best], axis=1)))  # among equal keys, the first basis
+    return same[best] @ lattice, wrap_frac(frac @ inverse[best])
+
+
 def _niggli(crystal: Crystal, lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> Reduced:
     n = crystal.num_atoms
     import spglib
@@ -149,7 +207,7 @@ def _niggli(crystal: Crystal, lattice: np.ndarray, frac: np.ndarray, z: np.ndarr
         return Reduced(crystal, n, "spglib could not Niggli-reduce the primitive lattice")
     reduced = np.asarray(reduced, dtype=np.float64)
     basis = np.round(lattice @ np.linalg.inv(reduced))  # integer, det ±1: old basis in the new one
-    new_frac = wrap_frac(frac @ basis)
+    reduced, new_frac = _one_basis(reduced, wrap_frac(frac @ basis), z)
     return Reduced(replace(crystal, atomic_numbers=z, frac_coords=new_frac, lattice=reduced), n, "")
 
 
