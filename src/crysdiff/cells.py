@@ -166,20 +166,35 @@ def _automorphisms(gram: np.ndarray) -> np.ndarray:
     return np.concatenate([m[identity], m[~identity]])
 
 
-# the reciprocal vectors whose structure factors tell the bases of one lattice apart: the axes, their
-# sums (triple products of these are odd under inversion, their moduli are not) and differences
-_WAVES = np.array([(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1), (1, -1, 0), (1, 0, -1),
-                   (0, 1, -1)], dtype=np.float64)
-_TRIPLES = ((0, 1, 3), (0, 2, 4), (1, 2, 5), (3, 2, 6))  # S(a) S(b) conj S(a + b)
+def _waves_and_triples() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The reciprocal vectors whose structure factors tell the bases of one lattice apart (one of each
+    ``±k`` in {-2..2}³ with at most one ``±2``: ``|S(k)| = |S(-k)|``), and the triples ``(a, b, c)``
+    with ``k_a + k_b = ±k_c`` (their products are odd under inversion, where the moduli are not)."""
+    waves = [k for k in np.ndindex(5, 5, 5) if max(abs(np.array(k) - 2)) <= 2 and sum(abs(np.array(k) - 2) == 2) <= 1]
+    waves = np.array(waves, dtype=np.float64) - 2
+    waves = waves[[tuple(k) > tuple(-k) for k in waves]]  # one of each ±k, no zero vector
+    index = {tuple(k): i for i, k in enumerate(waves)}
+    a, b, c, sign = [], [], [], []
+    for i in range(len(waves)):
+        for j in range(i + 1, len(waves)):
+            total = tuple(waves[i] + waves[j])
+            for s, key in ((1, total), (-1, tuple(-np.array(total)))):
+                if key in index:
+                    a.append(i), b.append(j), c.append(index[key]), sign.append(s)
+    return waves, (np.array(a), np.array(b), np.array(c), np.array(sign))
+
+
+_WAVES, _TRIPLES = _waves_and_triples()
 
 
 def _fingerprints(frac: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """``[A, 10 + 4]`` for fractional coordinates ``[A, N, 3]`` (one crystal in ``A`` bases): numbers
+    """``[A, K + T]`` for fractional coordinates ``[A, N, 3]`` (one crystal in ``A`` bases): numbers
     that do not change with a translation or the atom order but do with the basis, ``|S(k)|²`` and
-    ``Im S(a) S(b) conj S(a+b)`` of the structure factor ``S(k) = Σ z exp(2πi k·f) / Σ z``."""
-    factors = np.einsum("n,ank->ak", z / z.sum(), np.exp(2j * np.pi * frac @ _WAVES.T))  # [A, 10]
-    a, b, c = (np.array(index) for index in zip(*_TRIPLES))
-    triples = factors[:, a] * factors[:, b] * np.conj(factors[:, c])  # [A, 4]
+    ``Im S(a) S(b) S(±c)`` of the structure factor ``S(k) = Σ z exp(2πi k·f) / Σ z``."""
+    factors = np.einsum("n,ank->ak", z / z.sum(), np.exp(2j * np.pi * frac @ _WAVES.T))  # [A, K]
+    a, b, c, sign = _TRIPLES
+    third = np.where(sign > 0, np.conj(factors[:, c]), factors[:, c])  # S(-(a+b)) = conj S(a+b)
+    triples = factors[:, a] * factors[:, b] * third  # [A, T]
     return np.concatenate([np.abs(factors) ** 2, np.imag(triples)], axis=1)
 
 
@@ -192,7 +207,7 @@ def _one_basis(lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> tuple[np
     if len(same) == 1:
         return lattice, frac
     inverse = np.round(np.linalg.inv(same))  # integer too
-    keys = np.round(_fingerprints(frac @ inverse, z.astype(np.float64)), 6)  # [A, 14]
+    keys = np.round(_fingerprints(frac @ inverse, z.astype(np.float64)), 6)  # [A, K + T]
     best = np.lexsort(keys.T[::-1])[-1]  # a largest key (first column most significant)
     best = min(np.flatnonzero(np.all(keys == keys[best], axis=1)))  # among equal keys, the first basis
     return same[best] @ lattice, wrap_frac(frac @ inverse[best])
