@@ -18,7 +18,7 @@ in :mod:`crysdiff.predict`), for training and prediction alike:
 What is left is a rotation, a translation and an atom order, which the network does not see.
 A cell that is already primitive (most of a database) is recognised without spglib (no common
 divisor of the element counts, or no translation mapping the rarest element onto itself and then
-every atom): spglib costs ~5 ms a structure, the whole reduction ~1 ms.
+every atom): spglib costs ~5 ms a structure, the whole reduction ~2.4 ms (docs/data.md).
 
 Reduction never merges distinct structures: the primitive cell must hold a whole fraction of the
 given atoms with the same composition, the volume per atom must be kept, and every given atom must
