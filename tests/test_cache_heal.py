@@ -82,7 +82,8 @@ def test_same_size_damage_is_found_by_the_checksum(table, tmp_path, capsys, monk
     monkeypatch.setattr(cache_module, "_CHECKSUM_ON_OPEN_BYTES", 0)
     load_dataset([table], cache_dir=cache_dir, workers=1, progress=False)
     assert not _damage_lines(capsys.readouterr().err)
-    assert main(["data", "cache", str(table), "--cache-dir", str(cache_dir), "--workers", "1", "--verify"]) == 0
+    assert main(["data", "cache", str(table), "--cache-dir", str(cache_dir), "--workers", "1", "--verify",
+                 "--cell", "given"]) == 0  # the cells load_dataset built above
     captured = capsys.readouterr()
     assert "does not match its checksum" in captured.err and "every checksum verified" in captured.out
     assert part_problem(_part(cache_dir), checksums=True) is None
@@ -111,7 +112,8 @@ def test_verify_rehashes_sources_edited_with_size_and_mtime_kept(shared_data, tm
     assert table.stat().st_size == stat.st_size
     stale = load_dataset([table], cache_dir=cache_dir, workers=1, progress=False)
     assert stale.labels[-1, 0] == 5.5  # documented in docs/data.md: an edit keeping size and mtime is not seen
-    assert main(["data", "cache", str(table), "--cache-dir", str(cache_dir), "--workers", "1", "--verify"]) == 0
+    assert main(["data", "cache", str(table), "--cache-dir", str(cache_dir), "--workers", "1", "--verify",
+                 "--cell", "given"]) == 0  # the cells load_dataset built above
     assert load_dataset([table], cache_dir=cache_dir, workers=1, progress=False).labels[-1, 0] == 7.5
 
 

@@ -199,7 +199,9 @@ def test_predict_cli_and_python_api(finetuned, tmp_path):
     assert main(["predict", "--model", str(finetuned / "model.ckpt"), "examples/structures", "--samples", "10",
                  "--out", str(out), "--device", "cpu"]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "unit", "flags"]
+    assert list(table.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "unit", "n_atoms", "n_atoms_model", "cell", "flags"]
+    # a new fine-tuning sees canonical cells: silicon's 8-atom conventional CIF is predicted from its 2-atom cell
+    assert table.set_index("id").loc["Si_diamond", ["n_atoms", "n_atoms_model", "cell"]].tolist() == [8, 2, "canonical"]
     assert len(table) == 10 and (table["p2.5"] <= table["p97.5"]).all() and (table["unit"] == "eV/atom").all()
 
     import crysdiff
@@ -359,7 +361,8 @@ def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_smal
     report = json.loads(preds.read_text())
     assert report["models"] == [str(first), str(second)] and report["pooling"] == "widened"
     rows = pd.DataFrame(report["predictions"])
-    assert list(rows.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "std_models", "unit", "flags"]
+    assert list(rows.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "std_models", "unit",
+                                  "n_atoms", "n_atoms_model", "cell", "flags"]
     assert len(rows) == 10 and (rows["std_models"] > 0).all() and (rows["p2.5"] <= rows["p97.5"]).all()
     raw = tmp_path / "raw.json"
     assert main(["predict", "--model", str(first), "--model", str(second), "examples/structures", "--samples", "5",

@@ -104,7 +104,8 @@ def test_finetuning_without_validation_crystals_warns_and_predict_says_uncalibra
     err = capsys.readouterr().err
     assert "95% interval is uncalibrated" in err
     frame = pd.read_csv(tmp_path / "p.csv")
-    assert list(frame.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "unit"] and len(frame) == 10
+    assert list(frame.columns) == ["id", "source", "mean", "std", "p2.5", "p97.5", "unit", "n_atoms", "n_atoms_model",
+                                   "cell", "flags"] and len(frame) == 10
     # a calibrated model says nothing of the kind
     assert main(["predict", "--model", MODEL, STRUCTURES, "--samples", "4", "--device", "cpu",
                  "--out", str(tmp_path / "q.csv")]) == 0

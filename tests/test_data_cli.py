@@ -33,7 +33,12 @@ def test_inspect_json(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["crystals"] == 10 and report["skipped"] == 0
     assert report["labels"]["band_gap_exp"]["present"] == 9 and report["labels"]["band_gap_exp"]["missing"] == 1
-    assert report["elements"]["O"] == 4 and report["atoms_per_cell"]["max"] == 8
+    # canonical cells by default (TiO2 rutile, 6 atoms, is the largest primitive cell); --cell given: the files' cells
+    assert report["elements"]["O"] == 4 and report["atoms_per_cell"]["max"] == 6
+    assert report["cells"]["reduced"] == 6 and report["cells"]["atoms_given"] == 55 and report["cells"]["fallbacks"] == []
+    assert main(["data", "inspect", "examples/structures", "--json", "--cell", "given"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert given["atoms_per_cell"]["max"] == 8 and given["cells"]["reduced"] == 0
 
 
 def test_bad_file_is_reported_and_good_ones_kept(tmp_path, capsys):

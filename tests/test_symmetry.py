@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from crysdiff.crystal import to_pymatgen
 from crysdiff.symmetry import (
     assert_equivariant,
     assert_invariant,
+    change_basis,
+    conventional_cell,
     permute_atoms,
     random_orthogonal,
     random_permutation,
@@ -104,3 +107,38 @@ def test_assert_helpers(crystals):
         assert_invariant(lambda b: b.lattice, batch, lambda b: rotate_lattice(b, q))
     with pytest.raises(AssertionError, match="missing"):
         assert_invariant(lambda b: {"a": b.lattice} if b is batch else {}, batch, lambda b: rotate_lattice(b, q))
+
+
+SHEAR = [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def test_change_basis_crystal_and_batch(crystals):
+    for c in crystals:
+        for matrix in (SHEAR, [[0, 1, 0], [1, 0, 0], [0, 0, -1]], [[2, 1, 1], [1, 1, 0], [0, 0, 1]]):
+            v = change_basis(c, matrix)
+            np.testing.assert_allclose(v.lattice, np.asarray(matrix) @ c.lattice)
+            assert np.all((v.frac_coords >= 0) & (v.frac_coords < 1))
+            assert v.volume == pytest.approx(c.volume)
+            assert same_structure(c, v), f"{c.id}: the change of basis {matrix} changed the structure"
+    batch = collate_crystals(crystals)
+    expected = collate_crystals([change_basis(c, SHEAR) for c in crystals])
+    moved = change_basis(batch, SHEAR)
+    torch.testing.assert_close(moved.lattice, expected.lattice)
+    torch.testing.assert_close(moved.frac_coords, expected.frac_coords)
+    for bad in ([[2, 0, 0], [0, 1, 0], [0, 0, 1]], [[1, 0.5, 0], [0, 1, 0], [0, 0, 1]], [[1, 0], [0, 1]]):
+        with pytest.raises(ValueError, match="determinant"):
+            change_basis(crystals[0], bad)
+
+
+def test_conventional_cell(crystals):
+    from crysdiff.cells import canonical_cell
+    from crysdiff.io import read
+
+    silicon = read(Path(__file__).parents[1] / "examples" / "structures" / "Si_diamond.cif")[0][0]  # 8 atoms
+    primitive = canonical_cell(silicon).crystal
+    assert (silicon.num_atoms, primitive.num_atoms, conventional_cell(primitive).num_atoms) == (8, 2, 8)
+    for c in [*crystals, primitive]:
+        conv = conventional_cell(c)
+        assert conv.num_atoms % c.num_atoms == 0
+        assert conv.num_atoms / conv.volume == pytest.approx(c.num_atoms / c.volume, rel=1e-6)
+        assert same_structure(c, conv, attempt_supercell=True), f"{c.id}: the conventional cell is another structure"

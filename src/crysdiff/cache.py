@@ -7,6 +7,10 @@ Parsing happens once into *parts*: folders of flat ``.npy`` arrays opened with `
     source_local [B] int32 (which of the part's sources)
     id_bytes [...] uint8 (UTF-8 ids, concatenated)  id_offset [B+1] int64    meta.json
 
+and, in a part built with canonical cells (``cell=CellConfig()``, see :mod:`crysdiff.cells`)::
+
+    given_atoms [B] int64 (atoms in the cell the source held)   cell_fallback [B] uint8 (1: kept its own cell)
+
 so iterating a dataset holds no Python object per crystal, and the same code serves 68k or 800k
 structures. A dataset file (a CSV table, an extxyz trajectory, a labelled folder...) is a part of
 its own, so ``mp2018/train.csv.gz`` is parsed once whether it is read alone or pooled with
@@ -15,7 +19,7 @@ not 3,000). A dataset is a list of parts; crystal ``i`` is located by a binary s
 parts' sizes.
 
 **Keys.** A part lives in ``CACHE/<key>/``, where ``key`` hashes the cache format version, the
-validation settings, the forced format, each source's absolute path and format, and the *content*
+validation settings, the cell settings (when cells are canonicalised), the forced format, each source's absolute path and format, and the *content*
 of every file (BLAKE2). Content digests are remembered in ``CACHE/digests.json`` against each
 file's (size, mtime_ns): an unchanged file is not re-read, so a warm open of the whole shared pool
 takes well under a second, while any edit (or a change of settings) gives a new key and a rebuild.
@@ -56,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crysdiff.cells import AS_GIVEN, CellConfig, Reduced, canonical_cell
 from crysdiff.crystal import Crystal, Notice, RecordError, ValidationSettings
 
 __all__ = ["CrystalCache", "DatasetError", "load_dataset", "default_cache_dir", "CACHE_VERSION"]
@@ -63,6 +68,7 @@ __all__ = ["CrystalCache", "DatasetError", "load_dataset", "default_cache_dir", 
 CACHE_VERSION = 3  # 3: meta.json records each file's size and CRC-32
 _MAPPED = ("atomic_numbers", "frac_coords", "lattices", "labels", "id_bytes")  # memory-mapped
 _LOADED = ("atom_offset", "id_offset", "source_local")  # small, read into memory
+_CELL = ("given_atoms", "cell_fallback")  # parts with canonical cells only, read into memory
 
 
 class DatasetError(ValueError):
@@ -115,9 +121,11 @@ class _Digests:
         self.dirty = False
 
 
-def _group_key(group, settings: ValidationSettings, format: str | None, digests: _Digests) -> str:
+def _group_key(group, settings: ValidationSettings, format: str | None, digests: _Digests, cell: CellConfig = AS_GIVEN) -> str:
     hasher = hashlib.blake2b(digest_size=12)
     header = {"version": CACHE_VERSION, "settings": asdict(settings), "format": format}
+    if cell.canonical:  # cells as given keep the keys they always had
+        header["cell"] = asdict(cell)
     hasher.update(json.dumps(header, sort_keys=True).encode())
     for source in group:
         path = Path(source.path)
@@ -181,7 +189,7 @@ def part_problem(folder: Path, checksums: bool | None = None) -> str | None:
             raise KeyError("version")
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"meta.json is unreadable or incomplete ({type(error).__name__})"
-    expected = {f"{name}.npy" for name in _MAPPED + _LOADED}
+    expected = {f"{name}.npy" for name in _MAPPED + _LOADED + (_CELL if meta.get("cell") else ())}
     if set(files) != expected:
         return "meta.json does not list the part's files"
     total = 0
@@ -216,7 +224,8 @@ class _Part:
     def __init__(self, folder: Path):
         self.folder = folder
         self.meta = json.loads((folder / "meta.json").read_text())
-        self.arrays = {name: _load(folder / f"{name}.npy", name in _MAPPED) for name in _MAPPED + _LOADED}
+        names = _MAPPED + _LOADED + (_CELL if self.meta.get("cell") else ())
+        self.arrays = {name: _load(folder / f"{name}.npy", name in _MAPPED) for name in names}
         self.atom_offset = self.arrays["atom_offset"]  # [B+1]
         self.num_atoms = np.diff(self.atom_offset).astype(np.int64)
         self.size = int(self.num_atoms.shape[0])
@@ -232,8 +241,11 @@ class _PartWriter:
 
     _STREAMS = ("z", "frac", "lattice", "ids", "label_cells", "label_values")
 
-    def __init__(self, root: Path, key: str, sources, strict: bool, settings: ValidationSettings):
+    def __init__(self, root: Path, key: str, sources, strict: bool, settings: ValidationSettings, cell: CellConfig = AS_GIVEN):
         self.root, self.key, self.sources, self.strict, self.settings = root, key, sources, strict, settings
+        self.cell = cell
+        self.given_atoms, self.cell_fallback = array("q"), array("b")
+        self.fallbacks: list[dict] = []
         self.tmp = root / f".tmp-{key}-{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
@@ -259,6 +271,13 @@ class _PartWriter:
                 raise item
             self.skipped.append(item.as_dict())
             return
+        if isinstance(item, Reduced):
+            self.given_atoms.append(item.given_atoms)
+            self.cell_fallback.append(1 if item.fallback else 0)
+            if item.fallback:
+                self.fallbacks.append({"source": item.crystal.source, "record": item.crystal.record or item.crystal.id,
+                                       "reason": item.fallback})
+            item = item.crystal
         crystal: Crystal = item
         files = self.files
         files["z"].write(np.asarray(crystal.atomic_numbers, dtype=np.uint8).tobytes())
@@ -296,6 +315,9 @@ class _PartWriter:
             "id_bytes": np.fromfile(self.tmp / "ids.bin", dtype=np.uint8),
             "id_offset": np.concatenate([[0], np.cumsum(self.id_lengths, dtype=np.int64)]).astype(np.int64),
         }
+        if self.cell.canonical:
+            arrays["given_atoms"] = np.array(self.given_atoms, dtype=np.int64)
+            arrays["cell_fallback"] = np.array(self.cell_fallback, dtype=np.uint8)
         for name, values in arrays.items():
             np.save(self.tmp / f"{name}.npy", values)
         for name in self._STREAMS:
@@ -309,6 +331,8 @@ class _PartWriter:
             "units": {k: units[k] for k in names if k in units}, "skipped": self.skipped, "created": time.time(),
             "files": files, "notices": self.notices,
         }
+        if self.cell.canonical:
+            meta.update(cell=asdict(self.cell), fallbacks=self.fallbacks)
         (self.tmp / "meta.json").write_text(json.dumps(meta))
         final = self.root / self.key
         try:
@@ -336,11 +360,12 @@ def _remove_stale_tmp(root: Path) -> None:
 # --- parallel build ---------------------------------------------------------------------------------
 
 _WORKER_SETTINGS: ValidationSettings | None = None
+_WORKER_CELL: CellConfig = AS_GIVEN
 
 
-def _init_worker(settings: ValidationSettings) -> None:
-    global _WORKER_SETTINGS
-    _WORKER_SETTINGS = settings
+def _init_worker(settings: ValidationSettings, cell: CellConfig = AS_GIVEN) -> None:
+    global _WORKER_SETTINGS, _WORKER_CELL
+    _WORKER_SETTINGS, _WORKER_CELL = settings, cell
 
 
 def _run(job):
@@ -350,7 +375,10 @@ def _run(job):
     group, slot, task = job
     if isinstance(task, RecordError):
         return group, slot, [task]
-    return group, slot, run_task(task, _WORKER_SETTINGS)
+    results = run_task(task, _WORKER_SETTINGS)
+    if _WORKER_CELL.canonical:
+        results = [canonical_cell(r, _WORKER_CELL) if isinstance(r, Crystal) else r for r in results]
+    return group, slot, results
 
 
 def _jobs(groups, chunk_size: int):
@@ -365,7 +393,7 @@ def _jobs(groups, chunk_size: int):
                 yield g, slot, error
 
 
-def _build(groups, keys, root: Path, settings, strict, workers, progress) -> None:
+def _build(groups, keys, root: Path, settings, strict, workers, progress, cell: CellConfig = AS_GIVEN) -> None:
     """Parse ``groups`` (lists of sources) into parts ``root/keys[g]``; results arrive in order, so
     one part is open at a time."""
     from crysdiff.io import KNOWN_UNITS
@@ -387,11 +415,11 @@ def _build(groups, keys, root: Path, settings, strict, workers, progress) -> Non
 
     try:
         if workers <= 1:
-            _init_worker(settings)
+            _init_worker(settings, cell)
             results = map(_run, throttled())
         else:
             context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            pool = context.Pool(workers, initializer=_init_worker, initargs=(settings,))
+            pool = context.Pool(workers, initializer=_init_worker, initargs=(settings, cell))
             results = pool.imap(_run, throttled(), chunksize=1)
         for g, slot, items in results:
             in_flight.release()
@@ -399,14 +427,14 @@ def _build(groups, keys, root: Path, settings, strict, workers, progress) -> Non
                 if writer is not None:  # group finished (or groups that yielded nothing)
                     writer.finish(KNOWN_UNITS)
                     done += 1
-                writer = _PartWriter(root, keys[done], groups[done], strict, settings)
+                writer = _PartWriter(root, keys[done], groups[done], strict, settings, cell)
             for item in items:
                 writer.add(item, slot)
             if bar is not None:
                 bar.update(bar.task_id, advance=len(items))
         while done < len(groups):
             if writer is None:
-                writer = _PartWriter(root, keys[done], groups[done], strict, settings)
+                writer = _PartWriter(root, keys[done], groups[done], strict, settings, cell)
             writer.finish(KNOWN_UNITS)
             writer = None
             done += 1
@@ -504,6 +532,11 @@ class CrystalCache:
         self.units = {}
         for part in self.parts:
             self.units.update(part.meta.get("units", {}))
+        # the cells the sources held: atoms per crystal and whether canonicalisation fell back to them
+        self.given_atoms = np.concatenate([p.arrays.get("given_atoms", p.num_atoms) for p in self.parts]).astype(np.int64) \
+            if self.parts else np.zeros(0, np.int64)
+        self.cell_fallback = np.concatenate([np.asarray(p.arrays["cell_fallback"], bool) if "cell_fallback" in p.arrays
+                                             else np.zeros(p.size, bool) for p in self.parts]) if self.parts else np.zeros(0, bool)
         self._labels = None
 
     def __getstate__(self):  # workers reopen the memory maps instead of copying them
@@ -534,6 +567,11 @@ class CrystalCache:
     def skipped(self) -> list[dict]:
         """Every record left out, as ``dict(source, record, reason)``."""
         return [entry for p in self.parts for entry in p.meta["skipped"]]
+
+    @property
+    def fallbacks(self) -> list[dict]:
+        """Crystals that kept their own cell although canonical cells were asked for, as ``dict(source, record, reason)``."""
+        return [entry for p in self.parts for entry in p.meta.get("fallbacks", [])]
 
     @property
     def notices(self) -> list[dict]:
@@ -625,6 +663,7 @@ def load_dataset(
     workers: int | None = None,
     progress: bool = True,
     verify: bool = False,
+    cell: CellConfig | None = None,
 ) -> CrystalCache:
     """Open (building what is missing) the cache of ``sources``: paths of files, folders, datasets.
 
@@ -632,6 +671,8 @@ def load_dataset(
         sources: paths (see :func:`crysdiff.io.resolve`); several paths pool into one dataset.
         cache_dir: where parts live (default :func:`default_cache_dir`).
         workers: parser processes (default: all cores; 1 parses in this process).
+        cell: canonical cells (:class:`~crysdiff.cells.CellConfig`); ``None`` or ``canonical=False``:
+            cells as the sources hold them.
         verify: re-hash every source file (an in-place edit that kept size and mtime is otherwise
             not seen) and check every part's checksums, not only its sizes.
     A damaged part (a file truncated or changed, meta.json unreadable) is reported in one line on
@@ -652,7 +693,8 @@ def load_dataset(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     digests = _Digests(root, rehash=verify)
-    keys = [_group_key(g, settings, format, digests) for g in groups]
+    cell = cell or AS_GIVEN
+    keys = [_group_key(g, settings, format, digests, cell) for g in groups]
     digests.save()
     missing = _damaged_or_missing(root, keys, groups, checksums=True if verify else None)
     if strict:  # a cached part with skipped records must fail a strict open as well
@@ -665,12 +707,12 @@ def load_dataset(
     count = max(1, workers if workers is not None else (os.cpu_count() or 1))
     if missing:
         _remove_stale_tmp(root)
-        _build([groups[k] for k in missing], [keys[k] for k in missing], root, settings, strict, count, progress)
+        _build([groups[k] for k in missing], [keys[k] for k in missing], root, settings, strict, count, progress, cell)
     try:
         cache = CrystalCache([root / key for key in keys])
     except (OSError, ValueError, KeyError, TypeError):  # damage the size checks did not see: check everything
         again = _damaged_or_missing(root, keys, groups, checksums=True)
-        _build([groups[k] for k in again], [keys[k] for k in again], root, settings, strict, count, progress)
+        _build([groups[k] for k in again], [keys[k] for k in again], root, settings, strict, count, progress, cell)
         cache = CrystalCache([root / key for key in keys])
     for notice in cache.notices:
         from crysdiff.notices import warn_once

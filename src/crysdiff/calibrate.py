@@ -69,7 +69,7 @@ def draw_labelled(predictor, sources, column: str, samples: int, seed: int = 0, 
     from crysdiff.cache import load_dataset
     from crysdiff.loader import make_loader
 
-    cache = load_dataset(list(sources), settings=predictor.validation_settings, progress=progress)
+    cache = load_dataset(list(sources), settings=predictor.validation_settings, cell=predictor.cell, progress=progress)
     if column not in cache.label_names:
         raise ValueError(f"{', '.join(map(str, sources))}: no label column {column!r} (labels: "
                          f"{', '.join(cache.label_names) or 'none'}); name the column holding "

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from crysdiff.cells import CellConfig
+
 __all__ = [
     "ConfigError",
     "TrainConfig",
@@ -104,6 +106,8 @@ class DataConfig:
         max_dense_atoms: cells up to this size use all-pairs edges; larger cells use kNN edges.
         knn_neighbors: neighbours per atom for cells above ``max_dense_atoms``.
         val_fraction: fraction held out for validation when no validation source is given.
+        cell: which cell of each structure the model sees (:class:`~crysdiff.cells.CellConfig`: the
+            Niggli-reduced primitive cell by default; checkpoints written before it saw cells as given).
     """
 
     max_atoms: int = 5000
@@ -111,6 +115,7 @@ class DataConfig:
     max_dense_atoms: int = 200
     knn_neighbors: int = 24
     val_fraction: float = 0.05
+    cell: CellConfig = field(default_factory=CellConfig)
 
 
 # --- dict <-> dataclass ---------------------------------------------------------------------------

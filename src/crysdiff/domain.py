@@ -18,8 +18,9 @@ to predict gets a flag for every check it fails; an empty ``flags`` means all is
   gap, times the spacing of the lattice planes it crosses (``V / |b × c|`` for ``a``), is the
   thickest empty slab parallel to the other two vectors. A slab model with 40 Å of vacuum has a
   40 Å gap; bulk crystals have gaps of a few Å (one interlayer spacing).
-* ``reduced_cell``: reserved for the cell-choice work (a prediction made on a reduced cell
-  instead of the cell as given); :func:`flags` passes such notes through, and none fires yet.
+* ``cell_fallback``: the model reduces every structure to its canonical cell (``data.cell``, see
+  :mod:`crysdiff.cells`), and this one could not be reduced, so it was predicted from the cell as
+  given, which the model's answers may depend on.
 
 With ``TAIL = 0.001`` each geometric check fires on about one training crystal in a thousand by
 construction, so a flag means "rarer than nearly everything the model learnt from". Checkpoints
@@ -140,7 +141,7 @@ def flags(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray, sum
           notes: Iterable[str] = ()) -> str:
     """The ``flags`` of one crystal against a training summary (``None``: geometric checks against
     :data:`DEFAULT_BOUNDS` only), ``"; "``-separated, empty when all is well. ``notes`` are
-    flags raised elsewhere (``reduced_cell``), kept first."""
+    flags raised elsewhere (``cell_fallback``), kept first."""
     from pymatgen.core.periodic_table import Element
 
     out = list(notes)
@@ -166,11 +167,14 @@ def flags(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray, sum
     return "; ".join(out)
 
 
-def batch_flags(batch, summary: dict | None) -> list[str]:
-    """:func:`flags` of each crystal of a collated batch (``atomic_numbers``, ``frac_coords``, ``lattice``, ``num_atoms``)."""
+def batch_flags(batch, summary: dict | None, notes: list | None = None) -> list[str]:
+    """:func:`flags` of each crystal of a collated batch (``atomic_numbers``, ``frac_coords``, ``lattice``,
+    ``num_atoms``); ``notes[k]``: flags raised elsewhere for crystal ``k`` (``cell_fallback``)."""
     arrays = (batch.atomic_numbers.cpu().numpy(), batch.frac_coords.double().cpu().numpy(),
               batch.lattice.double().cpu().numpy(), batch.num_atoms.cpu().numpy())
-    return [flags(z, f, lattice, summary) for z, f, lattice in _split(*arrays)]
+    crystals = list(_split(*arrays))
+    notes = notes if notes is not None else [()] * len(crystals)
+    return [flags(z, f, lattice, summary, note) for (z, f, lattice), note in zip(crystals, notes)]
 
 
 def predictor_summary(info: dict) -> dict | None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from crysdiff.card import PropertyDiffusion, PropertyDiffusionConfig
+from crysdiff.cells import stored_data_config
 from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
 from crysdiff.denoiser import DenoiserConfig, build_encoder
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
@@ -231,9 +232,9 @@ def stored_finetune_config(stored: dict) -> FinetuneConfig:
     Checkpoints written before ``head.baseline`` existed trained their ``card`` head without the
     prior baseline; they are read with ``baseline="zero"`` so they predict exactly as before. A head
     without ``kind`` or ``prior`` is read with the defaults of the time (``card``, ``mean``), not
-    today's.
+    today's. A checkpoint without ``data.cell`` saw cells as given and keeps doing so.
     """
-    stored = dict(stored)
+    stored = stored_data_config(stored)
     head = {"kind": "card", "prior": "mean", **(stored.get("head") or {})}
     if "baseline" not in head:
         head["baseline"] = "zero"
@@ -294,14 +295,14 @@ def run_finetune(
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     settings = ValidationSettings(min_distance=config.data.min_distance, max_atoms=config.data.max_atoms)
-    train_cache = load_dataset(train_sources, settings=settings, progress=progress, workers=workers)
+    train_cache = load_dataset(train_sources, settings=settings, cell=config.data.cell, progress=progress, workers=workers)
     if config.target not in train_cache.label_names:
         raise ValueError(f"target {config.target!r} is not a label of {', '.join(map(str, train_sources))} "
                          f"(labels found: {', '.join(train_cache.label_names) or 'none'})")
     train_idx, dropped = _select_labelled(train_cache, np.arange(len(train_cache)), config.target)
     dropped_val = 0
     if val_sources:
-        val_cache = load_dataset(val_sources, settings=settings, progress=progress, workers=workers)
+        val_cache = load_dataset(val_sources, settings=settings, cell=config.data.cell, progress=progress, workers=workers)
         if config.target not in val_cache.label_names:
             raise ValueError(f"target {config.target!r} is not a label of the validation data {', '.join(map(str, val_sources))}")
         val_idx, dropped_val = _select_labelled(val_cache, np.arange(len(val_cache)), config.target)

@@ -5,7 +5,10 @@
 readers understand), ``pymatgen`` Structures, ``ase`` Atoms or :class:`~crysdiff.crystal.Crystal`
 objects, and returns one row per structure: ``id``, ``source``, ``mean``, ``std``, ``p2.5``,
 ``p97.5``, ``unit``, ``flags`` (empty, or why the row is unlike the model's training crystals:
-see :mod:`crysdiff.domain`). Each crystal is encoded once; the ``S`` samples of the reverse chain then run
+see :mod:`crysdiff.domain`); a model trained on canonical cells (``data.cell``, see :mod:`crysdiff.cells`)
+reduces every structure the same way and adds ``n_atoms`` (atoms in the cell given), ``n_atoms_model``
+(atoms in the cell the model used) and ``cell`` (``canonical``, or ``given`` where the reduction fell
+back to the structure's own cell, also flagged ``cell_fallback``). Each crystal is encoded once; the ``S`` samples of the reverse chain then run
 through the head only (Alg. 3). A model fine-tuned with ``fix_structure=false`` encodes each crystal
 ``structure_encodings`` times instead (see :mod:`crysdiff.property_model`).
 
@@ -51,6 +54,14 @@ def _resolve_model(model: str | Path) -> Path:
         return models[str(model)]
     known = ", ".join(models) or "none bundled in this install"
     raise CheckpointError(f"{model}: neither a checkpoint file nor a bundled model name (bundled: {known})")
+
+
+_CELL_COLUMNS = ("n_atoms", "n_atoms_model", "cell")
+
+
+def _cell_values(given_atoms, model_atoms, fallback) -> dict:
+    """A row's cell columns: atoms in the cell given and in the cell the model used, and which cell that was."""
+    return {"n_atoms": int(given_atoms), "n_atoms_model": int(model_atoms), "cell": "given" if fallback else "canonical"}
 
 
 @dataclass
@@ -131,7 +142,13 @@ class Predictor:
     @property
     def columns(self) -> list[str]:
         extra = ["std_models"] if len(self.members) > 1 else []
-        return ["id", "source", "mean", "std", "p2.5", "p97.5", *extra, "unit", "flags"]
+        cells = list(_CELL_COLUMNS) if self.cell.canonical else []  # models of cells as given: columns as before
+        return ["id", "source", "mean", "std", "p2.5", "p97.5", *extra, "unit", *cells, "flags"]
+
+    @property
+    def cell(self):
+        """Which cell of each structure the model sees (:class:`~crysdiff.cells.CellConfig`)."""
+        return self.config.data.cell
 
     def sample(self, batch, samples: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Summary of ``samples`` draws per member for a collated batch already on the device: ``mean``,
@@ -161,6 +178,8 @@ class Predictor:
         return EdgeSettings(max_dense_atoms=self.config.data.max_dense_atoms, knn_neighbors=self.config.data.knn_neighbors)
 
     def _objects(self, objects: list, strict: bool) -> tuple[list, list]:
+        """The in-memory structures as :class:`~crysdiff.cells.Reduced` crystals, and the bad ones."""
+        from crysdiff.cells import canonical_cell
         from crysdiff.crystal import Crystal, RecordError, validate
         from crysdiff.io import from_structures
 
@@ -175,10 +194,10 @@ class Predictor:
                 if strict:
                     raise
                 errors.append(error)
-        return crystals, errors
+        return [canonical_cell(c, self.cell) for c in crystals], errors
 
     def _batches(self, inputs: list, batch_size: int, strict: bool, progress: bool):
-        """``(batch, ids, sources)`` for the inputs, and the records that could not be read. Paths go
+        """``(batch, ids, sources, cells)`` for the inputs (``cells``: the rows' :data:`_CELL_COLUMNS` values), and the records that could not be read. Paths go
         through the dataset cache (parallel parsing, memory-mapped, reused on the next call);
         in-memory structures are collated directly."""
         from crysdiff.batching import collate_crystals
@@ -193,7 +212,8 @@ class Predictor:
         jobs = []
         if paths:
             try:
-                cache = load_dataset(paths, settings=self.validation_settings, strict=strict, progress=progress)
+                cache = load_dataset(paths, settings=self.validation_settings, strict=strict, progress=progress,
+                                     cell=self.cell)
             except DatasetError:
                 if not objects:
                     raise
@@ -202,12 +222,15 @@ class Predictor:
                 errors += [RecordError(e["source"], e["record"], e["reason"]) for e in cache.skipped]
                 for batch in make_loader(cache, batch_size=batch_size, edges=edges):
                     index = batch.index.tolist()
-                    jobs.append((batch, [cache.id(i) for i in index], [cache.source_of(i) for i in index]))
+                    cells = [_cell_values(cache.given_atoms[i], cache.num_atoms[i], cache.cell_fallback[i]) for i in index]
+                    jobs.append((batch, [cache.id(i) for i in index], [cache.source_of(i) for i in index], cells))
         crystals, bad = self._objects(objects, strict)
         errors += bad
         for start in range(0, len(crystals), batch_size):
             part = crystals[start:start + batch_size]
-            jobs.append((collate_crystals(part, edges=edges), [c.id for c in part], [c.source for c in part]))
+            jobs.append((collate_crystals([r.crystal for r in part], edges=edges), [r.crystal.id for r in part],
+                         [r.crystal.source for r in part],
+                         [_cell_values(r.given_atoms, r.crystal.num_atoms, bool(r.fallback)) for r in part]))
         return jobs, errors
 
     @torch.no_grad()
@@ -230,12 +253,13 @@ class Predictor:
             from rich.progress import track
 
             jobs = track(jobs, description="predicting", transient=True)
-        for batch, ids, sources in jobs:
+        for batch, ids, sources, cells in jobs:
             out = self.sample(batch.to(self.device), samples, generator)
             numbers = [name for name in self.columns if name in out]
-            for k, (identifier, source, flags) in enumerate(zip(ids, sources, batch_flags(batch, summary))):
+            notes = [["cell_fallback"] if row.get("cell") == "given" else [] for row in cells]
+            for k, (identifier, source, flags) in enumerate(zip(ids, sources, batch_flags(batch, summary, notes))):
                 rows.append({"id": identifier, "source": source, **{name: float(out[name][k]) for name in numbers},
-                             "unit": self.unit, "flags": flags})
+                             "unit": self.unit, **cells[k], "flags": flags})
         frame = pd.DataFrame(rows, columns=self.columns)
         frame.attrs["flags_note"] = flags_note(summary)
         return (frame, errors) if return_errors else frame
@@ -274,7 +298,7 @@ def load(model: str | Path | list | tuple, device: str | torch.device | None = N
 def _check_ensemble(members: list[Member], normalizers: list[dict]) -> None:
     """Members must predict the same quantity from identically built graphs, with sampled intervals."""
     first, reference = members[0], normalizers[0]
-    structure = ("min_distance", "max_atoms", "max_dense_atoms", "knn_neighbors")
+    structure = ("min_distance", "max_atoms", "max_dense_atoms", "knn_neighbors", "cell")
     for member, normalizer in zip(members, normalizers):
         if not member.model.is_diffusion:
             raise CheckpointError(f"{member.path}: an ensemble needs diffusion heads, and this model has a "

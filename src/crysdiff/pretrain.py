@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from crysdiff.checkpoint import load_checkpoint, save_checkpoint
+from crysdiff.cells import stored_data_config
 from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
 from crysdiff.denoiser import CrysDiffDenoiser, DenoiserConfig
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
@@ -121,9 +122,9 @@ def run_pretrain(
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     settings = ValidationSettings(min_distance=config.data.min_distance, max_atoms=config.data.max_atoms)
     edges = EdgeSettings(max_dense_atoms=config.data.max_dense_atoms, knn_neighbors=config.data.knn_neighbors)
-    train_cache = load_dataset(train_sources, settings=settings, progress=progress, workers=workers)
+    train_cache = load_dataset(train_sources, settings=settings, cell=config.data.cell, progress=progress, workers=workers)
     if val_sources:
-        val_cache = load_dataset(val_sources, settings=settings, progress=progress, workers=workers)
+        val_cache = load_dataset(val_sources, settings=settings, cell=config.data.cell, progress=progress, workers=workers)
         train_idx, val_idx = np.arange(len(train_cache)), np.arange(len(val_cache))
     else:
         val_cache = train_cache
@@ -175,7 +176,7 @@ def init_config(init: str | Path, overrides: list[str] | None = None, base: Pret
 
     from crysdiff.config import apply_overrides
 
-    stored = from_dict(PretrainConfig, load_checkpoint(init, kind="pretrain")["config"])
+    stored = from_dict(PretrainConfig, stored_data_config(load_checkpoint(init, kind="pretrain")["config"]))
     config = replace(base or PretrainConfig(), model=stored.model, diffusion=stored.diffusion)
     return apply_overrides(config, list(overrides or []))
 
@@ -184,7 +185,7 @@ def _read_init(config: PretrainConfig, init: str | Path) -> tuple[dict, dict]:
     """The denoiser weights of ``init`` (checked to fit ``config.model``) and, for the record, the
     checkpoint's path and the steps (and seconds, where recorded) of all its stages."""
     payload = load_checkpoint(init, kind="pretrain")
-    stored = from_dict(PretrainConfig, payload["config"])
+    stored = from_dict(PretrainConfig, stored_data_config(payload["config"]))
     if stored.model != config.model:
         mine, theirs = to_dict(config.model), to_dict(stored.model)
         diff = ", ".join(f"model.{k}={mine[k]!r} (checkpoint: {theirs[k]!r})" for k in mine if mine[k] != theirs.get(k))
@@ -199,7 +200,7 @@ def _read_init(config: PretrainConfig, init: str | Path) -> tuple[dict, dict]:
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CrysDiffDenoiser, JointDiffusion, PretrainConfig, dict]:
     """Model, diffusion (with its stored constants), config and the raw payload of a pre-training checkpoint."""
     payload = load_checkpoint(path, kind="pretrain")
-    config = from_dict(PretrainConfig, payload["config"])
+    config = from_dict(PretrainConfig, stored_data_config(payload["config"]))
     model = CrysDiffDenoiser(config.model)
     model.load_state_dict(payload["state_dict"], strict=True)
     diffusion = JointDiffusion(config.diffusion)

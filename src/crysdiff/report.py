@@ -104,6 +104,8 @@ def dataset_report(cache) -> dict:
         "labels": label_stats,
         "skipped_records": cache.skipped,
         "duplicates": _duplicates(cache),
+        "cells": {"atoms_given": int(cache.given_atoms.sum()), "reduced": int((cache.given_atoms > cache.num_atoms).sum()),
+                  "fallbacks": cache.fallbacks},
         "cache": [str(folder) for folder in cache.folders],
     }
 
@@ -136,6 +138,13 @@ def print_report(report: dict, console=None, max_skipped: int = 50, max_sources:
     if len(report["sources"]) > max_sources:
         console.print(f"  ... and {len(report['sources']) - max_sources:,} more sources (see --json)")
 
+    cells = report.get("cells") or {}
+    if cells.get("reduced") or cells.get("fallbacks"):
+        console.print(f"cells: {cells['reduced']:,} structures reduced to a smaller primitive cell "
+                      f"({cells['atoms_given']:,} atoms as given); {len(cells['fallbacks']):,} kept their own cell "
+                      "(reduction fell back)", markup=False, highlight=False)
+        for entry in cells["fallbacks"][:max_skipped]:
+            console.print(f"  {_short(entry['source'])} [{entry['record']}]: {entry['reason']}", markup=False, highlight=False)
     atoms = report["atoms_per_cell"]
     if atoms:
         console.print(f"atoms per cell: min {atoms['min']}, median {atoms['median']:g}, mean {atoms['mean']:.1f}, "

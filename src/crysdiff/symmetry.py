@@ -11,6 +11,9 @@ invariant quantity must not change and an equivariant one must change in the pre
 * :func:`shift_one_atom_by_lattice_vector` — move one atom by an integer lattice vector, wrapped or
   not (the network sees ``f_j - f_i`` only through periodic features, so both must be invisible).
 * :func:`supercell` — replicate the cell ``n1 x n2 x n3`` times (same structure, larger cell).
+* :func:`change_basis` — the same lattice in another basis, ``lattice -> M @ lattice`` for an integer
+  ``M`` with ``det M = ±1``, fractional coordinates ``-> frac @ M⁻¹`` wrapped into ``[0, 1)``.
+* :func:`conventional_cell` — the conventional (standard) cell spglib finds, atoms kept where they are.
 
 Each accepts either a :class:`~crysdiff.crystal.Crystal` (numpy, returns a new ``Crystal``) or a
 PyG ``Batch`` from :mod:`crysdiff.batching` (torch, returns a new ``Batch``; for batches every
@@ -39,6 +42,8 @@ __all__ = [
     "shift_all",
     "shift_one_atom_by_lattice_vector",
     "supercell",
+    "change_basis",
+    "conventional_cell",
     "assert_invariant",
     "assert_equivariant",
 ]
@@ -162,6 +167,39 @@ def supercell(x, scale: Sequence[int] = (2, 1, 1), edges: EdgeSettings = EdgeSet
         edges=edges,
     )
     return out.to(x.frac_coords.device)
+
+
+def _unimodular(matrix) -> np.ndarray:
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (3, 3) or not np.array_equal(m, np.round(m)) or round(abs(np.linalg.det(m))) != 1:
+        raise ValueError(f"a change of basis needs a 3x3 integer matrix of determinant ±1, got {m.tolist()}")
+    return m
+
+
+def change_basis(x, matrix):
+    """The same lattice in another basis: new lattice rows ``matrix @ lattice`` (``matrix`` a 3x3
+    integer matrix of determinant ±1), fractional coordinates ``frac @ matrix⁻¹`` wrapped into
+    ``[0, 1)``. Cartesian positions do not move; for a batch the edges stay those of the same atoms."""
+    m = _unimodular(matrix)
+    inverse = np.round(np.linalg.inv(m))  # integer as well
+    if isinstance(x, Crystal):
+        return replace(x, lattice=m @ x.lattice, frac_coords=wrap_frac(x.frac_coords @ inverse))
+    moved = x.frac_coords @ torch.as_tensor(inverse).to(x.frac_coords)
+    return _with(x, lattice=torch.as_tensor(m).to(x.lattice) @ x.lattice, frac_coords=moved - torch.floor(moved))
+
+
+def conventional_cell(crystal: Crystal, symprec: float = 0.01, angle_tolerance: float = 5.0) -> Crystal:
+    """The conventional standard cell of ``crystal`` (spglib ``standardize_cell`` with
+    ``no_idealize``: the atoms keep their positions, the lattice is not symmetrised)."""
+    import spglib
+
+    found = spglib.standardize_cell((crystal.lattice, crystal.frac_coords, crystal.atomic_numbers), to_primitive=False,
+                                    no_idealize=True, symprec=symprec, angle_tolerance=angle_tolerance)
+    if found is None:
+        raise ValueError(f"spglib found no symmetry for {crystal.id or 'the crystal'} at symprec={symprec}")
+    lattice, frac, z = (np.asarray(a) for a in found)
+    return replace(crystal, lattice=lattice.astype(np.float64), frac_coords=wrap_frac(frac.astype(np.float64)),
+                   atomic_numbers=z.astype(np.int64))
 
 
 # --- assertions ------------------------------------------------------------------------------------

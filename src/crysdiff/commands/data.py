@@ -39,6 +39,9 @@ def add_arguments(parser) -> None:
         sub.add_argument("--strict", action="store_true", help="fail on the first bad record")
         sub.add_argument("--max-atoms", type=int, default=5000, help="largest cell accepted (atoms; default 5000)")
         sub.add_argument("--min-distance", type=float, default=0.5, help="smallest interatomic distance in Å (default 0.5)")
+        sub.add_argument("--cell", choices=("canonical", "given"), default="canonical",
+                         help="canonical: each structure's Niggli-reduced primitive cell, as new models see it "
+                              "(default); given: cells as the files hold them, as models trained before it see them")
         sub.add_argument("--workers", type=int, help="parser processes (default: all cores)")
         sub.add_argument("--cache-dir", type=Path, help="cache folder (default $CRYSDIFF_CACHE or ~/.cache/crysdiff)")
         if name == "inspect":
@@ -52,6 +55,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from crysdiff.cache import DatasetError, load_dataset
+    from crysdiff.cells import AS_GIVEN, CellConfig
     from crysdiff.crystal import ValidationSettings
     from crysdiff.report import dataset_report, print_report
 
@@ -67,7 +71,8 @@ def run(args) -> int:
         try:
             cache = load_dataset(args.paths, cache_dir=cache_dir, settings=settings, format=args.format,
                                  strict=args.strict, workers=args.workers, progress=sys.stderr.isatty(),
-                                 verify=getattr(args, "verify", False))
+                                 verify=getattr(args, "verify", False),
+                                 cell=CellConfig() if args.cell == "canonical" else AS_GIVEN)
         except DatasetError as error:
             return fail(str(error))
         if args.action == "cache":

@@ -1,0 +1,252 @@
+"""One canonical cell per crystal: the primitive cell, Niggli-reduced (the route CDVAE and DiffCSP use).
+
+A crystal property belongs to the infinite crystal, not to the cell it is written in, yet the
+denoiser links the atoms of *the given cell* with Fourier features of fractional offsets: a
+supercell, a conventional cell or another basis of the same lattice is a different input. So
+structures are reduced where they enter the library (the dataset cache, and in-memory structures
+in :mod:`crysdiff.predict`), for training and prediction alike:
+
+1. spglib finds the primitive cell (``standardize_cell(to_primitive=True, no_idealize=True)``:
+   the atoms keep the user's positions, no symmetrisation of the lattice);
+2. spglib Niggli-reduces its lattice, and the fractional coordinates are rewritten in the
+   reduced basis and wrapped into ``[0, 1)``;
+3. a Niggli-reduced lattice has several bases with the same metric (``L`` and ``-L`` always, up
+   to 48 for a cubic lattice); when the crystal has less symmetry than its lattice they are
+   different inputs for the network, so the basis whose structure-factor fingerprint (invariant to
+   translations and atom order, not to the basis) is largest is kept.
+
+What is left is a rotation, a translation and an atom order, which the network does not see.
+A cell that is already primitive (most of a database) is recognised without spglib (no common
+divisor of the element counts, or no translation mapping the rarest element onto itself and then
+every atom): spglib costs ~5 ms a structure, the whole reduction ~2.4 ms (docs/data.md).
+
+Reduction never merges distinct structures: the primitive cell must hold a whole fraction of the
+given atoms with the same composition, the volume per atom must be kept, and every given atom must
+lie within ``symprec`` of an atom of its element in the reduced cell. A structure that fails any of
+these (or that spglib cannot handle) keeps its own cell and is marked as a *fallback*, with the
+reason; it is never dropped.
+
+:class:`CellConfig` is ``data.cell`` of the training configs and travels in every checkpoint, so
+a model sees cells made the way its training cells were made. Checkpoints written before it
+existed are read with ``canonical=False`` (cells as given), see :func:`stored_data_config`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import numpy as np
+
+from crysdiff.crystal import Crystal, wrap_frac
+
+__all__ = ["CellConfig", "Reduced", "canonical_cell", "stored_data_config", "AS_GIVEN"]
+
+_NIGGLI_EPS = 1e-5  # spglib's relative tolerance for the Niggli conditions
+_METRIC_TOLERANCE = 1e-4  # two bases share a metric when their Gram matrices agree to this (relative to the largest entry)
+_QUICK_ATOMS = 256  # cells up to this size are checked for translations here before spglib is asked
+_CHECK_CHUNK = 512  # given atoms compared at once with the reduced cell's atoms (bounds memory)
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """How structures are turned into the cells a model sees.
+
+    Attributes:
+        canonical: reduce every structure to its Niggli-reduced primitive cell (``False``: cells as given).
+        symprec: spglib's distance tolerance in Å (atoms this close after a symmetry operation are
+            the same site); also the largest distance a given atom may lie from its reduced image.
+        angle_tolerance: spglib's angle tolerance in degrees (``-1``: spglib's own choice).
+    """
+
+    canonical: bool = True
+    symprec: float = 0.01
+    angle_tolerance: float = 5.0
+
+
+AS_GIVEN = CellConfig(canonical=False)
+
+
+class Reduced(NamedTuple):
+    """A crystal in the cell a model uses, and what it was given: ``given_atoms`` atoms in the
+    user's cell; ``fallback`` the reason it kept its own cell (``""``: reduced)."""
+
+    crystal: Crystal
+    given_atoms: int
+    fallback: str
+
+
+def stored_data_config(stored: dict) -> dict:
+    """A checkpoint's ``config`` dict with ``data.cell`` filled in: a checkpoint written before cells
+    were canonicalised saw cells as given and keeps doing so (``canonical=False``)."""
+    stored = dict(stored)
+    data = dict(stored.get("data") or {})
+    data.setdefault("cell", {"canonical": False})
+    stored["data"] = data
+    return stored
+
+
+def _distinct_structures(crystal: Crystal, lattice: np.ndarray, frac: np.ndarray, z: np.ndarray, symprec: float) -> str:
+    """Why the reduced cell ``(lattice, frac, z)`` is not ``crystal`` written again (``""``: it is)."""
+    n, m = crystal.num_atoms, len(z)
+    if m == 0 or n % m:
+        return f"spglib's primitive cell has {m} atoms, not a divisor of the given {n}"
+    ratio = n // m
+    given, reduced = Counter(crystal.atomic_numbers.tolist()), Counter(z.tolist())
+    if {k: v * ratio for k, v in reduced.items()} != dict(given):
+        return "spglib's primitive cell changes the composition"
+    volume = abs(np.linalg.det(lattice))
+    if not np.isclose(crystal.volume, volume * ratio, rtol=1e-4):
+        return f"the primitive cell's volume {volume:.4g} Å^3 is not 1/{ratio} of the given {crystal.volume:.4g} Å^3"
+    if ratio == 1:
+        return ""
+    inverse = np.linalg.inv(lattice)
+    given_frac = crystal.cart_coords @ inverse  # [n, 3] the given atoms in the reduced basis
+    for start in range(0, n, _CHECK_CHUNK):
+        part = slice(start, start + _CHECK_CHUNK)
+        distance = _squared_distance(given_frac[part], frac, lattice)  # [n', m]
+        distance[crystal.atomic_numbers[part, None] != z[None, :]] = np.inf
+        worst = float(np.sqrt(distance.min(axis=1).max()))
+        if worst > symprec:
+            return f"a given atom lies {worst:.3g} Å from every atom of its element in the primitive cell (symprec {symprec})"
+    return ""
+
+
+def _squared_distance(a: np.ndarray, b: np.ndarray, lattice: np.ndarray) -> np.ndarray:
+    """``[n, m]`` squared distances (Å²) between fractional points ``a [n, 3]`` and ``b [m, 3]``, each
+    offset taken to its nearest integer (the minimum image in a reduced basis, an upper bound otherwise)."""
+    delta = a[:, None, :] - b[None, :, :]
+    delta -= np.round(delta)
+    cart = delta @ lattice
+    return np.einsum("nmk,nmk->nm", cart, cart)
+
+
+def _has_pure_translation(crystal: Crystal, symprec: float) -> bool:
+    """Whether a translation shorter than a lattice vector maps the crystal onto itself (so its cell
+    is not primitive). Cheap where spglib is not (~5 ms a cell): no whole common divisor of the
+    element counts, no translation; otherwise the candidate translations (one atom of the rarest
+    element onto another) are checked on that element first, then on every atom."""
+    z, frac, lattice = crystal.atomic_numbers, crystal.frac_coords, crystal.lattice
+    counts = np.bincount(z)
+    if np.gcd.reduce(counts[counts > 0]) == 1:
+        return False
+    if len(z) > _QUICK_ATOMS:  # large cells: spglib decides (the checks below are O(N²) in memory)
+        return True
+    rare = frac[z == np.argmin(np.where(counts > 0, counts, len(z) + 1))]  # [c, 3]
+    same = z[:, None] == z[None, :]  # [N, N]
+    limit = symprec * symprec
+    shifts = rare[1:] - rare[0]  # [c-1, 3] the candidates: the first atom of the rarest element onto another
+    delta = rare[None, :, None, :] + shifts[:, None, None, :] - rare[None, None, :, :]  # [c-1, c, c, 3]
+    delta -= np.round(delta)
+    cart = delta @ lattice
+    on_rare = np.einsum("tijk,tijk->tij", cart, cart).min(axis=2).max(axis=1) <= limit  # [c-1]
+    for shift in shifts[on_rare]:
+        distance = _squared_distance(frac + shift, frac, lattice)  # [N, N]
+        if np.where(same, distance, np.inf).min(axis=1).max() <= limit:
+            return True
+    return False
+
+
+_SHORT = np.array([v for v in np.ndindex(3, 3, 3) if v != (1, 1, 1)], dtype=np.float64) - 1  # [26, 3] in {-1, 0, 1}³
+
+
+def _automorphisms(gram: np.ndarray) -> np.ndarray:
+    """``[A, 3, 3]`` the integer matrices ``M`` (entries in {-1, 0, 1}, which suffices for a
+    Niggli-reduced basis) with ``M G Mᵀ = G`` within tolerance, the identity first: row ``i`` of
+    ``M`` is a lattice vector as long as basis vector ``i``, and the angles must match too."""
+    tolerance = _METRIC_TOLERANCE * np.abs(gram).max()
+    norms = np.einsum("vi,ij,vj->v", _SHORT, gram, _SHORT)  # [26]
+    rows = [_SHORT[np.abs(norms - gram[i, i]) <= tolerance] for i in range(3)]
+    grid = np.stack(np.meshgrid(*[np.arange(len(r)) for r in rows], indexing="ij"), axis=-1).reshape(-1, 3)
+    m = np.stack([rows[i][grid[:, i]] for i in range(3)], axis=1)  # [C, 3, 3]
+    same = np.all(np.abs(m @ gram @ m.transpose(0, 2, 1) - gram) <= tolerance, axis=(1, 2))
+    m = m[same & (np.abs(np.round(np.linalg.det(m))) == 1)]
+    identity = np.all(m == np.eye(3), axis=(1, 2))
+    return np.concatenate([m[identity], m[~identity]])
+
+
+def _waves_and_triples() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The reciprocal vectors whose structure factors tell the bases of one lattice apart (one of each
+    ``±k`` in {-2..2}³ with at most one ``±2``: ``|S(k)| = |S(-k)|``), and the triples ``(a, b, c)``
+    with ``k_a + k_b = ±k_c`` (their products are odd under inversion, where the moduli are not)."""
+    waves = [k for k in np.ndindex(5, 5, 5) if max(abs(np.array(k) - 2)) <= 2 and sum(abs(np.array(k) - 2) == 2) <= 1]
+    waves = np.array(waves, dtype=np.float64) - 2
+    waves = waves[[tuple(k) > tuple(-k) for k in waves]]  # one of each ±k, no zero vector
+    index = {tuple(k): i for i, k in enumerate(waves)}
+    a, b, c, sign = [], [], [], []
+    for i in range(len(waves)):
+        for j in range(i + 1, len(waves)):
+            total = tuple(waves[i] + waves[j])
+            for s, key in ((1, total), (-1, tuple(-np.array(total)))):
+                if key in index:
+                    a.append(i), b.append(j), c.append(index[key]), sign.append(s)
+    return waves, (np.array(a), np.array(b), np.array(c), np.array(sign))
+
+
+_WAVES, _TRIPLES = _waves_and_triples()
+
+
+def _fingerprints(frac: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``[A, K + T]`` for fractional coordinates ``[A, N, 3]`` (one crystal in ``A`` bases): numbers
+    that do not change with a translation or the atom order but do with the basis, ``|S(k)|²`` and
+    ``Im S(a) S(b) S(±c)`` of the structure factor ``S(k) = Σ z exp(2πi k·f) / Σ z``."""
+    factors = np.einsum("n,ank->ak", z / z.sum(), np.exp(2j * np.pi * frac @ _WAVES.T))  # [A, K]
+    a, b, c, sign = _TRIPLES
+    third = np.where(sign > 0, np.conj(factors[:, c]), factors[:, c])  # S(-(a+b)) = conj S(a+b)
+    triples = factors[:, a] * factors[:, b] * third  # [A, T]
+    return np.concatenate([np.abs(factors) ** 2, np.imag(triples)], axis=1)
+
+
+def _one_basis(lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of the bases of a Niggli-reduced lattice with the same metric (``lattice`` and ``-lattice`` always,
+    more for a lattice with more symmetry than the crystal), the one whose fingerprint is largest
+    (lexicographically, rounded), so that every cell of the crystal ends in the same one; ties are
+    symmetries of the crystal itself."""
+    same = _automorphisms(lattice @ lattice.T)  # [A, 3, 3]
+    if len(same) == 1:
+        return lattice, frac
+    inverse = np.round(np.linalg.inv(same))  # integer too
+    keys = np.round(_fingerprints(frac @ inverse, z.astype(np.float64)), 6)  # [A, K + T]
+    best = np.lexsort(keys.T[::-1])[-1]  # a largest key (first column most significant)
+    best = min(np.flatnonzero(np.all(keys == keys[best], axis=1)))  # among equal keys, the first basis
+    return same[best] @ lattice, wrap_frac(frac @ inverse[best])
+
+
+def _niggli(crystal: Crystal, lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> Reduced:
+    n = crystal.num_atoms
+    import spglib
+
+    reduced = spglib.niggli_reduce(lattice, eps=_NIGGLI_EPS)
+    if reduced is None:
+        return Reduced(crystal, n, "spglib could not Niggli-reduce the primitive lattice")
+    reduced = np.asarray(reduced, dtype=np.float64)
+    basis = np.round(lattice @ np.linalg.inv(reduced))  # integer, det ±1: old basis in the new one
+    reduced, new_frac = _one_basis(reduced, wrap_frac(frac @ basis), z)
+    return Reduced(replace(crystal, atomic_numbers=z, frac_coords=new_frac, lattice=reduced), n, "")
+
+
+def canonical_cell(crystal: Crystal, config: CellConfig = CellConfig()) -> Reduced:
+    """``crystal`` in its Niggli-reduced primitive cell (ids, labels, source kept), or in its own cell
+    with the reason when it cannot be reduced safely. ``config.canonical=False`` returns it unchanged."""
+    n = crystal.num_atoms
+    if not config.canonical:
+        return Reduced(crystal, n, "")
+    if not _has_pure_translation(crystal, config.symprec):  # already primitive: Niggli only
+        return _niggli(crystal, crystal.lattice, crystal.frac_coords, crystal.atomic_numbers)
+    import spglib
+
+    cell = (crystal.lattice, crystal.frac_coords, crystal.atomic_numbers)
+    try:
+        found = spglib.standardize_cell(cell, to_primitive=True, no_idealize=True, symprec=config.symprec,
+                                        angle_tolerance=config.angle_tolerance)
+    except Exception as error:  # spglib raises on inputs it cannot handle
+        return Reduced(crystal, n, f"spglib failed: {error}")
+    if found is None:
+        return Reduced(crystal, n, "spglib found no symmetry at this tolerance")
+    lattice, frac, z = (np.asarray(a) for a in found)
+    z = z.astype(np.int64)
+    problem = _distinct_structures(crystal, lattice, frac, z, config.symprec)
+    if problem:
+        return Reduced(crystal, n, problem)
+    return _niggli(crystal, lattice, frac, z)

@@ -1,0 +1,131 @@
+"""Same crystal, same answer: canonical cells (crysdiff.cells) make predictions independent of the cell
+a structure is written in; checkpoints without a cell record keep seeing cells as given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import crysdiff
+from crysdiff.batching import collate_crystals
+from crysdiff.cells import AS_GIVEN, CellConfig, canonical_cell
+from crysdiff.checkpoint import load_checkpoint, save_checkpoint
+from crysdiff.io import read
+from crysdiff.predict import bundled_models
+from crysdiff.symmetry import (change_basis, conventional_cell, permute_atoms, random_orthogonal, random_permutation,
+                               rotate_lattice, shift_all, supercell)
+
+from conftest import read_csv_crystals
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "structures"
+SHEAR = [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def example(name: str):
+    return read(EXAMPLES / f"{name}.cif")[0][0]
+
+
+@pytest.fixture(scope="module")
+def structures(shared_data):
+    """The 2-atom primitive cell of silicon (from the 8-atom CIF) and four mp2018 crystals; the last one
+    (mp-1008921) has less symmetry than its lattice, so its Niggli cell has bases the network tells apart."""
+    mp = read_csv_crystals(shared_data / "mp2018" / "val.csv.gz", rows=33, max_atoms=12)
+    return [canonical_cell(example("Si_diamond")).crystal, *mp[:3], *[c for c in mp if c.id == "mp-1008921"]]
+
+
+def forms(crystal):
+    """The same crystal written seven ways (the last one past the 200-atom switch to kNN edges)."""
+    past = int(np.ceil((201 / crystal.num_atoms) ** (1 / 3)))
+    rng = np.random.default_rng(0)
+    moved = shift_all(permute_atoms(rotate_lattice(crystal, random_orthogonal(4).numpy()), random_permutation(crystal, 1)),
+                      rng.random(3))
+    return {"given": crystal, "2x1x1": supercell(crystal, (2, 1, 1)), "2x2x2": supercell(crystal, (2, 2, 2)),
+            "past 200 atoms": supercell(crystal, (past,) * 3), "conventional": conventional_cell(crystal),
+            "sheared basis": change_basis(crystal, SHEAR), "rotated, shifted, permuted": moved}
+
+
+def test_canonical_cell_is_one_cell_per_crystal(structures):
+    for crystal in structures:
+        reference = canonical_cell(crystal).crystal
+        gram = reference.lattice @ reference.lattice.T
+        for name, form in forms(crystal).items():
+            reduced = canonical_cell(form)
+            assert reduced.fallback == "" and reduced.given_atoms == form.num_atoms, (crystal.id, name)
+            assert reduced.crystal.num_atoms == reference.num_atoms, (crystal.id, name)
+            lattice = reduced.crystal.lattice
+            np.testing.assert_allclose(lattice @ lattice.T, gram, atol=1e-8, err_msg=f"{crystal.id}: {name}")
+            assert np.all((reduced.crystal.frac_coords >= 0) & (reduced.crystal.frac_coords < 1))
+            assert sorted(reduced.crystal.atomic_numbers) == sorted(reference.atomic_numbers)
+    assert canonical_cell(supercell(structures[1], (2, 1, 1)), AS_GIVEN).crystal.num_atoms == 2 * structures[1].num_atoms
+
+
+def test_reduction_never_merges_distinct_structures():
+    silicon = canonical_cell(example("Si_diamond")).crystal
+    big = supercell(silicon, (2, 1, 1))
+    frac = big.frac_coords.copy()
+    frac[3] += np.array([0.1, 0.0, 0.0]) @ np.linalg.inv(big.lattice)  # one atom moved by 0.1 Å: no longer a supercell
+    distorted = canonical_cell(type(big)(big.atomic_numbers, frac, big.lattice, id="distorted"))
+    assert (distorted.crystal.num_atoms, distorted.given_atoms, distorted.fallback) == (4, 4, "")
+    # spglib cannot work at a tolerance beyond the bond length: the structure keeps its own cell, and says why
+    fallback = canonical_cell(big, CellConfig(symprec=2.5))
+    assert fallback.crystal is big and fallback.given_atoms == 4 and "spglib" in fallback.fallback
+
+
+@pytest.fixture(scope="module")
+def canonical_model(tmp_path_factory):
+    """The bundled formation-energy model with ``data.cell`` switched on: same weights, canonical cells."""
+    payload = load_checkpoint(bundled_models()["formation_energy_per_atom"], kind="finetune")
+    config = dict(payload["config"])
+    assert "cell" not in config["data"]  # written before canonical cells: read as cells as given
+    config["data"] = {**config["data"], "cell": {"canonical": True, "symprec": 0.01, "angle_tolerance": 5.0}}
+    path = tmp_path_factory.mktemp("canonical") / "model.ckpt"
+    extra = {k: payload[k] for k in ("normalizer", "metrics", "data") if k in payload}
+    save_checkpoint(path, kind="finetune", config=config, state_dict=payload["state_dict"], **extra)
+    return crysdiff.load(path, device="cpu")
+
+
+def test_predictions_and_features_do_not_depend_on_the_cell(structures, canonical_model):
+    predictor = canonical_model
+    variants = [forms(c) for c in structures]
+    columns = ["mean", "std", "p2.5", "p97.5"]
+    reference = predictor.predict(structures, samples=16, seed=5)
+    assert list(reference.columns[-4:]) == ["n_atoms", "n_atoms_model", "cell", "flags"]
+    for name in variants[0]:
+        given = [v[name] for v in variants]
+        frame = predictor.predict(given, samples=16, seed=5)
+        np.testing.assert_allclose(frame[columns].to_numpy(), reference[columns].to_numpy(), atol=2e-5, err_msg=name)
+        assert frame["n_atoms"].tolist() == [c.num_atoms for c in given]
+        assert frame["n_atoms_model"].tolist() == reference["n_atoms_model"].tolist()
+        assert (frame["cell"] == "canonical").all() and frame["flags"].tolist() == reference["flags"].tolist()
+        batch = collate_crystals([canonical_cell(c, predictor.cell).crystal for c in given], edges=predictor.edge_settings)
+        with torch.no_grad():
+            features = predictor.model.encode(batch)
+        if name == "given":
+            expected = features
+        torch.testing.assert_close(features, expected, atol=2e-5, rtol=0, msg=name)
+    # a file goes the same way, through the cache: the 8-atom conventional CIF of silicon
+    from_file = predictor.predict(EXAMPLES / "Si_diamond.cif", samples=16, seed=5)
+    alone = predictor.predict(structures[:1], samples=16, seed=5)
+    np.testing.assert_allclose(from_file[columns].to_numpy(), alone[columns].to_numpy(), atol=2e-5)
+    assert (from_file.loc[0, "n_atoms"], from_file.loc[0, "n_atoms_model"]) == (8, 2)
+
+
+def test_a_structure_that_cannot_be_reduced_is_predicted_from_its_own_cell(canonical_model, monkeypatch):
+    from dataclasses import replace
+
+    silicon = supercell(canonical_cell(example("Si_diamond")).crystal, (2, 1, 1))
+    loose = replace(canonical_model.config.data, cell=CellConfig(symprec=2.5))
+    monkeypatch.setattr(canonical_model.members[0], "config", replace(canonical_model.config, data=loose))
+    row = canonical_model.predict([silicon], samples=8, seed=0).iloc[0]
+    assert (row["n_atoms"], row["n_atoms_model"], row["cell"]) == (4, 4, "given") and np.isfinite(row["mean"])
+    assert row["flags"].split("; ")[0] == "cell_fallback"  # the user is told to distrust the row
+
+
+def test_models_without_a_cell_record_see_cells_as_given():
+    predictor = crysdiff.load("formation_energy_per_atom", device="cpu")
+    assert predictor.cell == AS_GIVEN
+    assert list(predictor.predict(EXAMPLES / "Si_diamond.cif", samples=4).columns) == \
+        ["id", "source", "mean", "std", "p2.5", "p97.5", "unit", "flags"]
