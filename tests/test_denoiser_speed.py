@@ -49,3 +49,19 @@ def test_results_json_has_flops_rates_and_ratios(tmp_path):
             for shape, fraction in row["fraction_of_matmul_rate"][label].items():
                 assert abs(fraction - step["gflop_per_s"] / row["matmul"][shape]["gflop_per_s"]) < 1e-12
         assert row["speedup"] > 0
+
+
+def test_profile_counts_operator_calls_of_a_step(crystals):
+    import sys
+
+    sys.path.insert(0, str(bench.REPO / "benchmarks"))
+    import profile_step
+
+    batch = collate_crystals(crystals)
+    torch.manual_seed(0)
+    step = bench.training_step(CrysDiffDenoiser(DenoiserConfig(**TINY)), JointDiffusion(DiffusionConfig()), reference=False)
+    one, two = profile_step.profile_steps(step, batch, 1), profile_step.profile_steps(step, batch, 2)
+    calls = profile_step.leaf_calls(one)
+    # the same kernels every step (within 5%: an op whose time rounds to 0 µs is not counted)
+    assert calls > 100 and abs(profile_step.leaf_calls(two) - 2 * calls) <= 0.05 * 2 * calls
+    assert any(e.key == "aten::mm" for e in one)
