@@ -77,9 +77,10 @@ def biggest_cod() -> Crystal:
     return validate(Crystal(atomic_numbers=z, frac_coords=coords, lattice=lattice, id="cod-largest"))
 
 
-def training_step(model, diffusion, reference: bool):
-    """``step(batch)``: one full pre-training step (joint-diffusion loss, forward, backward, Adam)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+def training_step(model, diffusion, reference: bool, fused: bool = False):
+    """``step(batch)``: one full pre-training step (joint-diffusion loss, forward, backward, Adam;
+    ``fused``: Adam's fused kernel)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if fused else {}))
     generator = torch.Generator().manual_seed(0)
 
     def net(b, f, lat, t):
