@@ -211,3 +211,21 @@ def test_the_training_log_holds_training_and_validation_rows(tmp_path):
     assert sorted(int(row["step"]) for row in rows if "train/loss" in row) == list(range(6))
     assert len([row for row in rows if "val/loss" in row]) == 2
     assert not list((tmp_path / "logs").glob("*.partial"))
+
+
+def test_fused_optimizer_takes_the_same_steps_as_the_plain_one(tmp_path):
+    """``train.fused_optimizer`` (off by default) builds AdamW's fused kernel and, through Lightning's
+    gradient clipping and schedule, makes the same weights as the plain AdamW up to float rounding."""
+    assert TrainConfig().fused_optimizer is False
+    runs = {}
+    for fused in (False, True):
+        config = TrainConfig(max_steps=8, lr=0.1, warmup_steps=2, accelerator="cpu", ema_decay=0, val_every_steps=8,
+                             grad_clip=0.5, weight_decay=0.01, fused_optimizer=fused)
+        torch.manual_seed(0)  # the same initial weights
+        module = Line(config)
+        make_trainer(config, tmp_path / str(fused), progress=False).fit(
+            module, torch.utils.data.DataLoader(range(8), batch_size=1), torch.utils.data.DataLoader(range(1), batch_size=1))
+        runs[fused] = (module.trainer.optimizers[0].defaults.get("fused"), torch.stack(module.raw))
+    assert not runs[False][0] and runs[True][0] is True
+    assert not torch.allclose(runs[True][1][0], runs[True][1][-1])  # the weights moved
+    torch.testing.assert_close(runs[True][1], runs[False][1], rtol=1e-5, atol=1e-6)

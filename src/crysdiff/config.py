@@ -53,6 +53,11 @@ class TrainConfig:
             after ``warmup_steps`` of linear warm-up, over the planned steps (``max_epochs`` or
             ``max_steps``). ``anneal_over_time``: decay over ``max_time_minutes`` instead when that ends
             first (off by default: measured worse for 4-minute fine-tuning, see docs/training.md).
+        fused_optimizer: AdamW's fused implementation (one kernel per step for all parameters instead of
+            several per parameter tensor: about a quarter of a pre-training step's kernel launches, see
+            docs/method.md); the same update up to float rounding. Falls back to the plain AdamW with
+            a warning where torch has no fused kernel for the parameters' device or dtype. Off by
+            default until it is measured on a quiet machine (issue 26).
         max_epochs, max_steps, max_time_minutes: stop at whichever comes first (``0`` = no limit).
         grad_clip: gradient norm clip (``0`` = off).
         ema_decay: decay of the exponential moving average of the weights (``0`` = off). Validation,
@@ -82,6 +87,7 @@ class TrainConfig:
     max_steps: int = 0
     max_time_minutes: float = 0.0
     anneal_over_time: bool = False
+    fused_optimizer: bool = False
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 0

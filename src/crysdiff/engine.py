@@ -22,6 +22,7 @@ import lightning as L
 import torch
 
 from crysdiff.config import TrainConfig
+from crysdiff.notices import warn_once
 
 __all__ = ["make_trainer", "configure_adamw", "plot_curves", "last_checkpoint", "resolve_precision", "ema_callback",
            "RandomState", "planned_steps"]
@@ -39,6 +40,17 @@ def _timer_progress(module, budget_seconds: float) -> float:
     return timer.time_elapsed("train") / budget_seconds if timer is not None else 0.0
 
 
+def _adamw(params, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with ``config``'s settings; fused (``config.fused_optimizer``) where torch supports it."""
+    params = list(params)
+    if config.fused_optimizer:
+        try:
+            return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        except (RuntimeError, ValueError) as error:  # no fused kernel for this device or dtype
+            warn_once(f"train.fused_optimizer: {error}; using the plain AdamW")
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_steps: int):
     """AdamW with linear warm-up then cosine decay to ``lr * min_lr_ratio``.
 
@@ -46,7 +58,7 @@ def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_
     ``config.max_time_minutes`` cap, over the wall-clock budget when that ends first
     (``progress = max(step fraction, time fraction)``, the time read from the trainer's ``Timer``,
     so a resumed run continues the schedule where it stopped)."""
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _adamw(params, config)
     warmup = max(0, int(config.warmup_steps))
     total = max(total_steps, warmup + 1)
     budget_seconds = 60.0 * float(config.max_time_minutes or 0.0) if config.anneal_over_time else 0.0

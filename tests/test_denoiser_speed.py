@@ -1,0 +1,67 @@
+"""The throughput benchmark counts matrix-product FLOPs and records them with the machine's rate."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from benchmarks import denoiser_speed as bench
+from crysdiff.batching import collate_crystals
+from crysdiff.denoiser import CrysDiffDenoiser, DenoiserConfig
+from crysdiff.diffusion import DiffusionConfig, JointDiffusion
+
+TINY = dict(hidden_dim=16, num_layers=1, num_frequencies=2, time_dim=4)
+
+
+def test_counted_flops_are_positive_and_repeatable(crystals):
+    batch = collate_crystals(crystals)
+    config, diffusion = DenoiserConfig(**TINY), JointDiffusion(DiffusionConfig())
+    torch.manual_seed(0)
+    train = bench.training_step(CrysDiffDenoiser(config), diffusion, reference=False)
+    infer = bench.inference_step(CrysDiffDenoiser(config))
+    counts = [bench.count_flops(train, batch), bench.count_flops(train, batch)]
+    forward = bench.count_flops(infer, batch)
+    assert counts[0] > 0 and counts[0] == counts[1]
+    assert forward > 0 and forward == bench.count_flops(infer, batch)
+    assert counts[0] > 1.5 * forward  # the backward pass's products are counted too
+    # the straightforward path does the per-edge matmuls the fast path avoids
+    reference = bench.training_step(CrysDiffDenoiser(config), diffusion, reference=True)
+    assert bench.count_flops(reference, batch) > counts[0]
+    rate = bench.matmul_rate(64, 16, 16, seconds=0.0)
+    assert rate["shape"] == [64, 16, 16] and rate["reps"] >= 3 and rate["gflop_per_s"] > 0
+
+
+def test_results_json_has_flops_rates_and_ratios(tmp_path):
+    out = tmp_path / "speed.json"
+    args = ["--seconds", "0.01", "--matmul-seconds", "0", "--matmul-size", "32", "--crystals", "4",
+            "--batch-size", "2", "--skip-memory", "--out", str(out), "--config", *(f"{k}={v}" for k, v in TINY.items())]
+    assert bench.main(args) == 0
+    results = json.loads(out.read_text())
+    assert results["config"]["hidden_dim"] == 16
+    for name in ("mp2018", "perov_5"):
+        row = results["datasets"][name]
+        assert set(row["matmul"]) == {"edge_mlp", "pair_fourier", "square_32"}
+        assert row["matmul"]["edge_mlp"]["shape"] == [round(row["mean_edges_per_batch"]), 16, 16]
+        for label in ("fast", "reference", "inference_fast"):
+            step = row[label]
+            assert step["flops_per_step"] > 0 and step["gflop_per_s"] > 0 and step["crystals_per_s"] > 0
+            for shape, fraction in row["fraction_of_matmul_rate"][label].items():
+                assert abs(fraction - step["gflop_per_s"] / row["matmul"][shape]["gflop_per_s"]) < 1e-12
+        assert row["speedup"] > 0
+
+
+def test_profile_counts_operator_calls_of_a_step(crystals):
+    import sys
+
+    sys.path.insert(0, str(bench.REPO / "benchmarks"))
+    import profile_step
+
+    batch = collate_crystals(crystals)
+    torch.manual_seed(0)
+    step = bench.training_step(CrysDiffDenoiser(DenoiserConfig(**TINY)), JointDiffusion(DiffusionConfig()), reference=False)
+    one, two = profile_step.profile_steps(step, batch, 1), profile_step.profile_steps(step, batch, 2)
+    calls = profile_step.leaf_calls(one)
+    # the same kernels every step (within 5%: an op whose time rounds to 0 µs is not counted)
+    assert calls > 100 and abs(profile_step.leaf_calls(two) - 2 * calls) <= 0.05 * 2 * calls
+    assert any(e.key == "aten::mm" for e in one)
