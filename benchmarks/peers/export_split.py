@@ -50,7 +50,10 @@ def _records(selection, target: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.peers.protocol import add_peer_arguments, select_split
+    if __package__:  # python -m benchmarks.peers.export_split (as alignn_runner.py calls it)
+        from .protocol import add_peer_arguments, select_split
+    else:  # python benchmarks/peers/export_split.py: this folder is sys.path[0]
+        from protocol import add_peer_arguments, select_split
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_peer_arguments(parser)
