@@ -53,7 +53,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from crysdiff.cache import DatasetError, load_dataset
     from crysdiff.crystal import ValidationSettings
-    from crysdiff.report import dataset_report, print_report
+    from crysdiff.inspection import dataset_report, print_report
 
     def go():
         if getattr(args, "no_cache", False):
