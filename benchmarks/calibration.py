@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from suite import git_commit, machine, test_labels  # noqa: E402
-from suite_jobs import MODELS, PARTS, Layout  # noqa: E402
+if __package__:  # imported as benchmarks.calibration (tests, other benchmarks)
+    from .suite import git_commit, machine, test_labels
+    from .suite_jobs import MODELS, PARTS, Layout
+else:  # run as `python benchmarks/calibration.py`: this folder is sys.path[0]
+    from suite import git_commit, machine, test_labels
+    from suite_jobs import MODELS, PARTS, Layout
 
 
 def calibrate_run(run_dir: Path, test_file: Path, target: str, lower_bound: float | None) -> dict | None:

@@ -203,8 +203,8 @@ def _status_mb(key: str) -> float | None:
 
 
 def memory(reference: bool) -> dict:
-    code = f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import denoiser_speed as d; d.memory_child({reference})"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = f"from benchmarks import denoiser_speed as d; d.memory_child({reference})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

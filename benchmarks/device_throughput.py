@@ -31,8 +31,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from denoiser_speed import timed_steps  # noqa: E402  (the CPU figure's timing loop)
+if __package__:  # imported as benchmarks.device_throughput (tests, other benchmarks)
+    from .denoiser_speed import timed_steps  # the CPU figure's timing loop
+else:  # run as `python benchmarks/device_throughput.py`: this folder is sys.path[0]
+    from denoiser_speed import timed_steps
 
 
 def _sync(device: torch.device) -> None:

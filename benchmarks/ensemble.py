@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from suite import git_commit, machine  # noqa: E402
-from suite_jobs import TASKS, Layout  # noqa: E402
-from uncertainty import draw, score, split_members  # noqa: E402
+if __package__:  # imported as benchmarks.ensemble (tests, other benchmarks)
+    from .suite import git_commit, machine
+    from .suite_jobs import TASKS, Layout
+    from .uncertainty import draw, score, split_members
+else:  # run as `python benchmarks/ensemble.py`: this folder is sys.path[0]
+    from suite import git_commit, machine
+    from suite_jobs import TASKS, Layout
+    from uncertainty import draw, score, split_members
 
 
 def _job(layout: Layout, task: str, fraction: float, seed: int) -> tuple[Path, dict]:

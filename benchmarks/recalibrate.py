@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -32,9 +31,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).parent))
-
-from suite import git_commit, machine  # noqa: E402
+if __package__:  # imported as benchmarks.recalibrate (tests, other benchmarks)
+    from .suite import git_commit, machine
+    from .suite_splits import build_split
+else:  # run as `python benchmarks/recalibrate.py`: this folder is sys.path[0]
+    from suite import git_commit, machine
+    from suite_splits import build_split
 
 SIZES = [20, 50, 100, 200, 500]
 CASES = {
@@ -46,8 +48,6 @@ CASES = {
 
 def case_sources(case: str, splits: Path) -> list[str]:
     if case == "flla_novel":
-        from suite_splits import build_split
-
         files = build_split("flla_refine20", splits)  # its three parts are the 1,116 novel materials
         return [str(files.train), str(files.val), str(files.test)]
     if case == "perov5_gllbsc":

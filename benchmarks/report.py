@@ -24,10 +24,12 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
-from suite_jobs import (BASE_REFINE, EXPERIMENTS, FRACTIONS_SPARSE, LONGPRE_MODELS, MODELS, TABLE1_TASKS, TASKS,  # noqa: E402
-                        Layout)
+if __package__:  # imported as benchmarks.report (tests, other benchmarks)
+    from .suite_jobs import (BASE_REFINE, EXPERIMENTS, FRACTIONS_SPARSE, LONGPRE_MODELS, MODELS, TABLE1_TASKS, TASKS,
+                             Layout)
+else:  # run as `python benchmarks/report.py`: this folder is sys.path[0]
+    from suite_jobs import (BASE_REFINE, EXPERIMENTS, FRACTIONS_SPARSE, LONGPRE_MODELS, MODELS, TABLE1_TASKS, TASKS,
+                            Layout)
 
 OWN_COLUMNS = ("crysdiff", "scratch", "gaussian_learned", "scratch_gaussian_learned", "regression")
 # crysdiff's diffusion heads in Table 1, each with its from-scratch twin: the paper's (CARD head,

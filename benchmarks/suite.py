@@ -47,16 +47,18 @@ from typing import Callable
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import suite_jobs  # noqa: E402  (suite_jobs.PEERS is read through the module, so tests can replace it)
-from suite_jobs import (  # noqa: E402  (the job table)
-    MODELS, PART_LIMIT_MINUTES, PARTS, ROOT, TASKS,
-    CommandPeer, Job, Layout, Model, PeerJob, PretrainJob, estimate_minutes, find_reusable, make_jobs, missing_model,
-    required_models,
-    status,
-)
+# suite_jobs.PEERS is read through the module, so tests can replace it
+if __package__:  # imported as benchmarks.suite (tests, other benchmarks)
+    from . import suite_jobs, suite_splits
+    from .suite_jobs import (  # the job table
+        MODELS, PART_LIMIT_MINUTES, PARTS, ROOT, TASKS, CommandPeer, Job, Layout, Model, PeerJob, PretrainJob,
+        estimate_minutes, find_reusable, make_jobs, missing_model, required_models, status)
+else:  # run as `python benchmarks/suite.py`: this folder is sys.path[0]
+    import suite_jobs
+    import suite_splits
+    from suite_jobs import (  # the job table
+        MODELS, PART_LIMIT_MINUTES, PARTS, ROOT, TASKS, CommandPeer, Job, Layout, Model, PeerJob, PretrainJob,
+        estimate_minutes, find_reusable, make_jobs, missing_model, required_models, status)
 
 SCHEMA = 1
 
@@ -314,9 +316,7 @@ class Runner:
 
     # crysdiff columns
     def _split(self, task: str):
-        from suite_splits import build_split
-
-        return build_split(TASKS[task].split, self.layout.splits, quick=self.layout.quick)
+        return suite_splits.build_split(TASKS[task].split, self.layout.splits, quick=self.layout.quick)
 
     def _crysdiff(self, job: Job) -> str:
         model = MODELS[job.model]

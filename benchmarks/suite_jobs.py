@@ -259,7 +259,7 @@ class CommandPeer:
 _PEER_ARGS = ("--train {train} --val {val} --test {test} --target {target} --minutes {budget_minutes} "
               "--seed {seed} --train-ids {train_ids} --out {out_dir}")
 PEERS: dict[str, PeerRunner] = {
-    "cgcnn": CommandPeer(f"{sys.executable} -m crysdiff.baselines.cgcnn {_PEER_ARGS}"),
+    "cgcnn": CommandPeer(f"{sys.executable} -m benchmarks.peers.train_cgcnn {_PEER_ARGS}"),
 }
 if (ROOT / ".venv-alignn" / "bin" / "python").is_file():  # made by benchmarks/peers/alignn_setup.sh
     PEERS["alignn"] = CommandPeer(f".venv-alignn/bin/python benchmarks/peers/alignn_runner.py {_PEER_ARGS}")

@@ -1,4 +1,4 @@
-"""The CGCNN-style peer (crysdiff.baselines): neighbour lists against pymatgen, symmetry of the
+"""The CGCNN-style peer (benchmarks.peers): neighbour lists against pymatgen, symmetry of the
 prediction, a tiny model that overfits a few real crystals, and the runner's command line."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from crysdiff.baselines.cgcnn import CGCNN, CGCNNConfig, batch_from_crystals
-from crysdiff.baselines.neighbors import NeighborSettings, build_neighbor_table, neighbor_list
+from benchmarks.peers.cgcnn import CGCNN, CGCNNConfig, batch_from_crystals
+from benchmarks.peers.neighbors import NeighborSettings, build_neighbor_table, neighbor_list
 from crysdiff.symmetry import (assert_invariant, permute_atoms, random_orthogonal, random_permutation, rotate_lattice,
                                shift_all, shift_one_atom_by_lattice_vector)
 
@@ -115,7 +115,7 @@ def test_tiny_model_overfits_a_few_crystals(few):
 
 
 def test_runner_command_line(shared_data, mp_val, tmp_path):
-    from crysdiff.baselines.run import main
+    from benchmarks.peers.train_cgcnn import main
 
     val = shared_data / "mp2018" / "val.csv.gz"
     ids = [mp_val.id(i) for i in range(30)]

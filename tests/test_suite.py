@@ -5,18 +5,13 @@ results files below are fabricated test fixtures written to a temporary folder."
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+from benchmarks import report, suite, suite_jobs, suite_splits
 
-import report  # noqa: E402
-import suite  # noqa: E402
-import suite_jobs  # noqa: E402
-import suite_splits  # noqa: E402
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _layout(tmp_path: Path, quick: bool = False) -> suite_jobs.Layout:
@@ -459,7 +454,7 @@ def test_calibration_moves_test_intervals_by_the_scale_fitted_on_validation(tmp_
     import numpy as np
     import pandas as pd
 
-    import calibration
+    from benchmarks import calibration
 
     rng = np.random.default_rng(0)
     n = 400
@@ -484,7 +479,7 @@ def test_calibration_keeps_the_rows_of_runs_whose_folders_are_gone(tmp_path, mon
     """Rerunning benchmarks/calibration.py in a checkout without runs/ (they are not committed) keeps
     each earlier row whose run folder is gone, instead of dropping what was measured; a run with
     neither a folder nor an earlier row is listed as missing."""
-    import calibration
+    from benchmarks import calibration
 
     results = tmp_path / "results"
     _fixture(results, "table1", "mp_elastic_bulk", "crysdiff", 0, 12.0)
@@ -509,7 +504,7 @@ def test_uncertainty_crossfit_moves_each_half_by_the_scale_of_the_other():
     the other half only."""
     import numpy as np
 
-    import uncertainty
+    from benchmarks import uncertainty
     from crysdiff.calibrate import crossfit_calibrate
 
     rng = np.random.default_rng(1)

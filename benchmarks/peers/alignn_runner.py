@@ -9,7 +9,7 @@ Run with ALIGNN's own environment (``bash benchmarks/peers/alignn_setup.sh`` mak
         --out runs/peers/alignn_mp2018 [--seed S] [--label-fraction F] \\
         [--train-ids FILE --val-ids FILE --test-ids FILE] [model.hidden_features=256 ...]
 
-The arguments are those of every peer runner (``crysdiff.baselines.protocol``). Steps:
+The arguments are those of every peer runner (``benchmarks.peers.protocol``). Steps:
 
 1. ``export_split.py`` runs in crysdiff's environment (``--crysdiff-python``, default
    ``.venv/bin/python``) and writes ``OUT/data/{train,val,test}.json``: the crystals crysdiff's
@@ -109,7 +109,7 @@ def apply_overrides(overrides: list[str]) -> tuple[dict, dict, dict]:
 
 
 def export(args, data_dir: Path) -> None:
-    command = [args.crysdiff_python, str(HERE / "export_split.py"), "--train", *args.train, "--val", *args.val,
+    command = [args.crysdiff_python, "-m", "benchmarks.peers.export_split", "--train", *args.train, "--val", *args.val,
                "--test", *args.test, "--target", args.target, "--out", str(data_dir), "--seed", str(args.seed),
                "--label-fraction", str(args.label_fraction)]
     for part in ("train", "val", "test"):

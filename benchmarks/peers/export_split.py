@@ -2,11 +2,11 @@
 
 Run in crysdiff's environment (ALIGNN's runner calls it for you)::
 
-    .venv/bin/python benchmarks/peers/export_split.py --train TRAIN --val VAL --test TEST \\
+    .venv/bin/python -m benchmarks.peers.export_split --train TRAIN --val VAL --test TEST \\
         --target formation_energy_per_atom --out OUT/data [--seed S] [--label-fraction F] \\
         [--train-ids FILE --val-ids FILE --test-ids FILE]
 
-Selection: :func:`crysdiff.baselines.protocol.select_split` (ids files, labelled crystals only, the
+Selection: :func:`benchmarks.peers.protocol.select_split` (ids files, labelled crystals only, the
 seeded nested label fraction), the same code the CGCNN runner uses. Output, one file per part,
 ``OUT/{train,val,test}.json``: a JSON list in ALIGNN's own dataset convention (as in
 ``alignn.data.get_train_val_loaders(dataset_array=...)``), one record per crystal::
@@ -50,7 +50,10 @@ def _records(selection, target: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from crysdiff.baselines.protocol import add_peer_arguments, select_split
+    if __package__:  # python -m benchmarks.peers.export_split (as alignn_runner.py calls it)
+        from .protocol import add_peer_arguments, select_split
+    else:  # python benchmarks/peers/export_split.py: this folder is sys.path[0]
+        from protocol import add_peer_arguments, select_split
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_peer_arguments(parser)

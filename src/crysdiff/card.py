@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PropertyDiffusionConfig", "PropertyDiffusion", "beta_schedule"]
+__all__ = ["PropertyDiffusionConfig", "PropertyDiffusion", "StepTables", "beta_schedule"]
 
 
 def beta_schedule(kind: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -61,7 +61,25 @@ class PropertyDiffusionConfig:
     beta_end: float = 0.02
 
 
-class PropertyDiffusion:
+class StepTables:
+    """What both diffusion processes (this one and :class:`crysdiff.diffusion.JointDiffusion`) share:
+    ``T`` from ``self.config``, schedule tables indexed by step, and uniform training steps."""
+
+    @property
+    def timesteps(self) -> int:
+        return self.config.timesteps
+
+    @staticmethod
+    def _at(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``table[t]`` on ``like``'s device and in its dtype."""
+        return table.to(like.device)[t].to(like.dtype)
+
+    def sample_timesteps(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[n]`` long, uniform on ``1..T``."""
+        return torch.randint(1, self.timesteps + 1, (n,), device=device, generator=generator)
+
+
+class PropertyDiffusion(StepTables):
     """Forward noising, posterior and reverse sampling for the CARD process (no parameters)."""
 
     def __init__(self, config: PropertyDiffusionConfig = PropertyDiffusionConfig()):
@@ -77,13 +95,6 @@ class PropertyDiffusion:
         self.gamma_1 = torch.cat([one * 0, (1 - ab_prev) * self.alpha[1:].sqrt() / (1 - ab)])
         self.gamma_2 = torch.cat([one * 0, 1 + (ab.sqrt() - 1) * (self.alpha[1:].sqrt() + ab_prev.sqrt()) / (1 - ab)])
         self.beta_tilde = torch.cat([one * 0, (1 - ab_prev) / (1 - ab) * self.beta[1:]])
-
-    @property
-    def timesteps(self) -> int:
-        return self.config.timesteps
-
-    def _at(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return table.to(like.device)[t].to(like.dtype)
 
     def add_noise(self, y0: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``y_t`` from ``y_0`` (Alg. 2 line 2). All tensors ``[B]`` (``t`` long in 1..T)."""
@@ -101,10 +112,6 @@ class PropertyDiffusion:
             self._at(self.gamma_0, t, y_t) * y0 + self._at(self.gamma_1, t, y_t) * y_t + self._at(self.gamma_2, t, y_t) * mu
         )
         return mean, self._at(self.beta_tilde, t, y_t)
-
-    def sample_timesteps(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[n]`` long, uniform on ``1..T``."""
-        return torch.randint(1, self.timesteps + 1, (n,), device=device, generator=generator)
 
     @torch.no_grad()
     def sample(self, eps_model, mu: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -35,16 +35,11 @@ import math
 import torch
 from torch import nn
 
-from crysdiff.denoiser import _ACTIVATIONS, DenoiserConfig, _mlp, _scatter_mean, time_embedding
+from crysdiff.layers import ACTIVATIONS, DenoiserConfig, mlp, scatter_mean, signed_log, time_embedding
 
-__all__ = ["CartesianEncoder", "signed_log"]
+__all__ = ["CartesianEncoder"]
 
 _LATTICE_FEATURES, _DISPLACEMENT_FEATURES = 9, 3
-
-
-def signed_log(x: torch.Tensor) -> torch.Tensor:
-    """``sign(x) log(1 + |x|)``, elementwise."""
-    return torch.sign(x) * torch.log1p(x.abs())
 
 
 class _CartesianLayer(nn.Module):
@@ -54,9 +49,9 @@ class _CartesianLayer(nn.Module):
         self.norm = nn.LayerNorm(hidden) if config.layer_norm else nn.Identity()
         # input order [h_i, h_j, vec L, r_ij, fourier]
         self.edge_in = nn.Linear(2 * hidden + _LATTICE_FEATURES + _DISPLACEMENT_FEATURES + fourier, hidden)
-        self.edge_act = _ACTIVATIONS[config.activation]()
+        self.edge_act = ACTIVATIONS[config.activation]()
         self.edge_out = nn.Linear(hidden, hidden)
-        self.node_mlp = _mlp(2 * hidden, hidden, hidden, config.activation)
+        self.node_mlp = mlp(2 * hidden, hidden, hidden, config.activation)
 
 
 class CartesianEncoder(nn.Module):
@@ -103,7 +98,7 @@ class CartesianEncoder(nn.Module):
             node_j = hn @ w[:, hidden : 2 * hidden].T  # [N, H]
             pre = torch.addmm(node_i.index_select(0, target), edge_features, w[:, lattice_block.stop :].T)  # [E, H]
             pre = pre + node_j.index_select(0, source)
-            message = layer.edge_out(_scatter_mean(layer.edge_act(pre), target, degree))  # [N, H]
+            message = layer.edge_out(scatter_mean(layer.edge_act(pre), target, degree))  # [N, H]
             h = h + layer.node_mlp(torch.cat([hn, message], dim=-1))
         return self.final_norm(h)
 

@@ -30,6 +30,7 @@ __all__ = [
     "Notice",
     "ValidationSettings",
     "validate",
+    "label_from_text",
     "wrap_frac",
     "from_pymatgen",
     "to_pymatgen",
@@ -237,18 +238,25 @@ def validate(crystal: Crystal, settings: ValidationSettings = ValidationSettings
     )
 
 
+def label_from_text(text: str) -> float | None:
+    """A label written as text: a missing marker ('', 'na', 'nan', ...) is NaN, a number its float,
+    anything else None (the readers report it; :class:`Crystal` stores NaN)."""
+    text = text.strip()
+    if text.lower() in MISSING_MARKERS:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _to_float(value: Any) -> float:
     """A label value as float; missing markers (None, '', 'na', 'nan') become NaN."""
     if value is None:
         return math.nan
     if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in MISSING_MARKERS:
-            return math.nan
-        try:
-            return float(text)
-        except ValueError:
-            return math.nan
+        out = label_from_text(value)
+        return math.nan if out is None else out
     try:
         out = float(value)
     except (TypeError, ValueError):

@@ -46,78 +46,22 @@ Per edge and layer what remains is three gathers, the activation and a scatter-a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from crysdiff.layers import ACTIVATIONS, DenoiserConfig, mlp, pool_mean, scatter_mean, signed_log, time_embedding
+
 __all__ = ["DenoiserConfig", "CrysDiffEncoder", "CrysDiffDenoiser", "build_encoder", "gram_features", "time_embedding"]
 
-_ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
 _GRAM_ROWS, _GRAM_COLS = (0, 1, 2, 0, 0, 1), (0, 1, 2, 1, 2, 2)
-ENCODER_KINDS = ("equivariant", "cartesian")
-
-
-@dataclass(frozen=True)
-class DenoiserConfig:
-    """Architecture of the denoiser.
-
-    Attributes:
-        hidden_dim: width ``H`` of the atom states and of every MLP.
-        num_layers: message-passing layers.
-        num_frequencies: ``K``, Fourier frequencies per axis (``6K`` edge features).
-        time_dim: width of the sinusoidal time-step embedding.
-        max_atomic_number: largest Z the atom embedding accepts.
-        activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
-        layer_norm: LayerNorm on the atom states before each layer and before the heads.
-        kind: ``"equivariant"`` (default, :class:`CrysDiffEncoder`, invariant to rotations of the
-            lattice) or ``"cartesian"`` (:class:`crysdiff.cartesian.CartesianEncoder`, a
-            non-equivariant cousin of the same width and depth fed Cartesian vectors: the ablation
-            "without the equivariant encoder").
-    """
-
-    hidden_dim: int = 128
-    num_layers: int = 4
-    num_frequencies: int = 64
-    time_dim: int = 64
-    max_atomic_number: int = 118
-    activation: str = "silu"
-    layer_norm: bool = True
-    kind: str = "equivariant"
-
-    def __post_init__(self):
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}: expected one of {sorted(_ACTIVATIONS)}")
-        if self.kind not in ENCODER_KINDS:
-            raise ValueError(f"unknown encoder kind {self.kind!r}: expected one of {', '.join(ENCODER_KINDS)}")
-
-
-def time_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype, max_period: float = 10000.0) -> torch.Tensor:
-    """``[B, dim]`` Transformer sinusoidal embedding of integer time steps ``t`` ``[B]``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
-    angles = t.to(dtype)[:, None] * freqs  # [B, half]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 def gram_features(lattice: torch.Tensor) -> torch.Tensor:
     """``[B, 6]`` rotation/reflection-invariant lattice features: signed log of the Gram entries."""
     gram = lattice @ lattice.transpose(1, 2)  # [B, 3, 3], rows are lattice vectors
     entries = gram[:, _GRAM_ROWS, _GRAM_COLS]  # [B, 6]
-    return torch.sign(entries) * torch.log1p(entries.abs())
-
-
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int, activation: str) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), _ACTIVATIONS[activation](), nn.Linear(hidden_dim, out_dim))
-
-
-def _scatter_mean(values: torch.Tensor, index: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` ``[E, H]`` grouped by ``index`` ``[E]``; ``count`` ``[M]`` is the group sizes.
-    Summed in at least float32: under bf16 autocast the messages are bf16, whose 8-bit mantissa loses
-    most of a sum over hundreds of neighbours."""
-    dtype = torch.promote_types(values.dtype, torch.float32)
-    out = values.new_zeros(count.shape[0], values.shape[1], dtype=dtype).index_add_(0, index, values.to(dtype))
-    return out / count.clamp(min=1).to(dtype)[:, None]
+    return signed_log(entries)
 
 
 class _Layer(nn.Module):
@@ -128,9 +72,9 @@ class _Layer(nn.Module):
         hidden, fourier = config.hidden_dim, 6 * config.num_frequencies
         self.norm = nn.LayerNorm(hidden) if config.layer_norm else nn.Identity()
         self.edge_in = nn.Linear(2 * hidden + 6 + fourier, hidden)  # input order [h_i, h_j, gram, fourier]
-        self.edge_act = _ACTIVATIONS[config.activation]()
+        self.edge_act = ACTIVATIONS[config.activation]()
         self.edge_out = nn.Linear(hidden, hidden)
-        self.node_mlp = _mlp(2 * hidden, hidden, hidden, config.activation)
+        self.node_mlp = mlp(2 * hidden, hidden, hidden, config.activation)
 
 
 class CrysDiffEncoder(nn.Module):
@@ -183,7 +127,7 @@ class CrysDiffEncoder(nn.Module):
             node_i = torch.addmm(layer.edge_in.bias, gram, w[:, 2 * hidden : 2 * hidden + 6].T).add_(node[:, :hidden])
             pre = fourier_terms[k].index_select(0, edge_row)  # [E, H]: W_f φ(f_j - f_i) of each edge
             pre = pre.add_(node_i.index_select(0, target)).add_(node[:, hidden:].index_select(0, source))  # in place
-            message = layer.edge_out(_scatter_mean(layer.edge_act(pre), target, degree))  # [N, H]
+            message = layer.edge_out(scatter_mean(layer.edge_act(pre), target, degree))  # [N, H]
             h = h + layer.node_mlp(torch.cat([hn, message], dim=-1))
         return [*states, self.final_norm(h)] if all_layers else self.final_norm(h)
 
@@ -234,7 +178,7 @@ class CrysDiffEncoder(nn.Module):
             hn = layer.norm(h)
             edge_input = torch.cat([hn.index_select(0, target), hn.index_select(0, source), gram, fourier], dim=-1)  # [E, 2H+6+6K]
             messages = layer.edge_out(layer.edge_act(layer.edge_in(edge_input)))  # [E, H]
-            message = _scatter_mean(messages, target, degree)
+            message = scatter_mean(messages, target, degree)
             h = h + layer.node_mlp(torch.cat([hn, message], dim=-1))
         return self.final_norm(h)
 
@@ -242,7 +186,7 @@ class CrysDiffEncoder(nn.Module):
 def build_encoder(config: DenoiserConfig) -> nn.Module:
     """The encoder named by ``config.kind``: ``(batch, frac_coords, lattice, t) -> [N, H]``."""
     if config.kind == "cartesian":
-        from crysdiff.cartesian import CartesianEncoder  # built from this module's pieces, so imported late
+        from crysdiff.cartesian import CartesianEncoder  # imported only when asked for
 
         return CartesianEncoder(config)
     return CrysDiffEncoder(config)
@@ -261,8 +205,8 @@ class CrysDiffDenoiser(nn.Module):
         self.config = config
         hidden = config.hidden_dim
         self.encoder = build_encoder(config)
-        self.lattice_head = _mlp(hidden, hidden, 9, config.activation)
-        self.score_head = _mlp(hidden, hidden, 3, config.activation)
+        self.lattice_head = mlp(hidden, hidden, 9, config.activation)
+        self.score_head = mlp(hidden, hidden, 3, config.activation)
 
     def forward(
         self, batch, frac_coords: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor, *, reference: bool = False
@@ -278,7 +222,7 @@ class CrysDiffDenoiser(nn.Module):
         encode = self.encoder.reference_forward if reference else self.encoder
         nodes = encode(batch, frac_coords, lattice, t)  # [N, H]
         num_crystals = lattice.shape[0]
-        crystal = _scatter_mean(nodes, batch.batch, torch.bincount(batch.batch, minlength=num_crystals))  # [B, H]
+        crystal = pool_mean(nodes, batch.batch, num_crystals)  # [B, H]
         transform = self.lattice_head(crystal).view(num_crystals, 3, 3)
         return {
             "eps_lattice": transform @ lattice.to(nodes.dtype),  # rotates with the lattice rows

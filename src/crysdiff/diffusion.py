@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from crysdiff.card import beta_schedule
+from crysdiff.card import StepTables, beta_schedule
 
 __all__ = [
     "DIFFUSION_MODES",
@@ -164,7 +164,7 @@ def score_norm_weights(sigmas: torch.Tensor, images: int = 3, grid: int = 2048, 
     return torch.cat(out)
 
 
-class JointDiffusion(nn.Module):
+class JointDiffusion(nn.Module, StepTables):
     """Forward noising and the pre-training loss for ``(F, L)`` (no learnable parameters).
 
     Buffers (float64, index ``t`` = step ``t``): ``beta``, ``alpha``, ``alpha_bar`` (``[T+1]``,
@@ -184,18 +184,6 @@ class JointDiffusion(nn.Module):
         self.register_buffer("sigma", sigma)
         lam = score_norm_weights(sigma[1:], config.score_images, config.lambda_grid)
         self.register_buffer("lambda_t", torch.cat([torch.zeros(1, dtype=torch.float64), lam]))
-
-    @property
-    def timesteps(self) -> int:
-        return self.config.timesteps
-
-    @staticmethod
-    def _at(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return table.to(like.device)[t].to(like.dtype)
-
-    def sample_timesteps(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[n]`` long, uniform on ``1..T``."""
-        return torch.randint(1, self.timesteps + 1, (n,), device=device, generator=generator)
 
     def noise_lattice(self, lattice: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``L_t = sqrt(alpha_bar_t) L_0 + sqrt(1 - alpha_bar_t) eps``; ``lattice``, ``eps`` ``[B, 3, 3]``, ``t`` ``[B]``."""

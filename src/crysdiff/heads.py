@@ -37,11 +37,12 @@ schedule (its ``alpha_bar`` table, passed in by the caller).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from crysdiff.layers import time_embedding
 
 __all__ = [
     "HeadConfig",
@@ -51,7 +52,6 @@ __all__ = [
     "Eq4NoiseHead",
     "RegressionHead",
     "build_noise_head",
-    "sinusoidal_embedding",
 ]
 
 
@@ -99,14 +99,6 @@ class HeadConfig:
     layers: str = "last"
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """``[..., dim]`` Transformer-style embedding of (integer or real) time steps ``t``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.to(torch.float32)[..., None] * freqs  # [..., half]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-
-
 class RegressionHead(nn.Module):
     """``[B, H] -> [B]``: a two-layer MLP."""
 
@@ -141,7 +133,7 @@ class CardNoiseHead(nn.Module):
                      alpha_bar: torch.Tensor | None = None) -> torch.Tensor:
         """``[..., 3]`` coefficients (a, b, c) for features ``[..., H]`` and time steps ``t`` ``[...]``
         (``alpha_bar``, the ``[T+1]`` table, is needed when ``uses_schedule``)."""
-        scale, shift = self.time(sinusoidal_embedding(t, self.time_dim).to(crystal_features.dtype)).chunk(2, dim=-1)
+        scale, shift = self.time(time_embedding(t, self.time_dim).to(crystal_features.dtype)).chunk(2, dim=-1)
         h = self.structure(crystal_features) * (1 + scale) + shift
         coeffs = self.out(torch.nn.functional.silu(self.hidden(h)))
         if not self.uses_schedule:
@@ -240,7 +232,7 @@ class CardMLPNoiseHead(nn.Module):
 
     def forward(self, crystal_features, y_t, mu, t):
         z = self.structure(crystal_features)
-        h = z * (self.values(torch.stack([y_t, mu], dim=-1)) + self.time(sinusoidal_embedding(t, self.time_dim).to(z.dtype)))
+        h = z * (self.values(torch.stack([y_t, mu], dim=-1)) + self.time(time_embedding(t, self.time_dim).to(z.dtype)))
         return self.net(h).squeeze(-1)
 
 

@@ -38,16 +38,9 @@ from torch import nn
 
 from crysdiff.card import PropertyDiffusion
 from crysdiff.heads import HeadConfig, RegressionHead, build_noise_head
+from crysdiff.layers import pool_mean
 
 __all__ = ["PropertyModel", "AveragedEncoder", "pool_mean", "summarise", "structure_timestep", "structure_blocks", "noise_structure"]
-
-
-def pool_mean(node_features: torch.Tensor, batch_index: torch.Tensor, num_crystals: int) -> torch.Tensor:
-    """``[B, H]`` mean of ``[N, H]`` atom states per crystal."""
-    out = torch.zeros(num_crystals, node_features.shape[1], dtype=node_features.dtype, device=node_features.device)
-    out.index_add_(0, batch_index, node_features)
-    counts = torch.bincount(batch_index, minlength=num_crystals).clamp(min=1).to(node_features.dtype)
-    return out / counts[:, None]
 
 
 class AveragedEncoder(nn.Module):

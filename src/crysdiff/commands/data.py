@@ -57,7 +57,7 @@ def run(args) -> int:
     from crysdiff.cache import DatasetError, load_dataset
     from crysdiff.cells import AS_GIVEN, CellConfig
     from crysdiff.crystal import ValidationSettings
-    from crysdiff.report import dataset_report, print_report
+    from crysdiff.inspection import dataset_report, print_report
 
     def go():
         if getattr(args, "no_cache", False):

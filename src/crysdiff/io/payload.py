@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from crysdiff.crystal import MISSING_MARKERS, Notice, RecordError
+from crysdiff.crystal import Notice, RecordError, label_from_text
 
 __all__ = ["Item", "BadItem", "Notice", "note", "take_notes", "read_bytes", "read_text", "decode", "as_label",
            "short_reason"]
@@ -103,13 +103,7 @@ def as_label(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in MISSING_MARKERS:
-            return math.nan
-        try:
-            return float(text)
-        except ValueError:
-            return None
+        return label_from_text(value)
     try:  # numpy scalars
         import numpy as np
 

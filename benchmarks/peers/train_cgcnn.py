@@ -1,11 +1,11 @@
 """Train and test the CGCNN-style peer on identical splits under a wall-clock budget.
 
 Example:
-    python -m crysdiff.baselines.cgcnn --train ../shared/data/mp2018/train.csv.gz \\
+    python -m benchmarks.peers.train_cgcnn --train ../shared/data/mp2018/train.csv.gz \\
         --val ../shared/data/mp2018/val.csv.gz --test ../shared/data/mp2018/val.csv.gz \\
         --target formation_energy_per_atom --minutes 4 --out runs/peers/cgcnn_mp2018 train.batch_size=64
 
-The data path is crysdiff's (cache, :func:`crysdiff.baselines.protocol.select_split`, the seeded
+The data path is crysdiff's (cache, :func:`benchmarks.peers.protocol.select_split`, the seeded
 batch sampler of :mod:`crysdiff.loader`), the training loop is crysdiff's engine
 (:func:`crysdiff.engine.make_trainer` with a :class:`~crysdiff.config.TrainConfig`; the budget is
 ``train.max_time_minutes``). Settings that differ from crysdiff's fine-tuning defaults, and why:
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from crysdiff.baselines.cgcnn import CGCNN, CGCNNConfig, GraphDataset
-from crysdiff.baselines.neighbors import build_neighbor_table
-from crysdiff.baselines.protocol import add_peer_arguments, select_split, write_outputs
+from benchmarks.peers.cgcnn import CGCNN, CGCNNConfig, GraphDataset
+from benchmarks.peers.neighbors import build_neighbor_table
+from benchmarks.peers.protocol import add_peer_arguments, select_split, write_outputs
 from crysdiff.config import TrainConfig, apply_overrides, save_yaml, to_dict
 
 __all__ = ["CGCNNRunConfig", "CGCNNTask", "run_cgcnn", "main"]
@@ -126,7 +126,7 @@ def run_cgcnn(train, val, test, target: str, out_dir: str | Path, *, minutes: fl
               label_fraction: float = 1.0, train_ids=None, val_ids=None, test_ids=None,
               config: CGCNNRunConfig = CGCNNRunConfig(), progress: bool = False) -> dict:
     """Train on ``train``, select on ``val``, predict ``test``; write ``OUT/test_predictions.csv`` and
-    ``OUT/metrics.json`` (see :mod:`crysdiff.baselines.protocol`). Returns the metrics."""
+    ``OUT/metrics.json`` (see :mod:`benchmarks.peers.protocol`). Returns the metrics."""
     from crysdiff.engine import make_trainer
     from crysdiff.runfolder import best_state_dict
 
@@ -199,7 +199,7 @@ def _move_overrides(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m crysdiff.baselines.cgcnn",
+        prog="python -m benchmarks.peers.train_cgcnn",
         description="Train a CGCNN-style model within a wall-clock budget and predict a test set.",
         epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_peer_arguments(parser)

@@ -5,7 +5,7 @@ A peer model for the property benchmarks, written for crysdiff from the paper's 
 * nodes are atoms, embedded from their atomic number (a learned table; the paper used a one-hot
   vector of element properties);
 * edges link each atom to its nearest neighbours within a cutoff, periodic images included
-  (:mod:`crysdiff.baselines.neighbors`: 8 Å, 12 neighbours plus ties by default);
+  (:mod:`benchmarks.peers.neighbors`: 8 Å, 12 neighbours plus ties by default);
 * an edge carries its length expanded on Gaussians ``exp(-(d - mu_k)² / width²)``;
 * each convolution updates atom ``i`` from ``z_ij = [v_i, v_j, u_ij]`` over its edges with a
   gated filter, ``v_i <- softplus(v_i + BN(sum_j sigmoid(W_f z_ij + b_f) * softplus(W_s z_ij + b_s)))``
@@ -17,8 +17,8 @@ weights) map it back to the target's unit. It depends on distances only, so its 
 invariant to rotations, reflections and translations of the crystal and to the choice of cell
 origin (tested in ``tests/test_cgcnn.py``).
 
-Training from the command line: ``python -m crysdiff.baselines.cgcnn --help``
-(see :mod:`crysdiff.baselines.run`).
+Training from the command line: ``python -m benchmarks.peers.train_cgcnn --help``
+(see :mod:`benchmarks.peers.train_cgcnn`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from crysdiff.baselines.neighbors import NeighborSettings, NeighborTable
+from benchmarks.peers.neighbors import NeighborSettings, NeighborTable
 
 __all__ = ["CGCNNConfig", "CGCNN", "GaussianDistance", "GatedConv", "graph_batch", "GraphDataset", "batch_from_crystals"]
 
@@ -183,7 +183,7 @@ class GraphDataset(torch.utils.data.Dataset):
 
 def batch_from_crystals(crystals, neighbors: NeighborSettings = NeighborSettings(), target: str | None = None):
     """A :func:`graph_batch` of :class:`~crysdiff.crystal.Crystal` objects (convenient, not the fast path)."""
-    from crysdiff.baselines.neighbors import neighbor_list
+    from benchmarks.peers.neighbors import neighbor_list
 
     counts = np.array([c.num_atoms for c in crystals], dtype=np.int64)
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -195,9 +195,3 @@ def batch_from_crystals(crystals, neighbors: NeighborSettings = NeighborSettings
     labels = np.array([c.labels.get(target, np.nan) for c in crystals]) if target else None
     return graph_batch(np.concatenate([c.atomic_numbers for c in crystals]), counts, np.concatenate(edges, axis=1),
                        np.concatenate(distances), labels=labels, index=np.arange(len(crystals)))
-
-
-if __name__ == "__main__":  # python -m crysdiff.baselines.cgcnn ...
-    from crysdiff.baselines.run import main
-
-    raise SystemExit(main())
