@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -44,13 +45,14 @@ def _peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _iterate(cache_dir: str, source: str, batch_size: int, queue) -> None:
+def _iterate(cache_dir: str, source: str, batch_size: int, canonical: bool, queue) -> None:
     """Child process: warm-open ``source`` and time full passes of the loader."""
     from crysdiff.cache import load_dataset
+    from crysdiff.cells import AS_GIVEN, CellConfig
     from crysdiff.loader import make_loader
 
     start = time.perf_counter()
-    cache = load_dataset([source], cache_dir=cache_dir, progress=False)
+    cache = load_dataset([source], cache_dir=cache_dir, progress=False, cell=CellConfig() if canonical else AS_GIVEN)
     open_s = time.perf_counter() - start
     out = {"source": source, "crystals": len(cache), "batch_size": batch_size, "warm_open_s": open_s}
     for name, shuffle in (("sequential", False), ("shuffled", True)):
@@ -74,12 +76,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="parser processes (default: all cores)")
     parser.add_argument("--cache-dir", help="cache folder to build into (default: a temporary one, removed after)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "ingest.json"))
+    parser.add_argument("--cell", choices=("given", "canonical"), default="given",
+                        help="cells as the sources hold them, or canonical cells (crysdiff.cells, what new models see)")
+    parser.add_argument("--output", help="results file (default: benchmarks/results/ingest.json, "
+                                         "ingest_canonical.json with --cell canonical)")
     args = parser.parse_args()
 
     from crysdiff.cache import load_dataset
+    from crysdiff.cells import AS_GIVEN, CellConfig
     from crysdiff.io import resolve
 
+    cell = CellConfig() if args.cell == "canonical" else AS_GIVEN
+    output = args.output or str(REPO / "benchmarks" / "results" / ("ingest_canonical.json" if args.cell == "canonical" else "ingest.json"))
     root = Path(args.root).resolve()
     scratch = None
     if args.cache_dir:
@@ -92,7 +100,7 @@ def main() -> None:
     sources = resolve([root])
     try:
         start = time.perf_counter()
-        cache = load_dataset([root], cache_dir=cache_dir, workers=workers, progress=False)
+        cache = load_dataset([root], cache_dir=cache_dir, workers=workers, progress=False, cell=cell)
         cold_s = time.perf_counter() - start
         records = len(cache) + len(cache.skipped)
         cold = {"seconds": cold_s, "crystals": len(cache), "skipped": len(cache.skipped), "records": records,
@@ -104,7 +112,7 @@ def main() -> None:
         warm_times = []
         for _ in range(3):
             start = time.perf_counter()
-            warm_cache = load_dataset([root], cache_dir=cache_dir, workers=workers, progress=False)
+            warm_cache = load_dataset([root], cache_dir=cache_dir, workers=workers, progress=False, cell=cell)
             warm_times.append(time.perf_counter() - start)
         warm = {"seconds_min": min(warm_times), "seconds_all": warm_times, "crystals": len(warm_cache)}
         del warm_cache
@@ -114,7 +122,7 @@ def main() -> None:
         if train.is_file():
             context = multiprocessing.get_context("spawn")
             queue = context.Queue()
-            child = context.Process(target=_iterate, args=(str(cache_dir), str(train), args.batch_size, queue))
+            child = context.Process(target=_iterate, args=(str(cache_dir), str(train), args.batch_size, cell.canonical, queue))
             child.start()
             iterate = queue.get()
             child.join()
@@ -125,10 +133,11 @@ def main() -> None:
     import numpy
     import torch
 
-    result = {"root": str(root), "workers": workers, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+    result = {"root": str(root), "cell": dataclasses.asdict(cell), "workers": workers, "cpu_count": os.cpu_count(),
+              "machine": platform.machine(), "cpu": platform.processor() or None,
               "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__,
               "cold": cold, "warm": warm, "iterate": iterate}
-    output = Path(args.output)
+    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1) + "\n")
 
