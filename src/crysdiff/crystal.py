@@ -136,11 +136,12 @@ def wrap_frac(frac_coords: np.ndarray) -> np.ndarray:
     return wrapped
 
 
-def _min_image_clash(cart: np.ndarray, lattice: np.ndarray, min_distance: float) -> tuple[int, int, float] | None:
-    """First pair of atoms (i, j, distance) closer than ``min_distance``, images included.
+def nearest_pair(cart: np.ndarray, lattice: np.ndarray) -> tuple[int, int, float]:
+    """The closest pair of atoms ``(i, j, distance)`` of one crystal, over the cell and its 26
+    neighbouring images (``j == i`` for an atom and its own image, as in a one-atom cell).
 
-    Small cells: dense over the 27 neighbouring images. Large cells: a k-d tree over the images,
-    so memory stays linear in N.
+    Small cells: dense over the 27 images. Large cells: a k-d tree over the images, so memory stays
+    linear in N.
     """
     n = cart.shape[0]
     shifts = np.array(
@@ -155,19 +156,19 @@ def _min_image_clash(cart: np.ndarray, lattice: np.ndarray, min_distance: float)
         dist2[np.arange(n), np.arange(n), 13] = np.inf  # an atom and itself in the home cell
         flat = int(np.argmin(dist2))
         i, j, _ = np.unravel_index(flat, dist2.shape)
-        d = math.sqrt(max(float(dist2.flat[flat]), 0.0))
-        return (int(i), int(j), d) if d < min_distance else None
+        return int(i), int(j), math.sqrt(max(float(dist2.flat[flat]), 0.0))
     from scipy.spatial import cKDTree
 
     images = (cart[None, :, :] + shifts[:, None, :]).reshape(-1, 3)  # [27N, 3]
-    tree = cKDTree(images)
-    pairs = cKDTree(cart).query_ball_tree(tree, r=min_distance)
-    for i, hits in enumerate(pairs):
-        for h in hits:
-            j, image = h % n, h // n
-            if j == i and image == 13:
-                continue
-            return i, j, float(np.linalg.norm(images[h] - cart[i]))
+    distances, hits = cKDTree(images).query(cart, k=2)  # the nearest image of each atom is itself
+    i = int(np.argmin(distances[:, 1]))
+    return i, int(hits[i, 1]) % n, float(distances[i, 1])
+
+
+def _min_image_clash(cart: np.ndarray, lattice: np.ndarray, min_distance: float) -> tuple[int, int, float] | None:
+    """The closest pair of atoms (i, j, distance) if it is closer than ``min_distance``."""
+    i, j, d = nearest_pair(cart, lattice)
+    return (i, j, d) if d < min_distance else None
     return None
 
 

@@ -35,6 +35,8 @@ from typing import Iterable
 
 import numpy as np
 
+from crysdiff.crystal import nearest_pair
+
 __all__ = ["MIN_ELEMENT_COUNT", "TAIL", "DEFAULT_BOUNDS", "FEATURES", "crystal_features", "training_summary", "flags",
            "batch_flags", "predictor_summary", "flags_note"]
 
@@ -60,16 +62,6 @@ DEFAULT_BOUNDS: dict[str, dict[str, float]] = {
 }
 
 
-def _min_distance(cart: np.ndarray, lattice: np.ndarray) -> float:
-    """Smallest distance (Å) between two atoms of one crystal, over the cell and its 26 neighbours."""
-    from scipy.spatial import cKDTree
-
-    shifts = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64)
-    images = (cart[None, :, :] + (shifts @ lattice)[:, None, :]).reshape(-1, 3)  # [27N, 3]
-    distances, _ = cKDTree(images).query(cart, k=2)  # the nearest is each atom itself
-    return float(distances[:, 1].min())
-
-
 def _vacuum(frac: np.ndarray, lattice: np.ndarray) -> float:
     """The thickest atom-free slab (Å) parallel to two lattice vectors (see the module docstring)."""
     volume = abs(float(np.linalg.det(lattice)))
@@ -91,7 +83,7 @@ def crystal_features(frac: np.ndarray, lattice: np.ndarray) -> dict[str, float]:
     return {
         "atoms_per_cell": float(n),
         "volume_per_atom": abs(float(np.linalg.det(lattice))) / n,
-        "min_distance": _min_distance(frac @ lattice, lattice),
+        "min_distance": nearest_pair(frac @ lattice, lattice)[2],
         "vacuum": _vacuum(frac, lattice),
     }
 
