@@ -199,6 +199,10 @@ PARTS = ("pretrain-ablation", "table1", "table1-heads", "table1-long", "table1-l
          "longpre-sparse", "longpre-table1", "ablation", "refine", "variants", "variants-extra",
          "variants-layers")
 
+# parts whose cells the report shows as columns or rows of another part's table
+SHOWN_WITH = {"table1-heads": "table1", "variants-extra": "variants", "variants-layers": "variants", "sparse-heads": "sparse",
+              "table1-long-gap": "table1-long", "longpre-table1": "longpre-sparse"}
+
 QUICK_BUDGET_MINUTES = 0.15
 STEP_CAP_FACTOR = 4.0  # a step-budget job's wall-clock cap, in multiples of the task's budget (a safety limit)
 QUICK_PRETRAIN_MINUTES = 0.3

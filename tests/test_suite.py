@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report, suite, suite_jobs, suite_splits
+from benchmarks.reporting import columns, dropped
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -218,7 +219,7 @@ def test_split_files_are_deterministic_disjoint_and_readable(tmp_path, shared_da
 
 
 def _fixture(results: Path, experiment: str, task: str, model: str, seed: int, mae: float, fraction: float = 1.0,
-             coverage: float | None = 0.95, budget: float = 1.5, cpu: str = "test cpu", steps: int = 0) -> None:
+             coverage: float | None = 0.95, budget: float = 1.5, cpu: str = "test cpu", steps: int = 0, **extra) -> None:
     """A fabricated results file (a test fixture, shaped like the suite's)."""
     test = {"count": 100, "mae": mae, "rmse": 1.3 * mae, "r2": 0.9}
     if coverage is not None:
@@ -231,8 +232,8 @@ def _fixture(results: Path, experiment: str, task: str, model: str, seed: int, m
                                                             for p, n in (("train", 80), ("val", 10), ("test", 10))}},
         "git_commit": "0" * 40, "budget_steps": steps, "machine": {"cpu": cpu, "cores": 2, "torch": "x", "torch_threads": 1, "gpu": "none"},
         "commands": [f"crysdiff finetune --target {suite_jobs.TASKS[task].target} ({model})"], "seconds": {"total": 60.0},
-        "train_count": int(800 * fraction), "test": test, "fit": {"steps": 900, "epochs": round(24 / fraction)},
-    }
+        "train_count": int(800 * fraction), "test": test, "fit": {"steps": 900, "epochs": round(24 / fraction), "seconds": 90.0},
+    } | extra
     path = results / experiment / f"{payload['job_id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload))
@@ -298,24 +299,56 @@ def test_report_compares_sparse_cells_on_matched_seeds_and_shows_ensembles(tmp_p
             "the mean single model.") in text
 
 
-def test_report_sets_archived_runs_beside_the_current_rows_of_the_same_jobs(tmp_path):
+def test_removed_options_leave_the_tables_and_keep_their_numbers_in_tried_and_dropped(tmp_path):
+    """Runs of an option removed from the code (issue 23) leave every table and the calibration rows;
+    the "Tried and dropped" section sets each beside the same job without the option: by the overrides
+    its results file records, else the job table's, and for an archived default by the same column."""
     results = tmp_path / "results"
-    _fixture(results, "table1", "mp_elastic_bulk", "crysdiff", 0, 8.0, coverage=0.93)
-    _fixture(results, "table1", "dielectric_n", "crysdiff", 0, 0.5)
+    for model, mae in (("crysdiff", 0.4), ("regression", 0.24)):
+        _fixture(results, "variants", "mp2018_formation", model, 0, mae, budget=4.0)
+    settings = {"init": "pool", "overrides": ["head.kind=regression", "head.composition=true"]}
+    _fixture(results, "variants-extra", "mp2018_formation", "regression_composition", 0, 0.18, budget=4.0, coverage=None,
+             model_settings=settings, model_label="regression head + composition skip")
+    _fixture(results, "variants-layers", "mp2018_formation", "gaussian_learned_longpre2_layers", 0, 0.3, budget=4.0)
     archive = results / "archive" / "card-baseline-zero"
     _fixture(archive, "table1", "mp_elastic_bulk", "crysdiff", 0, 10.0, coverage=0.9)
-    _fixture(archive, "table1", "mp_elastic_bulk", "crysdiff", 1, 10.0)  # no current seed-1 row: left out
-    _fixture(archive, "table1", "dielectric_n", "crysdiff", 0, 0.4)
+    _fixture(archive, "table1", "mp_elastic_bulk", "crysdiff", 1, 10.0)  # no current seed-1 row: a dash beside it
     for path in (archive / "table1").glob("*.json"):  # the suite's archive holds the files flat
         path.rename(archive / path.name)
+    _fixture(results, "table1", "mp_elastic_bulk", "crysdiff", 0, 8.0, coverage=0.93)
+    (results / "calibration").mkdir()
+    rows = [{"experiment": e, "task": "mp2018_formation", "model": m, "label_fraction": 1.0, "seed": 0, "interval_scale": 1.0,
+             "test_coverage_raw": 0.9, "test_coverage_calibrated": 0.95, "git_commit": "c" * 40}
+            for e, m in (("variants", "crysdiff"), ("variants-extra", "regression_composition"))]
+    (results / "calibration" / "runs.json").write_text(json.dumps({"rows": rows, "command": "c", "git_commit": "c" * 40}))
     text = report.render(results, tmp_path / "results.md", tmp_path / "figures")
-    section = text.split("## Card head: where it starts")[1]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and "MAE before" not in line]
-    assert len(rows) == 2
-    assert any("| 10 | 8 | -20% | 0.9 | 0.93 |" in row for row in rows), rows
-    assert "Lower MAE now on 1 of 2 rows." in section
+    tables, rest = text.split("## Tried and dropped")
+    tried, calibration = rest.split("## Calibrated intervals")
+    tables += calibration
+    assert "composition skip" not in tables and "head reads all layers" not in tables
+    assert "regression_composition" not in "".join(str(k) for k in report.load_calibration(results))
+    assert "| variants | formation energy (mp2018) | " in calibration  # the kept row of the calibration table
+    assert ("| formation energy (mp2018) | regression head + composition skip | 100% | 0 | 0.18 | 0.24 | -25% | – | 900 | "
+            "`0000000` |") in tried
+    assert "| formation energy (mp2018) | crysdiff, longer pre-training still, head reads all layers" in tried
+    assert "| 0.3 | – | – |" in tried  # its partner (the same head on the last layer) is not in these results
+    assert "--part variants-extra --seeds 0 --models regression_composition" in tried
+    baseline = tried.split("### `head.baseline=zero`")[1].split("###")[0]
+    assert "| bulk modulus (mp_elastic) | crysdiff (pre-trained + CARD head, constant prior) | 100% | 0 | 10 | 8 | +25% |" in baseline
+    assert "| 1 | 10 | – | – |" in baseline
+    assert "With the option the test MAE is lower on 0 of 1 rows" in baseline
+    assert "validation MAE 0.278 eV/atom with it and 0.232 without" in tried  # no results file: its commit's record
+    assert all(f"### `{d.option}`" in tried for d in dropped.DROPPED)
     # archived files do not enter the current tables
     assert report.aggregate(report.load_results(results)[0])[("table1", "mp_elastic_bulk", "crysdiff", 1.0)].maes == [8.0]
+
+
+def test_every_column_the_report_names_is_in_the_job_table():
+    """The report takes its experiment and column names from benchmarks/suite_jobs.py."""
+    assert columns.PAPER_COLUMN in suite_jobs.MODELS and set(columns.LONGPRE_BASE) <= set(suite_jobs.MODELS)
+    assert [own for own, _, _ in columns.crysdiff_heads()] == ["crysdiff", "gaussian_learned"]
+    assert set(suite_jobs.SHOWN_WITH) | set(suite_jobs.SHOWN_WITH.values()) <= set(suite_jobs.EXPERIMENTS)
+    assert not set(columns.own_columns()) & dropped.dropped_models([])
 
 
 def test_report_updates_the_readme_headline_between_markers(tmp_path):
@@ -655,7 +688,10 @@ def test_report_shows_step_budget_runs_apart_and_compares_them_on_any_machine(tm
     assert cells[("sparse", "mp2018_formation", "scratch_gaussian_learned", 0.05)].maes == [99.0]  # never averaged together
     text = "\n".join(report.section_step_budgets(cells))
     assert "**longpre-sparse, 300 steps**" in text and "**sparse, 300 steps**" in text
-    assert "| formation energy (mp2018) | 5% | same network from scratch (Gaussian head, learned prior) | 12 | 900 | test cpu |" in text
+    assert "| formation energy (mp2018) | 5% | same network from scratch (Gaussian head, learned prior) | 12 | 900 | 1.5 | test cpu |" in text
+    assert "*Budget check* (computed from the results files): 1 of 1 task-and-fraction rows (every column in them) compare runs on one machine type or with one step budget (300 steps)." in text
+    assert ("python benchmarks/suite.py --part sparse-heads --seeds 0 --models scratch_gaussian_learned --fractions 0.05 "
+            "--tasks mp2018_formation --budget-steps 300") in text
     assert "5%, 300 steps: pre-trained longer still 10 vs. same network from scratch (Gaussian head, learned prior) 12 (-17%)." in text
 
 
