@@ -42,6 +42,12 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
                     f"({', '.join(map(str, extra))}) are left out here and used by the ensemble analysis below."]
     out += ["", budget_check(list(fair.values()), "task-and-fraction columns (every model in them)"), "",
             "**Analysis** (computed):", ""]
+    return out + _analysis(cells, tasks, models, fair) + [""]
+
+
+def _analysis(cells, tasks, models, fair) -> list[str]:
+    """Each head against its twin, and against each peer, over the task-and-fraction columns on one footing."""
+    out = []
     heads = [(own, twin, what) for own, twin, what in crysdiff_heads("sparse") if own in models]
     peers = [m for m in models if m not in {name for pair in crysdiff_heads("sparse") for name in pair[:2]}]
     for task in tasks:
@@ -80,7 +86,7 @@ def section_sparse(cells, figures: Path, out_dir: Path) -> list[str]:
                 out.append(f"  * crysdiff{label}'s optimizer steps (epochs started) within the budget, by fraction: "
                            + ", ".join(f"{100 * f:g}% {n} ({e})" for f, n, e in steps)
                            + ": at a fixed wall-clock budget a smaller label set is seen more often, not trained for longer.")
-    return out + [""]
+    return out
 
 
 def section_ensemble(results: Path) -> list[str]:

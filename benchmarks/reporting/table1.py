@@ -9,7 +9,7 @@ import numpy as np
 
 from ..suite_jobs import MODELS, ROOT, TASKS
 from .aggregate import carried_over, footing, models_of, runs_of, tasks_of
-from .columns import PAPER_COLUMN, crysdiff_heads, own_columns
+from .columns import PAPER_COLUMN, REGRESSION_COLUMN, crysdiff_heads, own_columns
 from .format import CARRIED, MIXED, budget_check, calibrated_cell, fmt, fmt_cell, median, model_label, pct, rel, signed, spearman, unit_of
 
 
@@ -42,14 +42,29 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
         out.append(f"| {TASKS[task].label} ({unit_of(cells, task)}){'' if fair[task] else ' ' + MIXED} | {budget:g} min | "
                    + " | ".join(fmt_cell(row[m], m == best_of[task]) for m in models) + " | " + " | ".join(coverage) + " |")
     out += ["", budget_check([fair[t] for t in tasks]), "", "**Analysis** (computed from the table):", ""]
-    own_heads = {own for own, _, _ in heads}
+    out += _best_lines(best_of, fair, heads) + _pretraining_lines(cells, tasks, heads)
+    out += _regression_lines(cells, tasks, heads) + _steps_line(cells, tasks)
+    out += _coverage_lines(cells, tasks, heads, calibration) + _peer_line(cells, models)
+    out.append(domain_overlap())
+    return out + [""]
+
+
+def _best_lines(best_of: dict, fair: dict, heads) -> list[str]:
+    """How often each head is the best column, over the rows on one footing."""
+    out = []
     best_of = {t: best for t, best in best_of.items() if fair[t]}
     for own, twin, what in heads:
         count = sum(best == own for best in best_of.values())
         out.append(f"* crysdiff ({what}) is the best column on {count} of {len(best_of)} tasks (issue 5 target: at least 5 of 7).")
     if len(heads) > 1:
-        count = sum(best in own_heads for best in best_of.values())
+        count = sum(best in {own for own, _, _ in heads} for best in best_of.values())
         out.append(f"* One of crysdiff's diffusion heads is the best column on {count} of {len(best_of)} tasks.")
+    return out
+
+
+def _pretraining_lines(cells, tasks, heads) -> list[str]:
+    """Each head pre-trained against its from-scratch twin, and how that change follows the training-set size."""
+    out = []
     for own, twin, what in heads:
         gains, sizes = {}, {}
         for task in tasks:
@@ -72,14 +87,26 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
             out.append(f"* Spearman correlation between training-set size and the relative change from pre-training "
                        f"({what}): {fmt(rho, 2)} over {len(gains)} tasks (positive: pre-training helps more where labels "
                        f"are few).")
+    return out
+
+
+def _regression_lines(cells, tasks, heads) -> list[str]:
+    """Each diffusion head against the regression head on the same pre-trained encoder."""
+    out = []
     for own, _, what in heads:
-        head_gains = {t: pct(cells[("table1", t, own, 1.0)].mae, cells[("table1", t, "regression", 1.0)].mae)
-                      for t in tasks if ("table1", t, own, 1.0) in cells and ("table1", t, "regression", 1.0) in cells
-                      and footing(runs_of(cells[("table1", t, own, 1.0)], cells[("table1", t, "regression", 1.0)]))}
+        head_gains = {t: pct(cells[("table1", t, own, 1.0)].mae, cells[("table1", t, REGRESSION_COLUMN, 1.0)].mae)
+                      for t in tasks if ("table1", t, own, 1.0) in cells and ("table1", t, REGRESSION_COLUMN, 1.0) in cells
+                      and footing(runs_of(cells[("table1", t, own, 1.0)], cells[("table1", t, REGRESSION_COLUMN, 1.0)]))}
         if head_gains:
             better = sum(g < 0 for g in head_gains.values())
             out.append(f"* The diffusion head ({what}) beats a regression head on the same pre-trained encoder on {better} "
                        f"of {len(head_gains)} tasks (median change {signed(median(head_gains.values()))}).")
+    return out
+
+
+def _steps_line(cells, tasks) -> list[str]:
+    """The training the paper's column did within the budget, from its runs' logs."""
+    out = []
     done = [(t, r["fit"]["steps"], r["fit"].get("epochs"), r.get("train_count"))
             for t in tasks if ("table1", t, PAPER_COLUMN, 1.0) in cells
             for r in cells[("table1", t, PAPER_COLUMN, 1.0)].results[:1] if r.get("fit", {}).get("steps")]
@@ -90,6 +117,12 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
                    + ". The budgets compare how fast the models learn, not where they end up; the bundled models "
                      "(default head, fine-tuned for longer, in two stages; their budgets on their cards) are in "
                      "`models/README.md`.")
+    return out
+
+
+def _coverage_lines(cells, tasks, heads, calibration: dict) -> list[str]:
+    """Raw and calibrated 95% coverage of each head, the carried-over calibration rows left out."""
+    out = []
     for own, _, what in heads:
         coverages = [cells[("table1", t, own, 1.0)].coverage for t in tasks if ("table1", t, own, 1.0) in cells]
         inside = sum(0.90 <= c <= 0.98 for c in coverages if math.isfinite(c))
@@ -110,13 +143,20 @@ def section_table1(cells, calibration: dict | None = None) -> list[str]:
             out.append(f"* Calibrated on the validation set, as `crysdiff predict` reports it: not counted, every task's "
                        f"calibration rows ({carried}) are carried over from a pass that recorded no commit ({CARRIED}; "
                        "their run folders are gone); see the calibration section.")
+    return out
+
+
+def _peer_line(cells, models) -> list[str]:
+    """Which peer columns report an interval."""
+    out = []
     peers = sorted({m for m in models if m not in MODELS or MODELS[m].peer})
     with_interval = [m for m in peers if any(c.coverages for k, c in cells.items() if k[0] == "table1" and k[2] == m)]
     if peers:
         out.append(f"* Peer columns reporting an interval (a 95% coverage in their results files): "
                    f"{', '.join(with_interval) or 'none'} of {', '.join(peers)}.")
-    out.append(domain_overlap())
-    return out + [""]
+    return out
+
+
 
 
 def domain_overlap(pool: Path = ROOT / "models" / "pretrained_pool.ckpt", data: Path = ROOT.parent / "shared" / "data") -> str:
