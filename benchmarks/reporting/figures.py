@@ -19,13 +19,25 @@ def _plt():
     return plt
 
 
-def fig_sparse(cells, tasks, models, path: Path) -> bool:
-    plt = _plt()
-    present = [t for t in tasks if any(k[0] == "sparse" and k[1] == t for k in cells)]
+def _row_of_panels(cells, tasks, experiment: str):
+    """(figure, [(axes, task)]) with one panel per task that ``experiment`` has, or ``(None, [])``."""
+    present = [t for t in tasks if any(k[0] == experiment and k[1] == t for k in cells)]
     if not present:
-        return False
-    fig, axes = plt.subplots(1, len(present), figsize=(4.8 * len(present), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], present):
+        return None, []
+    fig, axes = _plt().subplots(1, len(present), figsize=(4.8 * len(present), 3.8), squeeze=False)
+    return fig, list(zip(axes[0], present))
+
+
+def _save(fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return True
+
+
+def fig_sparse(cells, tasks, models, path: Path) -> bool:
+    fig, panels = _row_of_panels(cells, tasks, "sparse")
+    for ax, task in panels:
         for model in models:
             points = [(f, cells[("sparse", task, model, f)]) for f in FRACTIONS_SPARSE if ("sparse", task, model, f) in cells]
             if not points:
@@ -40,19 +52,12 @@ def fig_sparse(cells, tasks, models, path: Path) -> bool:
         ax.set_ylabel(f"test MAE ({unit_of(cells, task)})")
         ax.set_title(TASKS[task].label, fontsize=10)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return bool(panels) and _save(fig, path)
 
 
 def fig_ablation(cells, tasks, variants, path: Path) -> bool:
-    plt = _plt()
-    present = [t for t in tasks if any(k[0] == "ablation" and k[1] == t for k in cells)]
-    if not present:
-        return False
-    fig, axes = plt.subplots(1, len(present), figsize=(4.8 * len(present), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], present):
+    fig, panels = _row_of_panels(cells, tasks, "ablation")
+    for ax, task in panels:
         names = [v for v in variants if ("ablation", task, v, 1.0) in cells]
         values = [cells[("ablation", task, v, 1.0)] for v in names]
         ax.bar(range(len(names)), [c.mae for c in values],
@@ -62,10 +67,7 @@ def fig_ablation(cells, tasks, variants, path: Path) -> bool:
                                           for v in names], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(f"test MAE ({unit_of(cells, task)})")
         ax.set_title(TASKS[task].label, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return bool(panels) and _save(fig, path)
 
 
 def fig_reliability(cells, tasks, path: Path) -> bool:
@@ -91,7 +93,4 @@ def fig_reliability(cells, tasks, path: Path) -> bool:
         ax.set_title(f"{TASKS[task].label}\ncoverage {fmt(cell.coverage)}", fontsize=8)
         ax.set_xlabel(f"mean predicted std ({unit_of(cells, task)})", fontsize=8)
         ax.set_ylabel("RMSE in the bin", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
