@@ -3,6 +3,11 @@
     python benchmarks/report.py                 # benchmarks/results/suite/ -> docs/results.md, docs/figures/
     python benchmarks/report.py --quick         # benchmarks/results/suite-quick/ -> runs/suite-quick/results.md
     python benchmarks/report.py --results DIR --out FILE.md --figures DIR
+    python -m benchmarks.report ...             # the same, as a module
+
+The sections live in ``benchmarks/reporting/`` (one module per artefact over a shared aggregate-and-
+format layer); column and part names come from the job table, ``benchmarks/suite_jobs.py``. Runs of
+options removed from the code (``reporting/dropped.py``) leave the tables for "Tried and dropped".
 
 Every number in the report is read from a results JSON written by ``benchmarks/suite.py``; the
 analysis sentences are computed from those numbers (counts, medians, correlations), never typed in.

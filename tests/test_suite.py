@@ -695,6 +695,44 @@ def test_report_shows_step_budget_runs_apart_and_compares_them_on_any_machine(tm
     assert "5%, 300 steps: pre-trained longer still 10 vs. same network from scratch (Gaussian head, learned prior) 12 (-17%)." in text
 
 
+def test_longer_still_uses_the_step_budget_rows_where_the_seed_0_wall_clock_rows_mix_machines(tmp_path):
+    """Issue 27: the seed-0 "longer still" rows ran on another machine type than the pool-model and
+    scratch rows; rerun at a step budget (job ids ``.b280st``), the comparison means the same on any
+    machine, so the section shows the step row beside the wall-clock one and counts it instead."""
+    results = tmp_path / "results"
+    for fraction in (0.05, 0.1):
+        for model, mae, cpu in (("gaussian_learned_longpre2", 10.0, "fast cpu"), ("gaussian_learned", 12.0, "test cpu"),
+                                ("scratch_gaussian_learned", 11.0, "test cpu")):
+            experiment = "longpre-sparse" if model.endswith("longpre2") else "sparse-heads"
+            _fixture(results, experiment, "mp2018_formation", model, 0, mae, fraction, cpu=cpu, budget=4.0)
+    text = "\n".join(report.section_longpre(report.aggregate(report.load_results(results)[0])))
+    assert "| formation energy (mp2018) (GPa) | 5% | 11 | 12 | 10 | -17% † | -9.1% † | – |" in text
+    assert "Pre-trained longer still vs. from scratch: no row on one machine type (2 rows mix machine types)." in text
+    assert "pre-trained longer still against scratch up to 40%: not counted" in text
+    # the step-budget reruns: the longest pre-training on the fast machine, the others on the slow one
+    for model, mae, cpu in (("gaussian_learned_longpre2", 9.0, "fast cpu"), ("gaussian_learned", 9.5, "test cpu"),
+                            ("scratch_gaussian_learned", 9.9, "slow cpu")):
+        experiment = "longpre-sparse" if model.endswith("longpre2") else "sparse-heads"
+        _fixture(results, experiment, "mp2018_formation", model, 0, mae, 0.05, cpu=cpu, budget=16.0, steps=280)
+    jobs = report.load_results(results)[0]
+    text = "\n".join(report.section_longpre(report.aggregate(jobs)))
+    assert "| formation energy (mp2018) (GPa) | 5%, 280 steps | 9.9 | 9.5 | 9 | -5.3% | -9.1% | – |" in text
+    assert "| formation energy (mp2018) (GPa) | 5% | 11 | 12 | 10 | -17% † | -9.1% † | – |" in text  # still shown, marked
+    assert ("Pre-trained longer still vs. from scratch: lower test MAE in 1 of 1 rows, median change -9.1% "
+            "(1 rows mixing machine types left out).") in text  # 5%: the step row; 10%: wall clock only, left out
+    assert ("2 of 6 comparisons in the change columns compare runs on one machine type or with one step budget "
+            "(280 steps); 4 compare wall-clock runs from different machine types") in text
+    assert report.part_flags(jobs, "sparse-heads") == [
+        " --seeds 0 --fractions 0.05 0.1 --tasks mp2018_formation",
+        " --seeds 0 --models gaussian_learned scratch_gaussian_learned --fractions 0.05 --tasks mp2018_formation "
+        "--budget-steps 280"]
+    # a step-budget run that stopped short of its steps (its wall-clock cap came first) is not comparable
+    _fixture(results, "sparse-heads", "mp2018_formation", "scratch_gaussian_learned", 0, 9.9, 0.05, cpu="slow cpu",
+             budget=16.0, steps=280, fit={"steps": 200, "epochs": 1, "seconds": 960.0})
+    text = "\n".join(report.section_longpre(report.aggregate(report.load_results(results)[0])))
+    assert "| 5%, 280 steps | 9.9 | 9.5 | 9 | -5.3% | -9.1% † | – |" in text
+
+
 def test_refine_intro_states_the_shares_of_the_split_files(tmp_path):
     """The Table 2 section's "refined on X% or Y%" comes from the splits' crystal counts, not typed."""
     committed = BENCHMARKS / "results" / "suite" / "refine"
