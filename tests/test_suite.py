@@ -5,6 +5,9 @@ results files below are fabricated test fixtures written to a temporary folder."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -341,6 +344,17 @@ def test_removed_options_leave_the_tables_and_keep_their_numbers_in_tried_and_dr
     assert all(f"### `{d.option}`" in tried for d in dropped.DROPPED)
     # archived files do not enter the current tables
     assert report.aggregate(report.load_results(results)[0])[("table1", "mp_elastic_bulk", "crysdiff", 1.0)].maes == [8.0]
+
+
+def test_report_starts_as_a_script_from_any_folder_and_as_a_module():
+    """``python benchmarks/report.py`` (what the docs cite) and ``python -m benchmarks.report`` both
+    import every section and take the same flags."""
+    root = Path(report.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    for how, cwd in (([str(root / "benchmarks" / "report.py")], root.parent), (["-m", "benchmarks.report"], root)):
+        done = subprocess.run([sys.executable, *how, "--help"], cwd=cwd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert all(flag in done.stdout for flag in ("--quick", "--results", "--out", "--figures"))
 
 
 def test_every_column_the_report_names_is_in_the_job_table():
