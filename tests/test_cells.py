@@ -13,6 +13,7 @@ import crysdiff
 from crysdiff.batching import collate_crystals
 from crysdiff.cells import AS_GIVEN, CellConfig, canonical_cell
 from crysdiff.checkpoint import load_checkpoint, save_checkpoint
+from crysdiff.crystal import Crystal
 from crysdiff.io import read
 from crysdiff.predict import bundled_models
 from crysdiff.symmetry import (change_basis, conventional_cell, permute_atoms, random_orthogonal, random_permutation,
@@ -129,3 +130,19 @@ def test_models_without_a_cell_record_see_cells_as_given():
     assert predictor.cell == AS_GIVEN
     assert list(predictor.predict(EXAMPLES / "Si_diamond.cif", samples=4).columns) == \
         ["id", "source", "mean", "std", "p2.5", "p97.5", "unit", "flags"]
+
+
+def test_canonical_cells_are_those_of_the_reference_code():
+    """120 structures of ../shared/data (every source, 2 to 48 same-metric bases, cells spglib reduced,
+    one that falls back, mp-20411 whose fingerprints tie to the last bit between symmetric bases) and
+    the canonical cells the code of a2c511c made of them: the faster reduction must give the same ones."""
+    stored = np.load(Path(__file__).parent / "data" / "canonical_cells_a2c511c.npz", allow_pickle=False)
+    given_at, reduced_at = np.cumsum(stored["given_count"])[:-1], np.cumsum(stored["count"])[:-1]
+    given = zip(np.split(stored["given_z"], given_at), np.split(stored["given_frac"], given_at), stored["given_lattice"])
+    reduced = zip(np.split(stored["z"], reduced_at), np.split(stored["frac"], reduced_at), stored["lattice"])
+    for id_, (z, frac, lattice), (z_ref, frac_ref, lattice_ref), fallback in zip(stored["ids"], given, reduced, stored["fallback"]):
+        out = canonical_cell(Crystal(z, frac, lattice, id=str(id_)))
+        assert out.fallback == str(fallback), id_
+        np.testing.assert_array_equal(out.crystal.atomic_numbers, z_ref, err_msg=str(id_))
+        np.testing.assert_allclose(out.crystal.lattice, lattice_ref, rtol=0, atol=1e-9, err_msg=str(id_))
+        np.testing.assert_allclose(out.crystal.frac_coords, frac_ref, rtol=0, atol=1e-9, err_msg=str(id_))

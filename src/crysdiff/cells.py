@@ -154,14 +154,22 @@ _SHORT = np.array([v for v in np.ndindex(3, 3, 3) if v != (1, 1, 1)], dtype=np.f
 def _automorphisms(gram: np.ndarray) -> np.ndarray:
     """``[A, 3, 3]`` the integer matrices ``M`` (entries in {-1, 0, 1}, which suffices for a
     Niggli-reduced basis) with ``M G Mᵀ = G`` within tolerance, the identity first: row ``i`` of
-    ``M`` is a lattice vector as long as basis vector ``i``, and the angles must match too."""
+    ``M`` is a lattice vector as long as basis vector ``i``, and the angles must match too.
+    The candidates are taken in row-major order of their rows' places in ``_SHORT``; the products
+    ``u G vᵀ`` of the 26 short vectors are computed once, so each candidate is six look-ups."""
     tolerance = _METRIC_TOLERANCE * np.abs(gram).max()
-    norms = np.einsum("vi,ij,vj->v", _SHORT, gram, _SHORT)  # [26]
-    rows = [_SHORT[np.abs(norms - gram[i, i]) <= tolerance] for i in range(3)]
-    grid = np.stack(np.meshgrid(*[np.arange(len(r)) for r in rows], indexing="ij"), axis=-1).reshape(-1, 3)
-    m = np.stack([rows[i][grid[:, i]] for i in range(3)], axis=1)  # [C, 3, 3]
-    same = np.all(np.abs(m @ gram @ m.transpose(0, 2, 1) - gram) <= tolerance, axis=(1, 2))
-    m = m[same & (np.abs(np.round(np.linalg.det(m))) == 1)]
+    products = _SHORT @ gram @ _SHORT.T  # [26, 26]
+    norms = np.diagonal(products)
+    rows = [np.flatnonzero(np.abs(norms - gram[i, i]) <= tolerance) for i in range(3)]
+    first, second, third = (index.ravel() for index in np.meshgrid(*rows, indexing="ij"))  # [C] each
+    same = ((np.abs(products[first, second] - gram[0, 1]) <= tolerance)
+            & (np.abs(products[second, first] - gram[1, 0]) <= tolerance)
+            & (np.abs(products[first, third] - gram[0, 2]) <= tolerance)
+            & (np.abs(products[third, first] - gram[2, 0]) <= tolerance)
+            & (np.abs(products[second, third] - gram[1, 2]) <= tolerance)
+            & (np.abs(products[third, second] - gram[2, 1]) <= tolerance))
+    m = np.stack([_SHORT[first[same]], _SHORT[second[same]], _SHORT[third[same]]], axis=1)  # [C', 3, 3]
+    m = m[np.abs(np.round(np.linalg.det(m))) == 1]
     identity = np.all(m == np.eye(3), axis=(1, 2))
     return np.concatenate([m[identity], m[~identity]])
 
@@ -187,29 +195,53 @@ def _waves_and_triples() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.n
 _WAVES, _TRIPLES = _waves_and_triples()
 
 
-def _fingerprints(frac: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """``[A, K + T]`` for fractional coordinates ``[A, N, 3]`` (one crystal in ``A`` bases): numbers
-    that do not change with a translation or the atom order but do with the basis, ``|S(k)|²`` and
-    ``Im S(a) S(b) S(±c)`` of the structure factor ``S(k) = Σ z exp(2πi k·f) / Σ z``."""
-    factors = np.einsum("n,ank->ak", z / z.sum(), np.exp(2j * np.pi * frac @ _WAVES.T))  # [A, K]
+def _fingerprints(frac: np.ndarray, z: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """``[A, K + T]`` for one crystal (fractional coordinates ``[N, 3]``) in ``A`` bases, basis ``a``
+    giving coordinates ``frac @ inverse[a]``: numbers that do not change with a translation or the
+    atom order but do with the basis, ``|S(k)|²`` and ``Im S(a) S(b) S(±c)`` of the structure factor
+    ``S(k) = Σ z exp(2πi k·f) / Σ z``.
+
+    The bases come in pairs ``M, -M`` (both keep the metric), and ``-M`` negates every phase, so its
+    structure factors are the complex conjugates of ``M``'s, to the bit: only one of each pair is
+    evaluated."""
+    first, partner = _pairs(inverse)
+    phases = 2j * np.pi * (frac @ inverse[first]) @ _WAVES.T  # [A/2, N, K], the arithmetic of a2c511c: ties stay ties
+    half = np.einsum("n,ank->ak", z / z.sum(), np.exp(phases))  # [A/2, K]
+    factors = np.empty((len(inverse), half.shape[1]), dtype=np.complex128)
+    factors[first], factors[partner] = half, np.conj(half)
     a, b, c, sign = _TRIPLES
     third = np.where(sign > 0, np.conj(factors[:, c]), factors[:, c])  # S(-(a+b)) = conj S(a+b)
     triples = factors[:, a] * factors[:, b] * third  # [A, T]
     return np.concatenate([np.abs(factors) ** 2, np.imag(triples)], axis=1)
 
 
+def _pairs(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For integer ``[A, 3, 3]`` matrices closed under negation: ``(first, partner)``, the index of
+    the first of each pair ``M, -M`` and of its negative."""
+    index = {m.tobytes(): i for i, m in enumerate(np.round(matrices).astype(np.int8))}
+    first, partner = [], []
+    for key, i in index.items():
+        j = index[(-np.frombuffer(key, dtype=np.int8)).tobytes()]
+        if i < j:
+            first.append(i), partner.append(j)
+    return np.array(first), np.array(partner)
+
+
 def _one_basis(lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Of the bases of a Niggli-reduced lattice with the same metric (``lattice`` and ``-lattice`` always,
     more for a lattice with more symmetry than the crystal), the one whose fingerprint is largest
     (lexicographically, rounded), so that every cell of the crystal ends in the same one; ties are
-    symmetries of the crystal itself."""
+    symmetries of the crystal itself, and the first of them is kept."""
     same = _automorphisms(lattice @ lattice.T)  # [A, 3, 3]
     if len(same) == 1:
         return lattice, frac
     inverse = np.round(np.linalg.inv(same))  # integer too
-    keys = np.round(_fingerprints(frac @ inverse, z.astype(np.float64)), 6)  # [A, K + T]
-    best = np.lexsort(keys.T[::-1])[-1]  # a largest key (first column most significant)
-    best = min(np.flatnonzero(np.all(keys == keys[best], axis=1)))  # among equal keys, the first basis
+    keys = np.round(_fingerprints(frac, z.astype(np.float64), inverse), 6)  # [A, K + T]
+    if np.all(keys == keys[0]):  # every basis is a symmetry of the crystal (to the rounding)
+        best = 0
+    else:  # max() returns the first of equal largest keys; tuples compare lexicographically
+        rows = keys.tolist()
+        best = max(range(len(rows)), key=rows.__getitem__)
     return same[best] @ lattice, wrap_frac(frac @ inverse[best])
 
 

@@ -136,6 +136,9 @@ def wrap_frac(frac_coords: np.ndarray) -> np.ndarray:
     return wrapped
 
 
+_IMAGES = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64)  # [27, 3]
+
+
 def nearest_pair(cart: np.ndarray, lattice: np.ndarray) -> tuple[int, int, float]:
     """The closest pair of atoms ``(i, j, distance)`` of one crystal, over the cell and its 26
     neighbouring images (``j == i`` for an atom and its own image, as in a one-atom cell).
@@ -144,9 +147,7 @@ def nearest_pair(cart: np.ndarray, lattice: np.ndarray) -> tuple[int, int, float
     linear in N.
     """
     n = cart.shape[0]
-    shifts = np.array(
-        [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64
-    ) @ lattice  # [27, 3]
+    shifts = _IMAGES @ lattice  # [27, 3]
     if n <= 64:
         # |d + s|² = |d|² + 2 d·s + |s|² for every pair d = r_j - r_i and image shift s: one matmul
         # instead of an [N, N, 27, 3] array (squared distances; one square root at the end)
@@ -169,7 +170,6 @@ def _min_image_clash(cart: np.ndarray, lattice: np.ndarray, min_distance: float)
     """The closest pair of atoms (i, j, distance) if it is closer than ``min_distance``."""
     i, j, d = nearest_pair(cart, lattice)
     return (i, j, d) if d < min_distance else None
-    return None
 
 
 def validate(crystal: Crystal, settings: ValidationSettings = ValidationSettings()) -> Crystal:
