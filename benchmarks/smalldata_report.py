@@ -108,6 +108,33 @@ def fraction_figure(summary: dict, path: Path) -> Path | None:
     return path
 
 
+def protocol_lines(quick: bool) -> list[str]:
+    """The columns, budgets and hyper-parameter policy, from the constants the run uses."""
+    from benchmarks import smalldata as sd
+
+    cap = sd.QUICK_BUDGET_MINUTES if quick else sd.BUDGET_MINUTES
+    epochs = sd.QUICK_EPOCHS if quick else sd.CRYSDIFF_EPOCHS
+    return [
+        "## Columns and budgets", "",
+        f"* crysdiff: `crysdiff finetune --init {sd.COLUMNS['crysdiff'].init}` with the default head, "
+        f"`train.max_epochs={epochs}`, the weights with the best inner-validation MAE kept (early stopping "
+        f"by selection), `train.max_time_minutes={cap:g}` as the safety cap; the test is predicted with the "
+        "calibrated 95% interval a user gets (`crysdiff predict`, 100 samples). The same network from "
+        "scratch: the same command without `--init`.",
+        f"* CGCNN-style and ALIGNN (`benchmarks/peers/`): the same inner validation split, a wall-clock "
+        f"budget of {cap:g} min per fold at all the labels"
+        + ("" if quick else f" (fraction × {cap:g} min, at least {sd.MIN_BUDGET_MINUTES:g} min, on smaller fractions)")
+        + ", best validation weights kept.",
+        "* Random forest (`benchmarks/peers/rf_runner.py`): matminer Magpie ElementProperty + DensityFeatures + "
+        "GlobalSymmetryFeatures, scikit-learn `RandomForestRegressor` with fixed hyper-parameters (500 trees, "
+        "otherwise defaults; not tuned), fitted on the training + inner-validation crystals; no time cap.",
+        "* CHGNet 0.4.2 crystal features (`benchmarks/peers/chgnet_runner.py`): `RidgeCV` (alpha by "
+        "leave-one-out inside the training crystals) and a (128, 64) `MLPRegressor` (L2 strength chosen on "
+        "the inner validation split); no time cap.",
+        "* The pre-training pool of the crysdiff checkpoints holds the structures (not the labels) of every "
+        "set in `../shared/data`, test folds included, as unsupervised pre-training allows.", ""]
+
+
 def render(results: list[dict], figure: str | None, quick: bool) -> str:
     summary = summarise(results)
     commits = sorted({r.get("git_commit", "unknown")[:7] for r in results})
@@ -121,7 +148,8 @@ def render(results: list[dict], figure: str | None, quick: bool) -> str:
         lines += ["> **This is a `--quick` smoke run, not the benchmark**: 200 crystals per task, fold 0 only, "
                   "budgets of seconds. It shows that the pipeline runs end to end; its MAEs say nothing "
                   "about the models.", ""]
-    lines += ["## Per task, all the labels (mean ± std over folds; best MAE in bold)", "", *task_tables(summary)]
+    lines += ["## Per task, all the labels (mean ± std over folds; best MAE in bold)", "", *task_tables(summary),
+              *protocol_lines(quick)]
     if figure:
         lines += ["## MAE against label fraction", "", f"![MAE against label fraction]({figure})", ""]
     return "\n".join(lines).rstrip() + "\n"
