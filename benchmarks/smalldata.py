@@ -374,6 +374,17 @@ def job_commands(layout: Layout, job: Job, resume: bool = False) -> list[list[st
     return [[*shlex.split(column.command), *common, "--features", str(cache)]]
 
 
+def commit() -> str:
+    """The checked-out commit (``git rev-parse``; ``+dirty`` when tracked files differ from it)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return git_commit()
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def _shown(command: list[str]) -> str:
     words = ["crysdiff", *command[3:]] if command[:3] == [sys.executable, "-m", "crysdiff"] else command
     return shlex.join(w.replace(str(ROOT) + "/", "") for w in words)
@@ -403,7 +414,7 @@ def scores(frame, labels: dict[str, float], task: Task) -> dict:
     return out
 
 
-def run_job(layout: Layout, job: Job) -> str:
+def run_job(layout: Layout, job: Job, invocation: str = "") -> str:
     path = layout.result_path(job)
     if path.is_file():
         return "skipped (results exist)"
@@ -437,7 +448,8 @@ def run_job(layout: Layout, job: Job) -> str:
                "protocol": {k: split[k] for k in ("kfold", "subset_seed", "inner_val_fraction")},
                "test": metrics, "seconds": {**seconds, "total": sum(seconds.values())},
                "peer_seconds": peer.get("seconds", {}), "settings": peer.get("settings", {}),
-               "commands": [_shown(c) for c in commands], "git_commit": git_commit(), "machine": machine(),
+               "commands": [_shown(c) for c in commands], "git_commit": commit(), "machine": machine(),
+               "invocation": invocation,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -481,7 +493,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-minutes", type=float, default=None, help="neural columns' cap at 100%% labels")
     parser.add_argument("--rerun", action="store_true", help="move the selected jobs' results aside and run again")
     parser.add_argument("--report", action="store_true", help="write docs/smalldata.md and its figure")
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
     layout = Layout.default(args.quick)
     if args.report:
         from benchmarks.smalldata_report import write_report
@@ -509,7 +522,8 @@ def main(argv=None) -> int:
             print(f"[{k}/{len(jobs)}] {job.job_id}: {state}")
             continue
         try:
-            print(f"[{k}/{len(jobs)}] {job.job_id}: {run_job(layout, job)}", flush=True)
+            outcome = run_job(layout, job, "python -m benchmarks.smalldata " + shlex.join(raw))
+            print(f"[{k}/{len(jobs)}] {job.job_id}: {outcome}", flush=True)
         except Exception as error:  # one failed job never stops the others
             failed.append(job.job_id)
             print(f"[{k}/{len(jobs)}] {job.job_id}: FAILED: {error}", flush=True)

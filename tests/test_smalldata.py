@@ -115,7 +115,9 @@ def test_done_fold_is_skipped_and_rerun_moves_it_aside(toy, monkeypatch, capsys)
     assert calls.read_text() == "x"  # fold 0 only
     result = json.loads((toy.results / "toy.mean.lf1.f0.json").read_text())
     assert result["test"]["count"] == len(smalldata.kfold_tests(23)[0])
-    assert result["test"]["mae_unit"] > 0 and result["git_commit"] and result["commands"]
+    assert result["test"]["mae_unit"] > 0 and result["commands"]
+    assert len(result["git_commit"].split("+")[0]) == 40  # a real commit, also in a git worktree
+    assert result["invocation"] == "python -m benchmarks.smalldata --models mean --folds 0 1"
     assert result["protocol"]["kfold"] == [5, True, 18012019]
     assert smalldata.main(argv) == 0  # done: nothing runs
     assert calls.read_text() == "x"
