@@ -62,7 +62,7 @@ def fit_predict(head: str, seed: int):
         x_fit, x_sel, x_new = _scaled(x_train, x_val, x_test)
         best = None
         for alpha in MLP_ALPHAS:
-            model = MLPRegressor((128, 64), alpha=alpha, early_stopping=True, max_iter=500, random_state=seed)
+            model = MLPRegressor(hidden_layer_sizes=(128, 64), alpha=alpha, early_stopping=True, max_iter=500, random_state=seed)
             model.fit(x_fit, (y_train - centre) / scale)
             mae = float(np.mean(np.abs(model.predict(x_sel) * scale + centre - y_val)))
             if best is None or mae < best[0]:
