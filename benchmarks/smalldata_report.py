@@ -94,7 +94,7 @@ def fraction_figure(summary: dict, path: Path) -> Path | None:
             if points:
                 f = [100 * p[0] for p in points]
                 axis.errorbar(f, [p[1][0] for p in points], yerr=[p[1][1] for p in points], marker="o",
-                              capsize=3, label=COLUMNS[column].label)
+                              capsize=3, label=COLUMNS[column].label, color=f"C{list(COLUMNS).index(column)}")
         unit = f"log10 {TASKS[task].unit}" if TASKS[task].log10 else TASKS[task].unit or "unitless"
         axis.set(xscale="log", xlabel="labels of the training fold (%)", ylabel=f"test MAE ({unit})",
                  title=TASKS[task].label)
