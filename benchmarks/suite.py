@@ -523,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-minutes", type=float, help="override every job's budget (minutes of training)")
     parser.add_argument("--budget-steps", type=int,
                         help="train every crysdiff job for this many optimiser steps (a budget that means the same on "
-                             "any machine; the wall clock becomes a safety cap of STEP_CAP_FACTOR x the task's budget)")
+                             "any machine; the wall clock becomes a safety cap: --budget-minutes if given, else STEP_CAP_FACTOR x the "
+                             "task's budget)")
     parser.add_argument("--models", nargs="+", help="only these model columns (e.g. crysdiff scratch alignn)")
     parser.add_argument("--fractions", type=float, nargs="+", help="only these label fractions (e.g. 1 or 0.1 0.4)")
     parser.add_argument("--tasks", nargs="+", help="only these tasks (e.g. mp_elastic_bulk perov5_heat; see --list)")

@@ -643,6 +643,8 @@ def test_step_budgets_name_their_jobs_and_cap_the_wall_clock():
         train="t.csv", val="v.csv"))
     assert "train.max_steps=300" in command and f"train.max_time_minutes={own[0].budget_minutes:g}" in command
     assert not {j.job_id for j in own} & {j.job_id for j in suite_jobs.make_jobs("sparse")}
+    capped = suite_jobs.make_jobs("sparse", budget_steps=300, budget_minutes=60, models=("crysdiff",), seeds=(0,))
+    assert [j.job_id for j in capped] == [j.job_id for j in own] and all(j.budget_minutes == 60 for j in capped)
 
 
 def test_report_shows_step_budget_runs_apart_and_compares_them_on_any_machine(tmp_path):
