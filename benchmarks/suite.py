@@ -128,16 +128,20 @@ def predict_command(model_path: Path, test: Path, out: Path, seed: int, samples:
 
 
 def git_commit(root: Path = ROOT) -> str:
-    """The checked-out commit, read from ``.git`` (no git process)."""
+    """The checked-out commit, read from ``.git`` (no git process). In a worktree ``.git`` is a file
+    naming the worktree's own folder, whose ``commondir`` holds the shared refs."""
     git = root / ".git"
     try:
+        if git.is_file():  # "gitdir: <path>"
+            git = (root / git.read_text().strip().removeprefix("gitdir:").strip()).resolve()
+        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head
         ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
+        if (common / ref).is_file():
+            return (common / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0]
     except OSError:
@@ -523,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-minutes", type=float, help="override every job's budget (minutes of training)")
     parser.add_argument("--budget-steps", type=int,
                         help="train every crysdiff job for this many optimiser steps (a budget that means the same on "
-                             "any machine; the wall clock becomes a safety cap of STEP_CAP_FACTOR x the task's budget)")
+                             "any machine; the wall clock becomes a safety cap: --budget-minutes if given, else STEP_CAP_FACTOR x the "
+                             "task's budget)")
     parser.add_argument("--models", nargs="+", help="only these model columns (e.g. crysdiff scratch alignn)")
     parser.add_argument("--fractions", type=float, nargs="+", help="only these label fractions (e.g. 1 or 0.1 0.4)")
     parser.add_argument("--tasks", nargs="+", help="only these tasks (e.g. mp_elastic_bulk perov5_heat; see --list)")

@@ -315,7 +315,8 @@ def make_jobs(part: str, *, quick: bool = False, seeds: tuple[int, ...] | None =
 
     With a step budget (``budget_steps`` or the experiment's own) every crysdiff job trains that many
     optimiser steps, a budget that means the same on any machine; its wall-clock cap is then
-    ``STEP_CAP_FACTOR`` times the task's budget, a safety limit only (peers keep the wall clock)."""
+    ``budget_minutes`` when given, else ``STEP_CAP_FACTOR`` times the task's budget, a safety limit only (peers keep
+    the wall clock)."""
     if part == "pretrain-ablation":
         minutes = budget_minutes or (QUICK_PRETRAIN_MINUTES if quick else PRETRAIN_MINUTES)
         return [PretrainJob(name, overrides, minutes) for name, overrides in PRETRAININGS.items()
@@ -341,8 +342,8 @@ def make_jobs(part: str, *, quick: bool = False, seeds: tuple[int, ...] | None =
                     init_job = base.job_id if part == "refine" and MODELS.get(model, Model("")).init == "job" else ""
                     minutes = 0.0 if MODELS.get(model, Model("")).evaluate_only else budget(task)
                     steps = (budget_steps or experiment.budget_steps) if minutes and model in MODELS and not MODELS[model].peer else 0
-                    if steps:
-                        minutes = STEP_CAP_FACTOR * (QUICK_BUDGET_MINUTES if quick else TASKS[task].budget_minutes)
+                    if steps:  # the wall clock is a safety cap only: --budget-minutes sets it, else STEP_CAP_FACTOR x the task's
+                        minutes = budget_minutes or STEP_CAP_FACTOR * (QUICK_BUDGET_MINUTES if quick else TASKS[task].budget_minutes)
                     jobs.append(Job(part, task, model, fraction, seed, minutes, init_job, steps))
     return jobs
 

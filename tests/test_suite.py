@@ -690,6 +690,8 @@ def test_step_budgets_name_their_jobs_and_cap_the_wall_clock():
         train="t.csv", val="v.csv"))
     assert "train.max_steps=300" in command and f"train.max_time_minutes={own[0].budget_minutes:g}" in command
     assert not {j.job_id for j in own} & {j.job_id for j in suite_jobs.make_jobs("sparse")}
+    capped = suite_jobs.make_jobs("sparse", budget_steps=300, budget_minutes=60, models=("crysdiff",), seeds=(0,))
+    assert [j.job_id for j in capped] == [j.job_id for j in own] and all(j.budget_minutes == 60 for j in capped)
 
 
 def test_report_shows_step_budget_runs_apart_and_compares_them_on_any_machine(tmp_path):
@@ -760,3 +762,25 @@ def test_refine_intro_states_the_shares_of_the_split_files(tmp_path):
     text = "\n".join(report.section_refine(report.aggregate(report.load_results(tmp_path)[0])))
     assert "is refined on 50% or 80% of the `matminer/flla_2015` materials" in text
     assert "| 50% | the other 50% |" in text
+
+
+def test_git_commit_is_read_in_a_worktree_too(tmp_path):
+    """Results files record the commit that ran them; in a ``git worktree`` ``.git`` is a file and the
+    refs live in the main repository (this read 'unknown' before)."""
+    import subprocess
+
+    def git(*args, cwd=tmp_path / "repo"):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "repo").mkdir()
+    git("init", "-q")
+    (tmp_path / "repo" / "f").write_text("x")
+    git("add", "f")
+    git("commit", "-qm", "one")
+    git("worktree", "add", "-q", "-b", "side", str(tmp_path / "wt"))
+    head = git("rev-parse", "HEAD")
+    assert suite.git_commit(tmp_path / "repo") == head
+    assert suite.git_commit(tmp_path / "wt") == head
+    git("pack-refs", "--all")  # refs only in packed-refs
+    assert suite.git_commit(tmp_path / "wt") == head
