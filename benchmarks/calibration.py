@@ -8,7 +8,7 @@ For each crysdiff run of the suite with a diffusion head (results files under
 own validation predictions (``val_predictions.csv``, written by ``crysdiff finetune``) and test
 predictions (``test_predictions.csv``, the chain's raw intervals: the suite predicts with
 ``--raw-interval``), fits the scale exactly as fine-tuning does
-(:func:`crysdiff.property_model.conformal_interval_scale`), and moves the test intervals as
+(:func:`crysdiff.uncertainty.conformal_interval_scale`), and moves the test intervals as
 ``crysdiff predict`` does by default: ``q' = clip(mean + scale (q − mean))``
 (:func:`crysdiff.property_model.scale_spread`; the map is increasing, so moving the summary
 quantiles equals moving the samples). Runs trained before calibration existed are scored the same
@@ -42,7 +42,7 @@ def calibrate_run(run_dir: Path, test_file: Path, target: str, lower_bound: floa
 
     import torch
 
-    from crysdiff.property_model import conformal_interval_scale, scale_spread
+    from crysdiff.uncertainty import conformal_interval_scale, scale_spread
 
     val_file, test_preds = run_dir / "val_predictions.csv", run_dir / "test_predictions.csv"
     if not (val_file.is_file() and test_preds.is_file()):

@@ -9,7 +9,7 @@ them first: ``python benchmarks/suite.py --part sparse --tasks T --models crysdi
 --fractions F...``), predicts the task's test split with each alone and with all of them as one
 ensemble (``crysdiff predict --model A --model B ...``: S samples from each, pooled), and scores
 accuracy and coverage, for both ways of pooling: the members' draws as drawn, and widened by the
-small-ensemble correction that ``crysdiff predict`` applies (``crysdiff.predict.pool_members``). Writes ``benchmarks/results/suite[-quick]/ensemble/<task>.json``, which
+small-ensemble correction that ``crysdiff predict`` applies (``crysdiff.uncertainty.pool_members``). Writes ``benchmarks/results/suite[-quick]/ensemble/<task>.json``, which
 ``benchmarks/report.py`` reads.
 """
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.seeds) < 2:
         parser.error("an ensemble needs at least two --seeds")
 
-    from crysdiff.predict import load, pool_members
+    from crysdiff.predict import load
+    from crysdiff.uncertainty import pool_members
 
     layout = Layout.default(quick=args.quick)
     rows = []

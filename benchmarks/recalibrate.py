@@ -13,7 +13,7 @@ Cases (data the bundled models were not trained on):
 
 Each case draws S samples per crystal once, with the chain's own spread. Then, ``--repeats``
 times for each calibration size n, n crystals picked at random fit the split-conformal scale
-(:func:`crysdiff.property_model.conformal_interval_scale`, what ``crysdiff calibrate`` fits) and
+(:func:`crysdiff.uncertainty.conformal_interval_scale`, what ``crysdiff calibrate`` fits) and
 the other crystals are scored: 95% coverage and mean interval width with the raw spread, with the
 shipped scale (fitted on mp2018/val) and with the refitted one. Writes
 benchmarks/results/recalibrate.json and recalibrate.png.
@@ -67,7 +67,7 @@ def scored(y, mean, low, high, scale: float, lower_bound: float | None) -> tuple
 def run_case(case: str, samples: int, repeats: int, seed: int, splits: Path) -> dict:
     from crysdiff.calibrate import draw_labelled, interval95
     from crysdiff.predict import load
-    from crysdiff.property_model import conformal_interval_scale
+    from crysdiff.uncertainty import conformal_interval_scale
 
     model_name, column, description = CASES[case]
     predictor = load(model_name, device="cpu")

@@ -202,7 +202,7 @@ def training_ids(train: Path, target: str, fraction: float, seed: int) -> tuple[
 
 def test_metrics(frame, labels: dict[str, float], bins: int = 10) -> dict:
     """MAE, RMSE, R², 95% coverage and reliability bins of predictions ``frame`` against ``labels``."""
-    from crysdiff.finetune import regression_metrics
+    from crysdiff.metrics import regression_metrics
 
     frame = frame[frame["id"].astype(str).isin(labels)]
     y = np.array([labels[str(i)] for i in frame["id"]])

@@ -80,8 +80,9 @@ PAPER_HEAD = ("head.kind=card", "head.prior=mean")
 MODELS: dict[str, Model] = {
     "crysdiff": Model("crysdiff (pre-trained + CARD head, constant prior)", overrides=PAPER_HEAD),
     "scratch": Model("same network from scratch (CARD head)", init=None, overrides=PAPER_HEAD),
-    "regression": Model("pre-trained encoder + regression head", overrides=("head.kind=regression",)),
-    "regression_scratch": Model("random encoder + regression head", init=None, overrides=("head.kind=regression",)),
+    "regression": Model("pre-trained encoder + regression head", overrides=("head.kind=regression", "head.prior=mean")),
+    "regression_scratch": Model("random encoder + regression head", init=None,
+                                overrides=("head.kind=regression", "head.prior=mean")),
     "eq4": Model("pre-trained, literal Eq. 4 head", overrides=("head.kind=eq4", "head.prior=mean")),
     "learned_prior": Model("pre-trained, CARD learned prior f(x)", overrides=("head.kind=card", "head.prior=learned")),
     "gaussian": Model("pre-trained, Gaussian-parameterised diffusion head", overrides=("head.kind=gaussian", "head.prior=mean")),

@@ -18,7 +18,7 @@ Three readings of the same draws are scored:
   bundled models), this coverage is in-sample (near 95% by construction, up to the number of samples);
 * ``calibrated_crossfit``: the honest check on such a set. The crystals are split into two seeded
   halves; each half is moved by the scale fitted (as fine-tuning fits it,
-  :func:`crysdiff.property_model.conformal_interval_scale`) on the other half only
+  :func:`crysdiff.uncertainty.conformal_interval_scale`) on the other half only
   (:func:`crysdiff.calibrate.crossfit_calibrate`, also what ``crysdiff calibrate`` reports).
 The top-level ``coverage95``, ``mean_predicted_std`` and bins are the ``calibrated_crossfit`` ones
 for a single calibrated model, else the raw ones (``reading`` says which).
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from crysdiff.calibrate import crossfit_calibrate, draw_labelled
-from crysdiff.property_model import scale_spread
+from crysdiff.uncertainty import scale_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from crysdiff.heads import NoiseHead
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CRYSDIFF_TEST_DATA") or REPO.parent / "shared" / "data").resolve()
 EXAMPLES = REPO / "examples" / "structures"
@@ -80,16 +82,15 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-class HeadWithoutCoefficients(torch.nn.Module):
-    """The same head, seen through ``forward`` only (forces the generic per-sample chain)."""
+class HeadWithoutCoefficients(NoiseHead):
+    """The same head, declared a general noise head (forces the generic per-sample chain)."""
 
     def __init__(self, head):
         super().__init__()
         self.inner = head
-        self.uses_schedule = getattr(head, "uses_schedule", False)
 
-    def forward(self, features, y_t, mu, t, **schedule):
-        return self.inner(features, y_t, mu, t, **schedule)
+    def forward(self, features, y_t, mu, t, alpha_bar):
+        return self.inner(features, y_t, mu, t, alpha_bar)
 
 
 def write_perov_rows(shared_data, folder, **splits) -> None:

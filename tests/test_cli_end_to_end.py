@@ -269,7 +269,8 @@ def test_calibrate_refits_the_interval_and_keeps_the_model(finetuned, perov_smal
     covered = report["coverage95_crossfit"] * 30  # each half scored with the other half's scale
     assert covered == pytest.approx(round(covered)) and 15 <= round(covered) <= 30
     assert old["state_dict"].keys() == new["state_dict"].keys()
-    assert all(torch.equal(old["state_dict"][k], new["state_dict"][k]) for k in old["state_dict"])
+    assert all(torch.equal(old["state_dict"][k], new["state_dict"][k]) for k in old["state_dict"] if k != "y_interval_scale")
+    assert float(new["state_dict"]["y_interval_scale"]) == report["scale"]  # the scale the model reads
     assert {k: v for k, v in new["normalizer"].items() if k != "interval_scale"} == \
         {k: v for k, v in old["normalizer"].items() if k != "interval_scale"}
 
@@ -374,7 +375,7 @@ def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_smal
 
 
 def test_an_ensemble_rejects_members_it_cannot_pool(finetuned, pretrained, perov_small, tmp_path, capsys):
-    regression = _finetune_tiny(pretrained, perov_small, tmp_path / "reg", "head.kind=regression")
+    regression = _finetune_tiny(pretrained, perov_small, tmp_path / "reg", "head.kind=regression", "head.prior=mean")
     assert main(["predict", "--model", str(finetuned / "model.ckpt"), "--model", str(regression), "examples/structures",
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err
@@ -395,17 +396,33 @@ def test_refine_a_finetuned_model(finetuned, perov_small, tmp_path):
     assert json.loads((out / "val_metrics.json").read_text())["init_kind"] == "finetune"
 
 
-def test_composition_skip_round_trips_through_the_checkpoint(pretrained, perov_small, tmp_path):
-    """``head.composition=true`` adds a head-side element embedding; the saved model loads and
-    predicts with it (the embedding's weights are in the checkpoint, not re-initialised)."""
+def test_old_checkpoints_migrate_and_dropped_options_are_refused(finetuned, tmp_path, capsys):
+    """A checkpoint written before the lower bound and interval scale were model state reads them
+    from its normaliser and predicts the same; one written with a dropped head option is refused
+    in one line that names the file and the option (exit code 2)."""
     import crysdiff
-    from crysdiff.checkpoint import load_checkpoint
+    from crysdiff.checkpoint import load_checkpoint, save_checkpoint
 
-    path = _finetune_tiny(pretrained, perov_small, tmp_path / "comp", "head.composition=true")
-    payload = load_checkpoint(path, kind="finetune")
-    assert payload["config"]["head"]["composition"] is True
-    stored = payload["state_dict"]["composition.weight"]
-    predictor = crysdiff.load(path, device="cpu")
-    torch.testing.assert_close(predictor.model.composition.weight, stored)
-    frame = predictor.predict(["examples/structures"], samples=5)
-    assert len(frame) == 10 and frame["mean"].notna().all()
+    payload = load_checkpoint(finetuned / "model.ckpt", kind="finetune")
+    assert "y_interval_scale" in payload["state_dict"] and "y_lower_bound" in payload["state_dict"]
+    header = ("format", "format_version", "crysdiff_version", "kind", "config", "state_dict")
+    extra = {k: v for k, v in payload.items() if k not in header}
+
+    def write(name, config, state, **changes):
+        return save_checkpoint(tmp_path / name, kind="finetune", config=config, state_dict=state, **{**extra, **changes})
+
+    state = {k: v for k, v in payload["state_dict"].items() if k not in ("y_interval_scale", "y_lower_bound")}
+    old_head = dict(payload["config"]["head"], baseline="prior", composition=False, layers="last")  # as a2c511c wrote it
+    old = write("old.ckpt", dict(payload["config"], head=old_head), state,
+                normalizer=dict(payload["normalizer"], interval_scale=1.7))
+    new = crysdiff.load(finetuned / "model.ckpt", device="cpu")
+    migrated = crysdiff.load(old, device="cpu")
+    assert migrated.model.interval_scale == 1.7 and migrated.model.lower_bound == new.model.lower_bound
+    new.model.calibrate(interval_scale=1.7, lower_bound=new.model.lower_bound)
+    pd.testing.assert_frame_equal(migrated.predict(["examples/structures"], samples=5),
+                                  new.predict(["examples/structures"], samples=5), check_exact=True)
+    config = dict(payload["config"], head=dict(payload["config"]["head"], composition=True))
+    dropped = write("dropped.ckpt", config, payload["state_dict"])
+    assert main(["predict", "--model", str(dropped), "examples/structures", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(dropped) in err and "head.composition=true" in err and "Traceback" not in err

@@ -102,28 +102,42 @@ def test_untrained_head_samples_the_prior(kind):
     assert torch.allclose(out["std"], torch.full((6,), 2.0, dtype=out["std"].dtype), rtol=0.06)
 
 
-def test_card_head_without_baseline_amplifies_when_untrained():
-    """The earlier parameterisation (baseline="zero", eps_hat = 0 at initialisation) runs the
-    reverse chain without denoising, which inflates the spread ~1/sqrt(alpha_bar_T) times: why the
-    prior baseline is the default."""
-    diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=1000))
-    model = PropertyModel(ToyEncoder(), 32, HeadConfig(kind="card", hidden_dim=16, baseline="zero"), mean=3.0, std=2.0)
-    batch, _, _, _ = toy_batch(3, torch.Generator().manual_seed(0))
-    out = model.predict(batch, diffusion, num_samples=500, generator=torch.Generator().manual_seed(0))
-    assert out["std"].min() > 20 * 2.0
+def test_checkpoint_configs_are_migrated_or_refused_with_the_dropped_option_named():
+    from crysdiff.restore import stored_finetune_config
+
+    new = stored_finetune_config({"target": "band_gap", "head": {"kind": "card", "baseline": "prior", "composition": False,
+                                                                 "hidden_dim": 64}})
+    assert new.head.kind == "card" and new.head.hidden_dim == 64
+    assert stored_finetune_config({"target": "x", "head": {"kind": "card"}}, current=True).head.kind == "card"
+    regression = stored_finetune_config({"target": "x", "head": {"kind": "regression", "prior": "learned",
+                                                                 "baseline": "prior"}})
+    assert regression.head.prior == "mean"  # the prior was never used by a regression head
+    refused = {"head.baseline=zero": {"kind": "card"},  # written before the field existed
+               "head.composition=true": {"baseline": "prior", "composition": True},
+               "head.layers=all": {"baseline": "prior", "layers": "all"},
+               "head.kind=card_mlp": {"kind": "card_mlp", "baseline": "prior"}}
+    for option, head in refused.items():
+        with pytest.raises(ValueError, match=option.replace(".", "[.]")):
+            stored_finetune_config({"target": "band_gap", "head": head})
+    with pytest.raises(ValueError, match="head.kind"):
+        HeadConfig(kind="card_mlp")
+    with pytest.raises(ValueError, match="head.prior=mean"):
+        HeadConfig(kind="regression")  # the default prior is learned: a regression head must say mean
+    with pytest.raises(TypeError):
+        HeadConfig(baseline="zero")
 
 
-def test_checkpoints_without_baseline_field_load_as_zero_baseline():
-    from crysdiff.finetune import stored_finetune_config
-
-    old = stored_finetune_config({"target": "band_gap", "head": {"kind": "card", "hidden_dim": 64}})
-    assert old.head.baseline == "zero" and old.head.hidden_dim == 64
-    assert stored_finetune_config({"target": "band_gap"}).head.baseline == "zero"
-    new = stored_finetune_config({"target": "band_gap", "head": {"kind": "card", "baseline": "prior"}})
-    assert new.head.baseline == "prior"
-    assert HeadConfig().baseline == "prior"
-    with pytest.raises(ValueError, match="baseline"):
-        PropertyModel(ToyEncoder(), 32, HeadConfig(baseline="ones"))
+def test_interval_scale_and_lower_bound_are_model_state():
+    """Both travel with the weights (state_dict) and come back on load; a fresh model has neither set."""
+    model = PropertyModel(ToyEncoder(), 32, HeadConfig(hidden_dim=16), lower_bound=0.0, interval_scale=1.5)
+    state = model.state_dict()
+    assert float(state["y_interval_scale"]) == 1.5 and float(state["y_lower_bound"]) == 0.0
+    fresh = PropertyModel(ToyEncoder(), 32, HeadConfig(hidden_dim=16))
+    assert fresh.lower_bound is None and fresh.interval_scale == 1.0
+    fresh.load_state_dict(state)
+    assert fresh.lower_bound == 0.0 and fresh.interval_scale == 1.5
+    fresh.calibrate(interval_scale=2.0, lower_bound=None)
+    assert fresh.lower_bound is None and fresh.interval_scale == 2.0
 
 
 @pytest.mark.parametrize("relative", [False, True])
@@ -147,13 +161,11 @@ def test_gaussian_head_is_the_exact_noise_posterior_of_a_gaussian_target(relativ
         assert intercept == pytest.approx(float(a + c * mu), rel=0.02, abs=0.01), t
 
 
-@pytest.mark.parametrize("baseline", ["zero", "prior"])
-def test_gaussian_head_chain_returns_its_mean_and_spread(baseline):
+def test_gaussian_head_chain_returns_its_mean_and_spread():
     """The reverse chain run with the head's coefficients ends (exact moments of the linear-Gaussian
-    chain) at the head's own N(m, s²), or N(mu + m, s²) with the prior baseline, to the
-    discretisation error of T = 1000 steps."""
+    chain) at the head's own N(mu + m, s²), to the discretisation error of T = 1000 steps."""
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=1000))
-    head = GaussianNoiseHead(8, HeadConfig(kind="gaussian", hidden_dim=16, baseline=baseline))
+    head = GaussianNoiseHead(8, HeadConfig(kind="gaussian", hidden_dim=16))
     features = torch.randn(5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     head = head.double()
     with torch.no_grad():
@@ -161,15 +173,16 @@ def test_gaussian_head_chain_returns_its_mean_and_spread(baseline):
         coeffs = head.chain_coefficients(features, diffusion.timesteps, alpha_bar=diffusion.alpha_bar)
     mu = torch.linspace(-1.0, 1.5, 5, dtype=torch.float64)  # a learned prior's f(x), one per crystal
     mean, var = diffusion.affine_moments(coeffs, mu)
-    assert torch.allclose(mean, m + (mu if baseline == "prior" else 0.0), atol=0.02)
+    assert torch.allclose(mean, m + mu, atol=0.02)
     assert torch.allclose(var.sqrt(), s, rtol=0.05)
 
 
 def test_regression_head_and_eq4_variant_run():
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=20))
     batch, y, _, _ = toy_batch(8, torch.Generator().manual_seed(0))
-    for kind in ("regression", "eq4", "card_mlp", "gaussian"):
-        model = PropertyModel(ToyEncoder(), 32, HeadConfig(kind=kind, hidden_dim=16), mean=1.0, std=2.0)
+    for kind in ("regression", "eq4", "card", "gaussian"):
+        head = HeadConfig(kind=kind, hidden_dim=16, prior="mean" if kind == "regression" else "learned")
+        model = PropertyModel(ToyEncoder(), 32, head, mean=1.0, std=2.0)
         loss = model.loss(batch, y, diffusion)["loss"]
         loss.backward()
         assert torch.isfinite(loss)
@@ -185,7 +198,7 @@ def test_lower_bound_clips_samples_and_intervals():
     # mean 0.1, std 1: an untrained head puts about half of all samples below zero
     unbounded = PropertyModel(ToyEncoder(), 32, HeadConfig(hidden_dim=16), mean=0.1, std=1.0)
     bounded = PropertyModel(ToyEncoder(), 32, HeadConfig(hidden_dim=16), mean=0.1, std=1.0, lower_bound=0.0)
-    bounded.load_state_dict(unbounded.state_dict())
+    bounded.load_state_dict({**unbounded.state_dict(), "y_lower_bound": bounded.y_lower_bound})  # the same weights
     raw = unbounded.predict(batch, diffusion, num_samples=200, generator=torch.Generator().manual_seed(1), keep_samples=True)
     clipped = bounded.predict(batch, diffusion, num_samples=200, generator=torch.Generator().manual_seed(1), keep_samples=True)
     assert (raw["samples"] < 0).float().mean() > 0.2
@@ -193,46 +206,12 @@ def test_lower_bound_clips_samples_and_intervals():
     assert (clipped["p2.5"] >= 0).all() and (clipped["mean"] > raw["mean"]).all()
 
 
-class BlindEncoder(torch.nn.Module):
-    """An encoder whose atom states carry no composition at all (the same vector for every atom)."""
-
-    def __init__(self, hidden=32):
-        super().__init__()
-        self.state = torch.nn.Parameter(torch.zeros(hidden))
-
-    def forward(self, batch, frac_coords, lattice, t):
-        return self.state.expand(batch.atomic_numbers.shape[0], -1)
-
-
-@pytest.mark.parametrize("kind", ["regression", "gaussian"])
-def test_composition_skip_recovers_what_the_encoder_lost(kind):
-    """A composition-determined target through an encoder blind to composition: without the skip
-    the head can predict only the mean; with ``head.composition`` it learns the target."""
-    diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=50))
-    errors = {}
-    for composition in (False, True):
-        torch.manual_seed(0)
-        model = PropertyModel(BlindEncoder(), 32, HeadConfig(kind=kind, hidden_dim=32, composition=composition),
-                              mean=3.0, std=2.0, max_atomic_number=8)
-        assert (model.composition is not None) == composition
-        train(model, diffusion, steps=400)
-        batch, _, target_mean, _ = toy_batch(400, torch.Generator().manual_seed(9))
-        with torch.no_grad():
-            if kind == "regression":
-                prediction = model.destandardise(model.head(model.encode(batch)).double())
-            else:
-                prediction = model.predict(batch, diffusion, num_samples=20, generator=torch.Generator().manual_seed(1))["mean"]
-        errors[composition] = (prediction.double() - target_mean.double()).abs().mean().item()
-    # the target's mean varies with composition by about 1.3 (MAE of the constant predictor)
-    assert errors[False] > 0.9 and errors[True] < 0.25, errors
-
-
 def test_conformal_scale_calibrates_too_narrow_intervals():
     """Intervals of N(mean, 1) for targets that scatter with std 2: the fitted scale is about 2, and
     the rescaled intervals cover about 95% of fresh crystals (split-conformal)."""
     import numpy as np
 
-    from crysdiff.property_model import conformal_interval_scale
+    from crysdiff.uncertainty import conformal_interval_scale
 
     rng = np.random.default_rng(0)
 
@@ -255,7 +234,7 @@ def test_conformal_scale_calibrates_too_narrow_intervals():
 
 
 def test_scale_spread_moves_every_quantile_about_the_mean():
-    from crysdiff.property_model import scale_spread, summarise
+    from crysdiff.uncertainty import scale_spread, summarise
 
     samples = torch.randn(5, 4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5
     samples = samples.clamp_min(0.0)  # a non-negative target's clipped samples
@@ -265,7 +244,7 @@ def test_scale_spread_moves_every_quantile_about_the_mean():
     for key in ("p2.5", "p97.5"):
         torch.testing.assert_close(moved[key], (mean + 1.7 * (plain[key] - mean)).clamp_min(0.0))
     model = PropertyModel(ToyEncoder(), 32, HeadConfig(kind="gaussian", prior="mean", hidden_dim=16), mean=1.0, std=2.0)
-    model.interval_scale = 3.0
+    model.calibrate(interval_scale=3.0)
     diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=50))
     batch, _, _, _ = toy_batch(6, torch.Generator().manual_seed(0))
     wide = model.predict(batch, diffusion, num_samples=200, generator=torch.Generator().manual_seed(1))
@@ -275,63 +254,3 @@ def test_scale_spread_moves_every_quantile_about_the_mean():
     torch.testing.assert_close(wide["p97.5"] - wide["mean"], 3.0 * (raw["p97.5"] - raw["mean"]))
 
 
-class LayeredEncoder(torch.nn.Module):
-    """Knows the composition in its input states and forgets it by the output (as the probe finds
-    of the pre-trained encoder): ``all_layers`` returns ``[embedding, constant]``."""
-
-    def __init__(self, hidden=32):
-        super().__init__()
-        self.embed = torch.nn.Embedding(20, hidden)
-        self.layers = torch.nn.ModuleList([torch.nn.Identity()])  # one layer: two states in all
-        self.out = torch.nn.Parameter(torch.zeros(hidden))
-
-    def forward(self, batch, frac_coords, lattice, t, *, all_layers=False):
-        final = self.out.expand(len(batch.atomic_numbers), -1)
-        return [self.embed(batch.atomic_numbers), final] if all_layers else final
-
-
-def test_all_layers_head_reads_what_the_last_layer_lost():
-    """``head.layers=all``: the head reads every layer's pooled states, so a target held only by an
-    early layer is learned; with the default (last layer) the head can predict only the mean."""
-    diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=50))
-    errors = {}
-    for layers in ("last", "all"):
-        torch.manual_seed(0)
-        model = PropertyModel(LayeredEncoder(), 32, HeadConfig(hidden_dim=32, layers=layers), mean=3.0, std=2.0)
-        assert model.head.net[1].in_features == (64 if layers == "all" else 32)
-        train(model, diffusion, steps=400)
-        batch, _, target_mean, _ = toy_batch(400, torch.Generator().manual_seed(9))
-        with torch.no_grad():
-            prediction = model.predict(batch, diffusion, num_samples=20, generator=torch.Generator().manual_seed(1))["mean"]
-        errors[layers] = (prediction.double() - target_mean.double()).abs().mean().item()
-    assert errors["last"] > 0.9 and errors["all"] < 0.25, errors
-    with pytest.raises(ValueError, match="head.layers"):
-        PropertyModel(LayeredEncoder(), 32, HeadConfig(layers="first"))
-    with pytest.raises(ValueError, match="equivariant encoder"):
-        PropertyModel(ToyEncoder(), 32, HeadConfig(layers="all"))
-
-
-def test_all_layers_features_keep_the_encoders_symmetries(crystals):
-    """The concatenated per-layer features of the real encoder are invariant to rotations and
-    reflections of the lattice, periodic translations and atom permutations."""
-    from crysdiff.batching import collate_crystals
-    from crysdiff.denoiser import CrysDiffEncoder, DenoiserConfig
-    from crysdiff.symmetry import (assert_invariant, permute_atoms, random_orthogonal, random_permutation,
-                                   rotate_lattice, shift_all, shift_one_atom_by_lattice_vector)
-
-    torch.manual_seed(0)
-    encoder = CrysDiffEncoder(DenoiserConfig(hidden_dim=32, num_layers=2, num_frequencies=8, time_dim=16))
-    model = PropertyModel(encoder, 32, HeadConfig(layers="all")).double().eval()
-    batch = collate_crystals(crystals)
-    batch.frac_coords, batch.lattice = batch.frac_coords.double(), batch.lattice.double()
-
-    def fn(b):
-        return model.encode(b)
-
-    assert fn(batch).shape == (batch.num_atoms.shape[0], 3 * 32)
-    for reflect in (False, True):
-        assert_invariant(fn, batch, lambda b: rotate_lattice(b, random_orthogonal(5, reflect=reflect)), atol=1e-9)
-    shift = torch.rand(batch.num_atoms.shape[0], 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert_invariant(fn, batch, lambda b: shift_all(b, shift), atol=1e-9)
-    assert_invariant(fn, batch, lambda b: shift_one_atom_by_lattice_vector(b, 1, (1, -2, 5), wrap=True), atol=1e-9)
-    assert_invariant(fn, batch, lambda b: permute_atoms(b, random_permutation(b, 3)), atol=1e-9)

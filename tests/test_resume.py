@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import crysdiff.engine
-import crysdiff.pretrain
 from crysdiff.cli import main
 from crysdiff.engine import read_metrics
 
@@ -91,9 +90,8 @@ def _run(kind, data, out, steps, *extra, callback=None):
             trainer.callbacks.append(callback)
         return trainer
 
-    with pytest.MonkeyPatch.context() as patch:  # pretrain imported make_trainer by name, finetune looks it up
+    with pytest.MonkeyPatch.context() as patch:  # both runs look it up at fit time (crysdiff.fitting.fit_task)
         patch.setattr(crysdiff.engine, "make_trainer", make_trainer)
-        patch.setattr(crysdiff.pretrain, "make_trainer", make_trainer)
         return main([*_command(kind, data, out, steps), *extra])
 
 

@@ -16,7 +16,7 @@ from crysdiff.denoiser import CrysDiffDenoiser, CrysDiffEncoder, DenoiserConfig,
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
 from crysdiff.finetune import FinetuneConfig, build_property_model
 from crysdiff.heads import HeadConfig
-from crysdiff.property_model import AveragedEncoder, PropertyModel, structure_blocks, structure_timestep
+from crysdiff.property_model import AveragedEncoder, NoisedStructures, PropertyModel, structure_blocks, structure_timestep
 from crysdiff.sampling import sample_structures
 from crysdiff.symmetry import assert_invariant, random_orthogonal, rotate_lattice, shift_all, shift_one_atom_by_lattice_vector
 
@@ -171,25 +171,25 @@ def test_unfixed_structure_training_and_prediction(batch):
     property_diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=10))
     structure_diffusion = JointDiffusion(DiffusionConfig(timesteps=20))
     encoder = RecordingEncoder()
-    model = PropertyModel(encoder, 16, HeadConfig(kind="card", prior="mean", hidden_dim=16))
+    head = HeadConfig(kind="card", prior="mean", hidden_dim=16)
+    model = PropertyModel(encoder, 16, head, structures=NoisedStructures(structure_diffusion, encodings=4))
     y = torch.randn(batch.num_atoms.shape[0], dtype=torch.float64)
-    out = model.loss(batch, y, property_diffusion, generator=torch.Generator().manual_seed(0),
-                     structure_diffusion=structure_diffusion)
+    out = model.loss(batch, y, property_diffusion, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out["loss"])
     frac, lattice, t = encoder.calls[-1]
     t_y = property_diffusion.sample_timesteps(len(y), generator=torch.Generator().manual_seed(0))  # the same draw
     assert torch.equal(t, structure_timestep(t_y, 10, 20))
     assert not torch.allclose(frac, batch.frac_coords) and not torch.allclose(lattice, batch.lattice)
-    model.loss(batch, y, property_diffusion)  # the default: the clean structure at step 0
+    PropertyModel(encoder, 16, head).loss(batch, y, property_diffusion)  # the default: the clean structure at step 0
     frac, lattice, t = encoder.calls[-1]
     assert torch.equal(frac, batch.frac_coords) and torch.equal(t, torch.zeros_like(t))
     encoder.calls.clear()
-    pred = model.predict(batch, property_diffusion, num_samples=5, structure_diffusion=structure_diffusion, structure_encodings=4)
+    pred = model.predict(batch, property_diffusion, num_samples=5)
     assert len(encoder.calls) == 4 and len({int(c[2][0]) for c in encoder.calls}) == 4
     assert torch.isfinite(pred["mean"]).all()
-    for head in (HeadConfig(kind="regression", hidden_dim=16), HeadConfig(prior="learned", hidden_dim=16)):
+    for head in (HeadConfig(kind="regression", prior="mean", hidden_dim=16), HeadConfig(prior="learned", hidden_dim=16)):
         with pytest.raises(ValueError, match="fix_structure=false"):
-            PropertyModel(RecordingEncoder(), 16, head).loss(batch, y, property_diffusion, structure_diffusion=structure_diffusion)
+            PropertyModel(RecordingEncoder(), 16, head, structures=NoisedStructures(structure_diffusion))
 
 
 def test_unfixed_structure_affine_chain_matches_generic_chain(batch):
@@ -197,10 +197,11 @@ def test_unfixed_structure_affine_chain_matches_generic_chain(batch):
     torch.manual_seed(0)
     property_diffusion = PropertyDiffusion(PropertyDiffusionConfig(timesteps=20))
     structure_diffusion = JointDiffusion(DiffusionConfig(timesteps=20))
-    model = PropertyModel(RecordingEncoder(), 16, HeadConfig(kind="card", prior="mean", hidden_dim=16))
+    model = PropertyModel(RecordingEncoder(), 16, HeadConfig(kind="card", prior="mean", hidden_dim=16),
+                          structures=NoisedStructures(structure_diffusion, encodings=3))
     with torch.no_grad():
         model.head.out.weight.normal_(std=0.3)  # coefficients that depend on the (per-block) encoding
-    kwargs = dict(num_samples=4000, structure_diffusion=structure_diffusion, structure_encodings=3)
+    kwargs = dict(num_samples=4000)
     fast = model.predict(batch, property_diffusion, generator=torch.Generator().manual_seed(0), **kwargs)
     model.head = HeadWithoutCoefficients(model.head)
     slow = model.predict(batch, property_diffusion, generator=torch.Generator().manual_seed(0), **kwargs)
@@ -257,7 +258,8 @@ def test_cli_one_field_cartesian_models_finetuned_on_unfixed_structures(small_da
 
     a.unlink(), b.unlink()  # the fine-tuned model needs neither pre-trained file any more
     predictor = crysdiff.load(out / "model.ckpt", device="cpu")
-    assert predictor.structure_diffusion is not None and predictor.structure_diffusion.timesteps == 20
+    structures = predictor.model.structures
+    assert isinstance(structures, NoisedStructures) and structures.diffusion.timesteps == 20 and structures.encodings == 3
     from pymatgen.core import Lattice, Structure
 
     frame = predictor.predict([Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])], samples=5)

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from crysdiff.metrics import regression_metrics  # the names and definitions crysdiff's own results use
 
 __all__ = ["Selection", "add_peer_arguments", "select_split", "read_ids", "regression_metrics", "write_outputs"]
 
@@ -112,19 +113,6 @@ def select_split(train, val, test, target: str, *, train_ids=None, val_ids=None,
             raise ValueError(f"no {part} crystal of {', '.join(sources)} has a value for {target!r}")
         out[part] = Selection(cache, indices, int((~labelled).sum()), sources)
     return out
-
-
-def regression_metrics(y, pred) -> dict[str, float]:
-    """Test ``mae``, ``rmse``, ``r2`` and ``count`` (the names crysdiff's own results use)."""
-    y, pred = np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64)
-    error = pred - y
-    total = float(np.sum((y - y.mean()) ** 2)) if y.size else 0.0
-    return {
-        "mae": float(np.mean(np.abs(error))) if y.size else math.nan,
-        "rmse": float(np.sqrt(np.mean(error**2))) if y.size else math.nan,
-        "r2": float(1 - np.sum(error**2) / total) if total > 0 else math.nan,
-        "count": int(y.size),
-    }
 
 
 def write_outputs(out_dir: str | Path, ids, y, pred, *, seconds: dict[str, float], settings: dict,

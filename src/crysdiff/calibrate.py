@@ -1,7 +1,7 @@
 """Refit a fine-tuned model's 95% interval on labelled crystals it has not seen (``crysdiff calibrate``).
 
 Fine-tuning fits one split-conformal factor for the spread of the chain's samples on its validation
-crystals (:func:`crysdiff.property_model.conformal_interval_scale`) and stores it in the checkpoint;
+crystals (:func:`crysdiff.uncertainty.conformal_interval_scale`) and stores it in the checkpoint;
 ``crysdiff predict`` moves every sample that many times further from the crystal's mean. The
 factor holds for new crystals drawn like the validation ones. A model taken to another domain
 (another functional, another family of compounds, measured values) can be over- or under-confident
@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 from crysdiff.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from crysdiff.property_model import conformal_interval_scale, scale_spread
+from crysdiff.uncertainty import LEVEL, conformal_interval_scale, interval95, scale_spread
 
 __all__ = ["Calibration", "calibrate", "crossfit_calibrate", "draw_labelled", "interval95", "MIN_CRYSTALS"]
 
 # ceil((N + 1) 0.95) <= N needs N >= 19: with fewer crystals no factor guarantees 95% coverage
 MIN_CRYSTALS = 20
-LEVEL = 0.95  # the interval crysdiff predict reports (p2.5, p97.5)
 
 
 @dataclass
@@ -44,7 +43,8 @@ class Calibration:
     report: dict
 
     def write(self, out: str | Path, overwrite: bool = False) -> Path:
-        """A copy of the model's checkpoint with the new scale (``normalizer.interval_scale``) and
+        """A copy of the model's checkpoint with the new scale (the model's ``y_interval_scale``, and
+        ``normalizer.interval_scale`` for the record) and
         this report appended to its ``calibrations``. Never writes over the model itself, nor over
         an existing file unless ``overwrite``."""
         out = Path(out)
@@ -53,11 +53,15 @@ class Calibration:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out}: exists; choose another --out or pass --force to replace it")
         payload = load_checkpoint(self.model_path, kind="finetune")
+        from crysdiff.restore import stored_state
+
         normalizer = dict(payload["normalizer"], interval_scale=self.scale)
+        state = stored_state(payload)
+        state["y_interval_scale"] = torch.tensor(float(self.scale), dtype=torch.float64)  # what the model reads
         kept = {k: v for k, v in payload.items()
                 if k not in ("format", "format_version", "crysdiff_version", "kind", "config", "state_dict", "normalizer")}
         kept["calibrations"] = list(payload.get("calibrations", [])) + [self.report]
-        return save_checkpoint(out, kind="finetune", config=payload["config"], state_dict=payload["state_dict"],
+        return save_checkpoint(out, kind="finetune", config=payload["config"], state_dict=state,
                                normalizer=normalizer, **kept)
 
 
@@ -85,12 +89,6 @@ def draw_labelled(predictor, sources, column: str, samples: int, seed: int = 0, 
     if not ids:
         return [], np.zeros(0), np.zeros((0, samples)), cache.skipped
     return ids, np.concatenate(ys), np.concatenate(draws), cache.skipped
-
-
-def interval95(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, lower and upper end of the central 95% interval of samples ``[B, S]``."""
-    low, high = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=1)
-    return samples.mean(axis=1), low, high
 
 
 def _coverage(y: np.ndarray, samples: np.ndarray) -> float:
@@ -126,9 +124,10 @@ def calibrate(model: str | Path, sources, *, target: str | None = None, samples:
     target). ``samples`` per crystal as ``crysdiff predict`` will draw them (the scale depends a
     little on it: percentiles of fewer samples are noisier and wider)."""
     from crysdiff import __version__
-    from crysdiff.predict import _resolve_model, load
+    from crysdiff.bundled import resolve_model
+    from crysdiff.predict import load
 
-    path = _resolve_model(model)
+    path = resolve_model(model)
     predictor = load(path, device=device)
     if not predictor.model.is_diffusion:
         raise CheckpointError(f"{path}: has a {predictor.config.head.kind!r} head, which predicts a value without "

@@ -24,6 +24,8 @@ needs ``1/sqrt(alpha_bar_t)``::
 
     y0_hat = ( y_t - (1 - sqrt(alpha_bar_t)) mu - sqrt(1 - alpha_bar_t) eps_hat ) / sqrt(alpha_bar_t)
 
+Alg. 2's loss is :meth:`PropertyDiffusion.loss` (as :meth:`crysdiff.diffusion.JointDiffusion.loss`
+holds Alg. 1's); Alg. 3's samplers, which call a head, are :mod:`crysdiff.property_sampling`.
 This module holds no learnable parameters; the network that predicts ``eps_hat`` lives elsewhere.
 Time steps are integers ``t`` in ``1..T``; index 0 of every table is the clean end (``alpha_bar_0 = 1``).
 """
@@ -100,6 +102,14 @@ class PropertyDiffusion(StepTables):
         """``y_t`` from ``y_0`` (Alg. 2 line 2). All tensors ``[B]`` (``t`` long in 1..T)."""
         ab = self._at(self.alpha_bar, t, y0)
         return ab.sqrt() * y0 + (1 - ab.sqrt()) * mu + (1 - ab).sqrt() * noise
+
+    def loss(self, head, features: torch.Tensor, y0: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Alg. 2: ``|ε − ε̂(z, y_t, μ, t)|²`` averaged over the batch, for standardised targets ``y0``,
+        prior means ``mu`` and steps ``t`` ``[B]``; ``head(features, y_t, mu, t, alpha_bar)`` predicts ``ε``."""
+        noise = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
+        y_t = self.add_noise(y0, mu, t, noise)
+        return ((head(features, y_t, mu, t, self.alpha_bar) - noise) ** 2).mean()
 
     def predict_y0(self, y_t: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
         """Invert the forward process for ``y_0`` given a noise estimate (Alg. 3 line 5, corrected)."""

@@ -14,114 +14,27 @@ pre-trained encoder), ``fix_structure=false`` (without fixing structures) and, a
 from __future__ import annotations
 
 import json
-import math
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 
-from crysdiff.card import PropertyDiffusion, PropertyDiffusionConfig
-from crysdiff.cells import stored_data_config
-from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
-from crysdiff.denoiser import DenoiserConfig, build_encoder
-from crysdiff.diffusion import DiffusionConfig, JointDiffusion
-from crysdiff.heads import HeadConfig
-from crysdiff.property_model import AveragedEncoder, PropertyModel, conformal_interval_scale, pool_mean
+from crysdiff.card import PropertyDiffusion
+from crysdiff.config import from_dict, save_yaml, to_dict
+from crysdiff.denoiser import DenoiserConfig
+from crysdiff.metrics import regression_metrics
+from crysdiff.diffusion import DiffusionConfig
+from crysdiff.property_model import PropertyModel, pool_mean
+from crysdiff.restore import FinetuneConfig, build_property_model, payload_config, stored_finetune_config, stored_state
+from crysdiff.uncertainty import conformal_interval_scale
 
 __all__ = ["FinetuneConfig", "PropertyModel", "FinetuneTask", "pool_mean", "run_finetune", "build_property_model",
-           "build_structure_diffusion", "regression_metrics", "stored_finetune_config"]
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Fine-tuning settings.
-
-    Attributes:
-        target: the label column to learn (e.g. ``formation_energy_per_atom``).
-        model: the encoder's config (replaced by the ``--init`` checkpoint's own when there is one).
-        head: the property head (default ``kind="gaussian"`` with ``prior="learned"``; the paper's
-            ``kind="card"`` with ``prior="mean"``; ``"eq4"``, ``"card_mlp"``, ``"regression"``).
-        property: the CARD schedule on the target.
-        freeze_encoder: keep the pre-trained encoder fixed (ablation "without updating the encoder").
-        encoder_lr_ratio: the encoder's learning rate relative to the head's.
-        eval_samples: samples per crystal when validating during training.
-        report_samples: samples per crystal in the final validation report and the calibration
-            after training: ``crysdiff predict``'s default, because the scale fitted there is for
-            intervals taken from that many samples (the 2.5/97.5 percentiles of fewer samples sit
-            slightly closer together, so a scale fitted on them over-covers at 100).
-        extra_init: a second pre-training checkpoint (same ``model`` settings as ``--init``): the
-            encoder becomes the mean of both pre-trained encoders' atom states, both trained
-            (ablation "without joint diffusion": ``--init`` pre-trained with ``diffusion.mode=lattice``,
-            this one with ``diffusion.mode=coords``). Its weights are copied into the fine-tuned
-            checkpoint, which needs neither file afterwards.
-        fix_structure: ``True`` (the paper): the encoder reads the clean structure. ``False``
-            (ablation "without fixing structures"): the structure is diffused with ``y`` by
-            ``structure_diffusion``, see :mod:`crysdiff.property_model`.
-        structure_encodings: with ``fix_structure=false``, encoder passes per crystal at inference
-            (the chain's steps are cut into this many blocks, each with one noised structure).
-        structure_diffusion: the structure diffusion of pre-training (taken from the ``--init``
-            checkpoint); used only with ``fix_structure=false``.
-        calibrate: after training, fit one factor for the spread on the validation crystals
-            (split-conformal, :func:`crysdiff.property_model.conformal_interval_scale`) so that the
-            95% interval covers 95% of them; stored in the checkpoint and applied by ``predict``.
-            The validation metrics report the coverage before it.
-    """
-
-    target: str = ""
-    model: DenoiserConfig = field(default_factory=DenoiserConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    property: PropertyDiffusionConfig = field(default_factory=PropertyDiffusionConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, max_epochs=30, warmup_steps=100))
-    data: DataConfig = field(default_factory=DataConfig)
-    freeze_encoder: bool = False
-    encoder_lr_ratio: float = 1.0
-    eval_samples: int = 20
-    report_samples: int = 100
-    extra_init: str = ""
-    fix_structure: bool = True
-    structure_encodings: int = 20
-    structure_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    calibrate: bool = True
+           "regression_metrics", "stored_finetune_config"]
 
 
 # --- the Lightning task and the run -----------------------------------------------------------------
-
-
-def build_property_model(config: FinetuneConfig, mean: float = 0.0, std: float = 1.0,
-                         lower_bound: float | None = None) -> PropertyModel:
-    """A (randomly initialised) :class:`PropertyModel` of the shape ``config`` describes."""
-    encoder = build_encoder(config.model)
-    if config.extra_init:
-        encoder = AveragedEncoder([encoder, build_encoder(config.model)])
-    return PropertyModel(encoder, config.model.hidden_dim, config.head, mean=mean, std=std, lower_bound=lower_bound,
-                         max_atomic_number=config.model.max_atomic_number)
-
-
-def build_structure_diffusion(config: FinetuneConfig) -> JointDiffusion | None:
-    """The structure diffusion that fine-tuning and prediction use: ``None`` when the structure is fixed."""
-    return None if config.fix_structure else JointDiffusion(config.structure_diffusion)
-
-
-def regression_metrics(y: np.ndarray, mean: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
-                       std: np.ndarray | None = None) -> dict[str, float]:
-    """MAE, RMSE, R², and (when intervals are given) the 95% interval coverage and mean predicted std."""
-    y, mean = np.asarray(y, float), np.asarray(mean, float)
-    error = mean - y
-    out = {
-        "count": int(y.size),
-        "mae": float(np.mean(np.abs(error))),
-        "rmse": float(np.sqrt(np.mean(error**2))),
-        "r2": float(1 - np.sum(error**2) / max(np.sum((y - y.mean()) ** 2), 1e-300)),
-    }
-    if lo is not None and hi is not None and np.all(np.isfinite(lo)):
-        out["coverage95"] = float(np.mean((y >= lo) & (y <= hi)))
-    if std is not None and np.all(np.isfinite(std)):
-        out["mean_std"] = float(np.mean(std))
-        out["std_abs_error_corr"] = float(np.corrcoef(std, np.abs(error))[0, 1]) if y.size > 2 else math.nan
-    return out
 
 
 class FinetuneTask(L.LightningModule):
@@ -132,9 +45,6 @@ class FinetuneTask(L.LightningModule):
         self.config = config
         self.model = model
         self.diffusion = PropertyDiffusion(config.property)
-        self.structure_diffusion = build_structure_diffusion(config)  # None: the structure is fixed
-        if self.structure_diffusion is not None:
-            model.check_unfixed_structures()  # fail before training, not at its first step
         if config.freeze_encoder:
             for p in self.model.encoder.parameters():
                 p.requires_grad_(False)
@@ -147,7 +57,7 @@ class FinetuneTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if self.config.freeze_encoder:
             self.model.encoder.eval()
-        out = self.model.loss(batch, self._target(batch), self.diffusion, structure_diffusion=self.structure_diffusion)
+        out = self.model.loss(batch, self._target(batch), self.diffusion)
         size = int(batch.num_atoms.shape[0])
         for key, value in out.items():
             self.log(f"train/{key}", value, prog_bar=key == "loss", batch_size=size)
@@ -158,8 +68,7 @@ class FinetuneTask(L.LightningModule):
         self._generator = torch.Generator(device=self.device).manual_seed(777)
 
     def validation_step(self, batch, batch_idx):
-        pred = self.model.predict(batch, self.diffusion, num_samples=self.config.eval_samples, generator=self._generator,
-                                  structure_diffusion=self.structure_diffusion, structure_encodings=self.config.structure_encodings)
+        pred = self.model.predict(batch, self.diffusion, num_samples=self.config.eval_samples, generator=self._generator)
         y = self._target(batch)
         self._val.append((y.cpu(), pred["mean"].cpu()))
         self.log("val/mae", (pred["mean"] - y).abs().mean(), prog_bar=True, batch_size=y.shape[0], sync_dist=True)
@@ -185,14 +94,16 @@ def _encoder_state(payload: dict) -> dict:
     return {k[len("encoder."):]: v for k, v in payload["state_dict"].items() if k.startswith("encoder.")}
 
 
-def _initial_model(config: FinetuneConfig, init: str | None, mean: float, std: float) -> tuple[FinetuneConfig, PropertyModel, dict]:
-    """The model to fine-tune: encoder(s) from pre-training checkpoints, a whole fine-tuned model, or random."""
+def _initial_model(config: FinetuneConfig, init: str | None, mean: float, std: float,
+                   lower_bound: float | None = None) -> tuple[FinetuneConfig, PropertyModel, dict]:
+    """The model to fine-tune: encoder(s) from pre-training checkpoints, a whole fine-tuned model, or
+    random; predicting no lower than ``lower_bound``, its interval not yet calibrated."""
     from crysdiff.checkpoint import load_checkpoint
 
     if init is None:
         if config.extra_init:
             raise ValueError(f"extra_init={config.extra_init} needs --init: the first of the two pre-training checkpoints")
-        return config, build_property_model(config, mean, std), {"init": "random"}
+        return config, build_property_model(config, mean, std, lower_bound), {"init": "random"}
     payload = load_checkpoint(init, kind=("pretrain", "finetune"))
     stored = payload["config"]
     config = replace(config, model=from_dict(DenoiserConfig, stored["model"]))
@@ -207,14 +118,14 @@ def _initial_model(config: FinetuneConfig, init: str | None, mean: float, std: f
                                  f"({config.model}); extra_init needs two models pre-trained with the same model.* settings")
             payloads.append(extra)
             info["extra_init"] = str(config.extra_init)
-        model = build_property_model(config, mean, std)
+        model = build_property_model(config, mean, std, lower_bound)
         encoders = model.encoder.encoders if config.extra_init else [model.encoder]
         for encoder, source in zip(encoders, payloads):
             encoder.load_state_dict(_encoder_state(source), strict=True)
         return config, model, info
     # refine a fine-tuned model (Table 2 protocol): keep its encoders, head, structure handling and
     # target standardisation, so the model is unchanged at step 0
-    previous = stored_finetune_config(stored)
+    previous = payload_config(payload)
     if config.extra_init and config.extra_init != previous.extra_init:
         raise ValueError(f"extra_init applies to pre-training checkpoints only: {init} is a fine-tuned model that "
                          f"already holds its encoders")
@@ -222,24 +133,9 @@ def _initial_model(config: FinetuneConfig, init: str | None, mean: float, std: f
                      structure_diffusion=previous.structure_diffusion)
     normalizer = payload["normalizer"]
     model = build_property_model(config, normalizer["mean"], normalizer["std"])
-    model.load_state_dict(payload["state_dict"], strict=True)
+    model.load_state_dict(stored_state(payload), strict=True)
+    model.calibrate(interval_scale=1.0, lower_bound=lower_bound)  # the bound of the new data; calibrated again after
     return config, model, {"init": str(init), "init_kind": "finetune", "init_target": normalizer.get("target")}
-
-
-def stored_finetune_config(stored: dict) -> FinetuneConfig:
-    """The :class:`FinetuneConfig` of a fine-tuned checkpoint's ``config`` dict.
-
-    Checkpoints written before ``head.baseline`` existed trained their ``card`` head without the
-    prior baseline; they are read with ``baseline="zero"`` so they predict exactly as before. A head
-    without ``kind`` or ``prior`` is read with the defaults of the time (``card``, ``mean``), not
-    today's. A checkpoint without ``data.cell`` saw cells as given and keeps doing so.
-    """
-    stored = stored_data_config(stored)
-    head = {"kind": "card", "prior": "mean", **(stored.get("head") or {})}
-    if "baseline" not in head:
-        head["baseline"] = "zero"
-    stored["head"] = head
-    return from_dict(FinetuneConfig, stored)
 
 
 def _parity_plot(y, mean, lo, hi, path: Path, target: str, unit: str) -> None:
@@ -261,6 +157,38 @@ def _parity_plot(y, mean, lo, hi, path: Path, target: str, unit: str) -> None:
     plt.close(fig)
 
 
+def _final_validation(task: FinetuneTask, config: FinetuneConfig, val_cache, val_idx, edges, device, out_dir: Path,
+                      unit: str) -> dict:
+    """Validate with the prediction settings users get (``report_samples``, the full chain), write
+    ``val_predictions.csv`` and ``parity.png``, and calibrate the model's interval on it (unless
+    ``calibrate=false``). Returns the validation metrics (with the scale when calibrated)."""
+    import pandas as pd
+
+    from crysdiff.loader import make_loader
+
+    rows = []
+    task.to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(config.train.seed)
+    for batch in make_loader(val_cache, val_idx, batch_size=config.train.batch_size, edges=edges, targets=[config.target]):
+        pred = task.model.predict(batch.to(device), task.diffusion, num_samples=config.report_samples, generator=generator)
+        pred = {k: v.cpu().numpy() for k, v in pred.items()}
+        rows.append(pd.DataFrame({
+            "id": [val_cache.id(int(i)) for i in batch.index], "y": batch.y[:, 0].double().numpy(),
+            "mean": pred["mean"], "std": pred["std"], "p2.5": pred["p2.5"], "p97.5": pred["p97.5"],
+        }))
+    task.cpu()
+    table = pd.concat(rows, ignore_index=True)
+    table.to_csv(out_dir / "val_predictions.csv", index=False)
+    y, mean, low, high = (table[k].values for k in ("y", "mean", "p2.5", "p97.5"))
+    metrics = regression_metrics(y, mean, low, high, table["std"].values)
+    if task.model.is_diffusion and config.calibrate:
+        scale, calibration = conformal_interval_scale(y, mean, low, high)
+        task.model.calibrate(interval_scale=scale, lower_bound=task.model.lower_bound)
+        metrics.update(interval_scale=scale, coverage95_calibrated=calibration["coverage_after"], calibration=calibration)
+    _parity_plot(y, mean, low, high, out_dir / "parity.png", config.target, unit)
+    return metrics
+
+
 def run_finetune(
     config: FinetuneConfig,
     init: str | None,
@@ -275,16 +203,13 @@ def run_finetune(
 ) -> dict:
     """Fine-tune on ``config.target`` and write ``OUT/model.ckpt``, ``val_metrics.json``,
     ``val_predictions.csv`` and ``parity.png``. Returns the validation metrics."""
-    import pandas as pd
-
     from crysdiff.batching import EdgeSettings
     from crysdiff.cache import load_dataset
     from crysdiff.checkpoint import save_checkpoint
     from crysdiff.crystal import ValidationSettings
     from crysdiff.domain import training_summary
-    from crysdiff.engine import last_checkpoint, make_trainer, planned_steps, plot_curves
-    from crysdiff.loader import make_loader
-    from crysdiff.runfolder import best_state_dict
+    from crysdiff.engine import last_checkpoint, plot_curves
+    from crysdiff.fitting import fit_task
     from crysdiff.splits import label_fraction as subsample
     from crysdiff.splits import random_split
 
@@ -325,27 +250,15 @@ def run_finetune(
     y_train = np.asarray(train_cache.labels[train_idx, column], dtype=np.float64)
     mean, std = float(y_train.mean()), float(y_train.std() or 1.0)
     lower_bound = 0.0 if y_train.min() >= 0 else None  # a non-negative target never gets negative predictions
-    config, model, init_info = _initial_model(config, init, mean, std)
-    model.lower_bound = lower_bound
+    config, model, init_info = _initial_model(config, init, mean, std, lower_bound)
     save_yaml(config, out_dir / "config.yaml")
     unit = train_cache.units.get(config.target, "")
 
     task = FinetuneTask(config, model)
     edges = EdgeSettings(max_dense_atoms=config.data.max_dense_atoms, knn_neighbors=config.data.knn_neighbors)
-    trainer = make_trainer(config.train, out_dir, monitor="val/mae", progress=progress, has_validation=len(val_idx) > 0,
-                           resume=resume)
-    loader_args = dict(batch_size=config.train.batch_size, edges=edges, num_workers=config.train.num_workers,
-                       max_atoms_per_batch=config.train.max_atoms_per_batch or None, targets=[config.target],
-                       rank=trainer.global_rank, world_size=trainer.world_size)
-    train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, **loader_args)
-    val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
-    task.total_steps = planned_steps(config.train, len(train_loader))
-    started = time.perf_counter()
-    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
-    fit_seconds = time.perf_counter() - started
-    best = best_state_dict(trainer, out_dir)
-    if best is not None:
-        task.load_state_dict(best)
+    trainer, _, fit_seconds = fit_task(task, config.train, out_dir, (train_cache, train_idx), (val_cache, val_idx), edges,
+                                       monitor="val/mae", progress=progress, resume=resume, resume_from=resume_from,
+                                       targets=[config.target])
 
     # final validation with the prediction settings users get (S samples, full chain)
     metrics: dict = {"target": config.target, "unit": unit, "train_count": int(len(train_idx)),
@@ -354,32 +267,10 @@ def run_finetune(
     if init_info.get("init_kind") == "finetune":
         normalizer.update(mean=float(model.y_mean), std=float(model.y_std))
     if len(val_idx):
-        rows = []
         device = trainer.strategy.root_device  # Lightning moved the task back to the CPU when fit ended
-        task.to(device).eval()
-        generator = torch.Generator(device=device).manual_seed(config.train.seed)
-        for batch in make_loader(val_cache, val_idx, batch_size=config.train.batch_size, edges=edges, targets=[config.target]):
-            pred = task.model.predict(batch.to(device), task.diffusion, num_samples=config.report_samples, generator=generator,
-                                      structure_diffusion=task.structure_diffusion, structure_encodings=config.structure_encodings)
-            pred = {k: v.cpu().numpy() for k, v in pred.items()}
-            rows.append(pd.DataFrame({
-                "id": [val_cache.id(int(i)) for i in batch.index], "y": batch.y[:, 0].double().numpy(),
-                "mean": pred["mean"], "std": pred["std"], "p2.5": pred["p2.5"], "p97.5": pred["p97.5"],
-            }))
-        task.cpu()
-        table = pd.concat(rows, ignore_index=True)
-        table.to_csv(out_dir / "val_predictions.csv", index=False)
-        metrics["val"] = regression_metrics(table["y"].values, table["mean"].values, table["p2.5"].values,
-                                            table["p97.5"].values, table["std"].values)
-        if task.model.is_diffusion and config.calibrate:
-            scale, calibration = conformal_interval_scale(table["y"].values, table["mean"].values, table["p2.5"].values,
-                                                          table["p97.5"].values)
-            task.model.interval_scale = scale
-            normalizer["interval_scale"] = scale
-            metrics["val"].update(interval_scale=scale, coverage95_calibrated=calibration["coverage_after"],
-                                  calibration=calibration)
-        _parity_plot(table["y"].values, table["mean"].values, table["p2.5"].values, table["p97.5"].values,
-                     out_dir / "parity.png", config.target, unit)
+        metrics["val"] = _final_validation(task, config, val_cache, val_idx, edges, device, out_dir, unit)
+        if "interval_scale" in metrics["val"]:
+            normalizer["interval_scale"] = metrics["val"]["interval_scale"]
     save_checkpoint(
         out_dir / "model.ckpt", kind="finetune", config=to_dict(config), state_dict=task.model.state_dict(),
         normalizer=normalizer, metrics=metrics.get("val", {}),

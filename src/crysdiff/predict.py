@@ -30,31 +30,12 @@ import torch
 
 from crysdiff.card import PropertyDiffusion
 from crysdiff.checkpoint import CheckpointError, load_checkpoint
-from crysdiff.diffusion import JointDiffusion
-from crysdiff.finetune import (FinetuneConfig, PropertyModel, build_property_model, build_structure_diffusion,
-                               stored_finetune_config)
-from crysdiff.property_model import summarise
+from crysdiff.bundled import bundled_models, resolve_model
+from crysdiff.property_model import PropertyModel
+from crysdiff.restore import FinetuneConfig, restore
+from crysdiff.uncertainty import ensemble_summary, pool_members
 
-__all__ = ["Predictor", "Member", "load", "bundled_models"]
-
-MODELS_DIR = Path(__file__).parent / "models"
-
-
-def bundled_models() -> dict[str, Path]:
-    """Models shipped inside the package, by name (``models/<name>.ckpt``)."""
-    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.ckpt"))}
-
-
-def _resolve_model(model: str | Path) -> Path:
-    path = Path(model)
-    if path.is_file():
-        return path
-    models = bundled_models()
-    if str(model) in models:
-        return models[str(model)]
-    known = ", ".join(models) or "none bundled in this install"
-    raise CheckpointError(f"{model}: neither a checkpoint file nor a bundled model name (bundled: {known})")
-
+__all__ = ["Predictor", "Member", "load", "bundled_models", "pool_members"]
 
 _CELL_COLUMNS = ("n_atoms", "n_atoms_model", "cell")
 
@@ -71,43 +52,17 @@ class Member:
     model: PropertyModel
     diffusion: PropertyDiffusion
     config: FinetuneConfig
-    structure_diffusion: JointDiffusion | None = None  # set when the model was fine-tuned with fix_structure=false
     path: str = ""
 
     def sample(self, batch, samples: int, generator: torch.Generator, calibrated: bool = True) -> dict[str, torch.Tensor]:
         return self.model.predict(batch, self.diffusion, num_samples=samples, generator=generator, keep_samples=True,
-                                  structure_diffusion=self.structure_diffusion,
-                                  structure_encodings=self.config.structure_encodings,
                                   interval_scale=None if calibrated else 1.0)
-
-
-def pool_members(draws: list[torch.Tensor], widen: bool = True, lower_bound: float | None = None) -> torch.Tensor:
-    """An ensemble's samples ``[B, S * M]`` from its ``M`` members' draws (each ``[B, S]``).
-
-    Pooled as they are, the samples' variance is ``W + (M − 1)/M · B``: ``W`` the members' mean
-    own variance, ``B`` the unbiased variance of their means. Read as draws of models over seeds, the
-    variance of a new target about the ensemble mean is ``W + (1 + 1/M) · B`` (``B`` for the spread
-    of the models, ``B/M`` for the error of the ensemble mean itself; Rubin's rule for combining
-    ``M`` imputations). With ``widen`` each member's draws are moved so that its mean lies
-    ``sqrt((M + 1)/(M − 1))`` times further from the ensemble mean, which gives the pooled samples
-    exactly that variance and keeps each member's shape (skew, clipping). ``lower_bound`` clips the
-    moved samples again, as one model's samples are clipped.
-    """
-    if not widen or len(draws) < 2:
-        return torch.cat(draws, dim=1)
-    members = len(draws)
-    means = torch.stack([d.mean(dim=1) for d in draws], dim=1)  # [B, M]
-    centre = means.mean(dim=1, keepdim=True)  # [B, 1]
-    scale = ((members + 1) / (members - 1)) ** 0.5
-    shifts = (scale - 1) * (means - centre)  # [B, M]
-    pooled = torch.cat([d + shifts[:, k:k + 1] for k, d in enumerate(draws)], dim=1)
-    return pooled if lower_bound is None else pooled.clamp_min(lower_bound)
 
 
 @dataclass
 class Predictor:
     """One fine-tuned model, or an ensemble of several for the same target, ready to predict (see :func:`load`).
-    ``model``, ``diffusion``, ``config`` and ``structure_diffusion`` are those of the first member."""
+    ``model``, ``diffusion`` and ``config`` are those of the first member."""
 
     members: list[Member]
     target: str
@@ -128,10 +83,6 @@ class Predictor:
     @property
     def config(self) -> FinetuneConfig:
         return self.members[0].config
-
-    @property
-    def structure_diffusion(self) -> JointDiffusion | None:
-        return self.members[0].structure_diffusion
 
     @property
     def lower_bound(self) -> float | None:
@@ -157,11 +108,7 @@ class Predictor:
         if len(self.members) == 1:
             return self.members[0].sample(batch, samples, generator, self.calibrated)
         outs = [member.sample(batch, samples, generator, self.calibrated) for member in self.members]
-        out = summarise(pool_members([o["samples"] for o in outs], widen=self.widen, lower_bound=self.lower_bound))
-        means = torch.stack([o["mean"] for o in outs], dim=1)  # [B, M]
-        out["mean"] = means.mean(dim=1)  # the members' predictions averaged
-        out["std_models"] = means.std(dim=1)
-        return out
+        return ensemble_summary(outs, widen=self.widen, lower_bound=self.lower_bound)
 
     @property
     def validation_settings(self):
@@ -274,17 +221,15 @@ def load(model: str | Path | list | tuple, device: str | torch.device | None = N
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     members, normalizers, infos = [], [], []
     for name in names:
-        path = _resolve_model(name)
+        path = resolve_model(name)
         payload = load_checkpoint(path, kind="finetune")
-        config = stored_finetune_config(payload["config"])
+        try:
+            config, network = restore(payload)
+        except ValueError as error:
+            raise CheckpointError(f"{path}: {error}") from None
         normalizer = payload["normalizer"]
-        network = build_property_model(config, normalizer["mean"], normalizer["std"], normalizer.get("lower_bound"))
-        network.interval_scale = float(normalizer.get("interval_scale", 1.0))  # 1: written before calibration existed
-        network.load_state_dict(payload["state_dict"], strict=True)
-        structure_diffusion = build_structure_diffusion(config)
         members.append(Member(model=network.to(device).eval(), diffusion=PropertyDiffusion(config.property),
-                              config=config, path=str(path),
-                              structure_diffusion=None if structure_diffusion is None else structure_diffusion.to(device)))
+                              config=config, path=str(path)))
         normalizers.append(normalizer)
         infos.append({"path": str(path), "metrics": payload.get("metrics", {}), "data": payload.get("data", {}),
                       "calibrated": "interval_scale" in normalizer})

@@ -8,7 +8,6 @@ checkpoint ``OUT/model.ckpt`` that fine-tuning, sampling and CSP evaluation read
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from crysdiff.cells import stored_data_config
 from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
 from crysdiff.denoiser import CrysDiffDenoiser, DenoiserConfig
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
-from crysdiff.engine import configure_adamw, last_checkpoint, make_trainer, planned_steps, plot_curves
+from crysdiff.engine import configure_adamw, last_checkpoint, plot_curves
+from crysdiff.fitting import fit_task
 
 __all__ = ["PretrainConfig", "PretrainTask", "run_pretrain", "init_config", "load_pretrained"]
 
@@ -110,8 +110,6 @@ def run_pretrain(
     from crysdiff.batching import EdgeSettings
     from crysdiff.cache import load_dataset
     from crysdiff.crystal import ValidationSettings
-    from crysdiff.loader import make_loader
-    from crysdiff.runfolder import best_state_dict
     from crysdiff.splits import random_split
 
     start = _read_init(config, init) if init else None  # before anything is written: a bad --init leaves OUT as it was
@@ -133,21 +131,9 @@ def run_pretrain(
     task = PretrainTask(config)
     if start:
         task.model.load_state_dict(start[0], strict=True)
-    trainer = make_trainer(config.train, out_dir, monitor="val/loss", progress=progress, has_validation=len(val_idx) > 0,
-                           resume=resume)
-    loader_args = dict(batch_size=config.train.batch_size, edges=edges, num_workers=config.train.num_workers,
-                       max_atoms_per_batch=config.train.max_atoms_per_batch or None,
-                       rank=trainer.global_rank, world_size=trainer.world_size)
-    train_loader = make_loader(train_cache, train_idx, shuffle=True, seed=config.train.seed, drop_last=False, **loader_args)
-    val_loader = make_loader(val_cache, val_idx, shuffle=False, **loader_args) if len(val_idx) else None
-    task.total_steps = planned_steps(config.train, len(train_loader))
-    started = time.perf_counter()
-    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
-    fit_seconds = time.perf_counter() - started
-
-    best = best_state_dict(trainer, out_dir)
-    if best is not None:
-        task.load_state_dict(best)
+    trainer, val_loader, fit_seconds = fit_task(task, config.train, out_dir, (train_cache, train_idx),
+                                                (val_cache, val_idx), edges, monitor="val/loss", progress=progress,
+                                                resume=resume, resume_from=resume_from)
     if val_loader is not None:  # the weights that are exported, validated once more (logged to metrics.csv)
         trainer.validate(task, val_loader, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}

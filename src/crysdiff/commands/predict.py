@@ -59,7 +59,7 @@ def check_arguments(args) -> None:
         raise UsageError(f"--batch-size {args.batch_size}: expected a positive number of crystals per batch")
     check_device(args.device)
     check_out(args.out)
-    from crysdiff.predict import bundled_models
+    from crysdiff.bundled import bundled_models
 
     for model in args.model:
         if not Path(model).is_file() and model not in bundled_models():
@@ -88,7 +88,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from crysdiff.predict import bundled_models, load
+    from crysdiff.bundled import bundled_models
 
     if args.list_models:
         for name, path in bundled_models().items():
@@ -98,6 +98,8 @@ def run(args) -> int:
         return fail("predict needs --model and at least one source (see crysdiff predict --help)", 2)
 
     def go():
+        from crysdiff.predict import load
+
         check_arguments(args)
         predictor = load(args.model, device=args.device)
         _warn_uncalibrated(predictor, args)
