@@ -26,6 +26,7 @@ import torch
 from crysdiff.card import PropertyDiffusion, PropertyDiffusionConfig
 from crysdiff.cells import stored_data_config
 from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
+from crysdiff.accelerate import compile_module
 from crysdiff.denoiser import DenoiserConfig, build_encoder
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
 from crysdiff.heads import HeadConfig
@@ -131,6 +132,7 @@ class FinetuneTask(L.LightningModule):
         super().__init__()
         self.config = config
         self.model = model
+        compile_module(model.encoder, config.train.compile)  # train.compile (off by default)
         self.diffusion = PropertyDiffusion(config.property)
         self.structure_diffusion = build_structure_diffusion(config)  # None: the structure is fixed
         if self.structure_diffusion is not None:
