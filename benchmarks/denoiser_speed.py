@@ -1,22 +1,37 @@
-"""Training throughput of the denoiser's fast path against the straightforward reference, its FLOP
-rate against the machine's matrix-product rate, and memory on the largest COD cell.
+"""Training throughput of the denoiser's fast path against the straightforward reference and against
+the code of a given git revision, all in one process; its FLOP rate against the machine's
+matrix-product rate; and memory on the largest COD cell.
 
 Throughput: crystals per second of a full pre-training step (joint-diffusion loss, forward, backward,
-Adam step) for mp2018-like cells (``../shared/data/mp2018/val.csv.gz``) and Perov-5 cells, the two
-paths side by side with the same weights, and the fast path's inference forward (no gradients).
-For each: the matrix-product FLOPs per step, counted with ``torch.utils.flop_counter.FlopCounterMode``
-on every batch (not estimated), and the achieved GFLOP/s over the timed steps. In the same run and
-right after, the float32 ``torch.mm`` rate of this machine at the shapes the network uses (the edge
-MLP's ``[E, H] @ [H, H]``, the fast path's per-pair Fourier product ``[U, 3K] @ [3K, L H]`` with
-``U = E / 2``, and a square reference product), and the achieved rate as a fraction of each.
-Memory: peak resident memory of a fresh process that runs
-forward + backward on the 4,640-atom COD structure with kNN edges.
+AdamW step) for mp2018-like cells (``../shared/data/mp2018/val.csv.gz``) and Perov-5 cells, and of
+the fast path's inference forward (no gradients). The steps timed, all from the same weights:
 
-Example:
-    python benchmarks/denoiser_speed.py --seconds 5 --crystals 512
+* ``fast`` — today's fast path with the training defaults (``TrainConfig.fused_optimizer``,
+  ``TrainConfig.compile``); ``fast_<lever>`` with ``--levers fused compile`` — the same with that
+  lever switched on (AdamW's fused kernel; ``torch.compile``, whose compile time shows in
+  ``first_pass_seconds``);
+* ``reference`` — :meth:`CrysDiffEncoder.reference_forward`, the per-edge specification;
+* ``against`` / ``inference_against`` with ``--against REV`` — the denoiser of git revision ``REV``
+  (``git archive`` of its ``src/crysdiff`` into a temporary package ``crysdiff_<rev>`` with its
+  imports renamed, so both versions run side by side), with today's loss and plain AdamW.
+
+Timing is interleaved, for a loaded machine where absolute times mean nothing: every repeat runs
+each step once over all the batches (a pass), the steps in turn and in reverse order every other
+repeat; rates come from the median pass, ratios between steps of the same run (``speedup``,
+``<step>_over_against``, ``fast_<lever>_over_fast``). The matrix-product FLOPs of every step and
+batch are counted with ``torch.utils.flop_counter.FlopCounterMode`` (eagerly, not estimated), giving
+the achieved GFLOP/s; right after, the float32 ``torch.mm`` rate of this machine at the shapes the
+network uses (the edge MLP's ``[E, H] @ [H, H]``, the fast path's per-pair Fourier product
+``[U, 3K] @ [3K, L H]`` with ``U = E / 2``, and a square reference product), and the achieved
+rate as a fraction of each. Memory: peak resident memory of a fresh process that runs forward +
+backward on the 4,640-atom COD structure with kNN edges.
+
+The committed results file (about 4 minutes on an idle 2-core machine)::
+
+    python benchmarks/denoiser_speed.py --against a2c511c --levers fused --skip-memory
 
 Writes ``benchmarks/results/denoiser_speed.json`` (``--out`` elsewhere; a smoke run:
-``--seconds 0.1 --crystals 8 --batch-size 4 --skip-memory --matmul-size 256 --out /tmp/s.json``).
+``--repeats 2 --crystals 8 --batch-size 4 --skip-memory --matmul-size 256 --out /tmp/s.json``).
 
 Allocations of large CPU tensors are backed by transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``,
 read by PyTorch's CPU allocator) unless ``THP_MEM_ALLOC_ENABLE`` is already set: without it, every
@@ -54,6 +69,7 @@ from crysdiff.diffusion import DiffusionConfig, JointDiffusion
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results" / "denoiser_speed.json"
+DATASETS = ("mp2018", "perov_5")  # folders of DATA with a val.csv.gz
 
 
 def read_csv(path: Path, count: int) -> list[Crystal]:
@@ -319,6 +335,7 @@ def main(argv=None) -> int:
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the square reference product")
     parser.add_argument("--config", nargs="*", default=[], metavar="FIELD=INT",
                         help="DenoiserConfig integer fields to change (small sizes for a smoke test)")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--skip-reference", action="store_true", help="leave out the per-edge reference path")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
@@ -348,9 +365,8 @@ def main(argv=None) -> int:
                   "repeat); crystals/s and GFLOP/s from the median pass",
         "datasets": {},
     }
-    datasets = {"mp2018": DATA / "mp2018" / "val.csv.gz", "perov_5": DATA / "perov_5" / "val.csv.gz"}
-    for name, path in datasets.items():
-        crystals = read_csv(path, args.crystals)
+    for name in args.datasets:
+        crystals = read_csv(DATA / name / "val.csv.gz", args.crystals)
         batches = [collate_crystals(crystals[i : i + args.batch_size]) for i in range(0, len(crystals), args.batch_size)]
         row = {"crystals": len(crystals), "mean_atoms": float(np.mean([c.num_atoms for c in crystals])),
                "mean_edges_per_batch": float(np.mean([b.edge_index.shape[1] for b in batches]))}
