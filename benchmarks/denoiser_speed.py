@@ -127,9 +127,11 @@ def load_revision(revision: str, repo: Path = REPO):
     """``crysdiff.denoiser`` as of git ``revision``, imported beside today's code: ``src/crysdiff`` of that
     revision is unpacked into a temporary folder as the package ``crysdiff_<revision>`` (its own
     ``crysdiff`` imports renamed to match), so both versions run in one process."""
+    import atexit
     import importlib
     import io
     import re
+    import shutil
     import tarfile
     import tempfile
 
@@ -138,6 +140,7 @@ def load_revision(revision: str, repo: Path = REPO):
     if alias not in sys.modules:
         archive = subprocess.run(["git", "archive", "--format=tar", commit, "src/crysdiff"], cwd=repo, capture_output=True, check=True).stdout
         root = Path(tempfile.mkdtemp(prefix="crysdiff_rev_"))
+        atexit.register(shutil.rmtree, root, True)
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(root, filter="data")
         package = root / alias
