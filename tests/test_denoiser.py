@@ -149,3 +149,20 @@ def test_all_layers_returns_each_layers_input_and_the_output(batch):
     assert torch.equal(states[-1], encoder(batch, batch.frac_coords, batch.lattice, t))
     assert torch.allclose(states[0], encoder._initial_state(batch, t))
     assert not torch.allclose(states[1], states[0])  # each layer changes the states
+
+
+def test_the_encoder_modules_do_not_import_each_other_at_module_level():
+    """Issue 23's ``denoiser`` <-> ``cartesian`` cycle: both build on :mod:`crysdiff.layers`; the
+    denoiser imports the Cartesian encoder only inside ``build_encoder``, and nothing imports back."""
+    import ast
+    from pathlib import Path
+
+    import crysdiff
+
+    def top_level_imports(name: str) -> set[str]:
+        tree = ast.parse((Path(crysdiff.__file__).parent / f"{name}.py").read_text())
+        return {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module} | {
+            alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+
+    assert "crysdiff.denoiser" not in top_level_imports("cartesian") | top_level_imports("layers")
+    assert "crysdiff.cartesian" not in top_level_imports("denoiser") | top_level_imports("layers")

@@ -32,23 +32,44 @@ def test_counted_flops_are_positive_and_repeatable(crystals):
     assert rate["shape"] == [64, 16, 16] and rate["reps"] >= 3 and rate["gflop_per_s"] > 0
 
 
-def test_results_json_has_flops_rates_and_ratios(tmp_path):
+def test_results_json_has_flops_rates_and_ratios_against_a_revision(tmp_path):
     out = tmp_path / "speed.json"
-    args = ["--seconds", "0.01", "--matmul-seconds", "0", "--matmul-size", "32", "--crystals", "4",
-            "--batch-size", "2", "--skip-memory", "--out", str(out), "--config", *(f"{k}={v}" for k, v in TINY.items())]
+    args = ["--repeats", "2", "--matmul-seconds", "0", "--matmul-size", "32", "--crystals", "4", "--batch-size", "2",
+            "--skip-memory", "--against", "HEAD", "--levers", "fused", "--out", str(out),
+            "--config", *(f"{k}={v}" for k, v in TINY.items())]
     assert bench.main(args) == 0
     results = json.loads(out.read_text())
-    assert results["config"]["hidden_dim"] == 16
+    assert results["config"]["hidden_dim"] == 16 and results["against"]["revision"] == "HEAD"
+    labels = ("fast", "fast_fused", "inference_fast", "reference", "against", "inference_against")
     for name in ("mp2018", "perov_5"):
         row = results["datasets"][name]
         assert set(row["matmul"]) == {"edge_mlp", "pair_fourier", "square_32"}
         assert row["matmul"]["edge_mlp"]["shape"] == [round(row["mean_edges_per_batch"]), 16, 16]
-        for label in ("fast", "reference", "inference_fast"):
+        for label in labels:
             step = row[label]
+            assert len(step["pass_seconds"]) == 2 and step["steps_per_pass"] == 2
             assert step["flops_per_step"] > 0 and step["gflop_per_s"] > 0 and step["crystals_per_s"] > 0
             for shape, fraction in row["fraction_of_matmul_rate"][label].items():
                 assert abs(fraction - step["gflop_per_s"] / row["matmul"][shape]["gflop_per_s"]) < 1e-12
-        assert row["speedup"] > 0
+        # the committed revision's denoiser does the same matrix products as today's
+        assert row["against"]["flops_per_step"] == row["fast"]["flops_per_step"]
+        for key in ("speedup", "fast_over_against", "inference_fast_over_against", "fast_fused_over_fast"):
+            assert row[key] > 0
+
+
+def test_a_revision_loads_beside_todays_code_and_computes_the_same(crystals):
+    old = bench.load_revision("HEAD")
+    assert old.__name__.startswith("crysdiff_") and old.__name__ != "crysdiff.denoiser"
+    assert old.CrysDiffDenoiser is not CrysDiffDenoiser and old.scatter_mean.__module__.startswith(old.__name__.split(".")[0])
+    config = DenoiserConfig(**TINY)
+    torch.manual_seed(0)
+    today = CrysDiffDenoiser(config)
+    committed = bench.denoiser_of(old, config, today.state_dict())
+    batch = collate_crystals(crystals)
+    t = torch.full((batch.num_atoms.shape[0],), 200)
+    with torch.no_grad():
+        a, b = today(batch, batch.frac_coords, batch.lattice, t), committed(batch, batch.frac_coords, batch.lattice, t)
+    torch.testing.assert_close(a["score_frac"], b["score_frac"], rtol=1e-5, atol=1e-6)
 
 
 def test_profile_counts_operator_calls_of_a_step(crystals):
