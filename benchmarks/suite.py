@@ -312,6 +312,10 @@ class Runner:
             payload.update(experiment=job.experiment, reused_from=str(reusable.relative_to(self.layout.results)))
             _write_json(path, payload)
             return f"reused {reusable.relative_to(self.layout.results)}"
+        dropped = getattr(MODELS.get(getattr(job, "model", ""), None), "dropped", "")
+        if dropped:
+            return (f"not run: {dropped} was measured and removed from crysdiff (docs/results.md, "
+                    "'Tried and dropped')")
         if isinstance(job, PretrainJob):
             return self._pretrain(job)
         if job.model in suite_jobs.PEERS:
@@ -560,8 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"environment: .venv/bin/python benchmarks/suite.py ...")
     runner = Runner(layout, dry_run=args.dry_run, samples=args.samples, env=env)
     jobs = select_jobs(parts, args)
-    if args.rerun and not args.dry_run:
-        folder, moved = supersede(layout, jobs)
+    if args.rerun and not args.dry_run:  # a dropped column cannot run again: its results stay where they are
+        folder, moved = supersede(layout, [j for j in jobs if not getattr(MODELS.get(getattr(j, "model", "")), "dropped", "")])
         print(f"--rerun: moved {moved} earlier result(s) and run folder(s) of {len(jobs)} job(s) to {folder}")
     failed = runner.run(jobs)
     if failed:

@@ -784,3 +784,22 @@ def test_git_commit_is_read_in_a_worktree_too(tmp_path):
     assert suite.git_commit(tmp_path / "wt") == head
     git("pack-refs", "--all")  # refs only in packed-refs
     assert suite.git_commit(tmp_path / "wt") == head
+
+
+def test_dropped_columns_never_run_again_and_rerun_keeps_their_results(tmp_path, monkeypatch):
+    """Columns whose option was measured and removed (head.composition, head.layers) keep their results
+    for the report's "Tried and dropped" section; the suite says so instead of failing on the unknown
+    option, and ``--rerun`` leaves their results where they are."""
+    assert {m for m, model in suite_jobs.MODELS.items() if model.dropped} >= {"composition", "gaussian_learned_longpre2_layers"}
+    layout = _layout(tmp_path)
+    monkeypatch.setattr(suite.Runner, "_crysdiff", lambda self, job: pytest.fail(f"{job.job_id} should not run"))
+    job = suite_jobs.Job("variants-extra", "mp2018_formation", "composition", 1.0, 0, 4.0)
+    assert suite.Runner(layout, log=lambda message: None).run_job(job).startswith("not run: head.composition")
+    layout.result_path(job).parent.mkdir(parents=True)
+    layout.result_path(job).write_text(json.dumps({"experiment": "variants-extra", "test": {"mae": 0.1}}))
+    monkeypatch.setattr(suite.Layout, "default", classmethod(lambda cls, quick=False, root=None: layout))
+    monkeypatch.setattr(suite, "supersede", lambda layout, jobs: (tmp_path / "moved", len(jobs)))
+    moved = []
+    monkeypatch.setattr(suite, "supersede", lambda layout, jobs: (moved.extend(jobs), (tmp_path / "moved", len(jobs)))[1])
+    suite.main(["--part", "variants-extra", "--models", "composition", "--rerun"])
+    assert moved == [] and layout.result_path(job).is_file()

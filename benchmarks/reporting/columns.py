@@ -46,7 +46,8 @@ def model_label(name: str) -> str:
 PAPER_COLUMN = EXPERIMENTS["ablation"].models[0]
 
 # the regression head on the pool model, beside each diffusion head in Table 1
-REGRESSION_COLUMN = next(m for m in shown_models("table1") if MODELS[m].overrides == ("head.kind=regression",))
+REGRESSION_COLUMN = next(m for m in shown_models("table1")
+                         if "head.kind=regression" in MODELS[m].overrides and MODELS[m].init == "pool")
 
 # the longest pre-training's head set beside the same head from the pool model and from scratch
 LONGPRE_BASE = (twin(LONGPRE_MODELS[-1], "pool"), twin(LONGPRE_MODELS[-1], None))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..suite_jobs import SHOWN_WITH, TASKS
 from .aggregate import footing, read_results
-from .dropped import DROPPED, Dropped, dropped_option, init_of, overrides_of
+from .dropped import DROPPED, Dropped, dropped_option, init_of, overrides_of, same_settings
 from .format import MIXED, budget_check, fmt, median, model_label, pct, signed
 
 SAME_JOB = ("task", "label_fraction", "seed", "budget_minutes")
@@ -28,7 +28,7 @@ def partner(run: dict, kept: list[dict], option: Dropped) -> dict | None:
         same = [r for r in kept if _same_job(r, run) and r["model"] == run["model"] and r["experiment"] == run["experiment"]]
     else:
         wanted = tuple(o for o in overrides_of(run) if o != option.option)
-        same = [r for r in kept if _same_job(r, run) and overrides_of(r) == wanted and init_of(r) == init_of(run)]
+        same = [r for r in kept if _same_job(r, run) and same_settings(overrides_of(r), wanted) and init_of(r) == init_of(run)]
     shown = SHOWN_WITH.get(run["experiment"], run["experiment"])
     return min(same, key=lambda r: SHOWN_WITH.get(r["experiment"], r["experiment"]) != shown, default=None)
 
