@@ -32,10 +32,6 @@ DROPPED = (
             measured="in no suite part and no results file; never measured against the affine CARD head"),
     Dropped("head.baseline=zero", "the CARD head's output starts at ε̂ = 0 instead of the prior's noise predictor "
             "(the default before 2026-11-29)", ("3b2ade9", "b989fef"), "baseline", archive="card-baseline-zero"),
-    Dropped("train.anneal_over_time=true", "the learning-rate decay runs over the wall-clock budget instead of the "
-            "step budget", ("f07e846",), "anneal_over_time",
-            measured="no results file holds it; its commit records, for the regression head fine-tuned 4 minutes on "
-                     "mp2018 formation energy (one seed), validation MAE 0.278 eV/atom with it and 0.232 without"),
 )
 OPTIONS = {d.option: d for d in DROPPED}
 
