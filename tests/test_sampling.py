@@ -66,7 +66,7 @@ def test_oracle_recovers_the_structure(batch, steps, predictor):
     assert circular_distance(frac, batch.frac_coords.double()).max().item() < 1e-6
 
 
-@pytest.mark.parametrize("predictor, lattice_snr", [("sde", 0.0), ("ode", 0.0), ("sde", 0.1)])
+@pytest.mark.parametrize("predictor, lattice_snr", [("sde", 0.0), ("ode", 0.0), ("ode-coords", 0.0), ("sde", 0.1)])
 def test_oracle_chain_concentrates(three, predictor, lattice_snr):
     """Near the end of the chain (t = 20 of 200) the lattice sits at sqrt(alpha_bar) L_0 with the forward
     process's spread sqrt(1 - alpha_bar), and the coordinates around F_0 with spread sigma_t, within 12%

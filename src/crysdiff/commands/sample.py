@@ -76,7 +76,8 @@ def add_sampler_arguments(parser) -> None:
     from crysdiff.sampling import PREDICTORS, SCHEDULES
 
     parser.add_argument("--predictor", choices=PREDICTORS, default="sde",
-                        help="reverse step: sde (ancestral, the paper's) or ode (probability flow / DDIM)")
+                        help="reverse step: sde (ancestral, the paper's), ode (probability flow / DDIM) or ode-coords "
+                             "(probability flow for the coordinates only)")
     parser.add_argument("--corrector-steps", type=int, default=1, help="Langevin corrector steps per time step")
     parser.add_argument("--step-lr", type=float, default=1e-5, help="Langevin step size at the smallest noise")
     parser.add_argument("--lattice-snr", type=float, default=0.0,
