@@ -24,7 +24,9 @@ Levers (each measured in ``docs/method.md``, "Validity of generated structures")
 * ``lattice_snr > 0`` lets the corrector act on the lattice too, with the signal-to-noise rule of
   Song et al. (2021, Alg. 5): ``L <- L + a g + sqrt(2a) z`` with the score
   ``g = -eps_hat / sqrt(1 - alpha_bar_t)`` and ``a = 2 alpha (snr |z| / |g|)²`` per crystal. It reuses
-  the corrector's network call, so it costs nothing extra.
+  the corrector's network call, so it costs nothing extra. ``crysdiff sample`` uses 0.1, chosen on
+  validation compositions; this function's default, 0, is the paper's sampler (the one
+  ``crysdiff evaluate-csp``'s figures were measured with).
 * ``schedule="quadratic"`` spaces a strided schedule (``timesteps < T``) quadratically, denser near
   ``t = 1`` where the structure settles.
 
