@@ -3,8 +3,8 @@
 training range (``crysdiff.csp.validity``), drawn once each, as ``crysdiff sample`` without
 ``--valid-only`` writes them.
 
-    python benchmarks/sample_validity.py [--set reported|validation] [--model models/pretrained_pool_long2.ckpt]
-        [--seed 0] [--predictor sde|ode] [--corrector-steps 1] [--step-lr 1e-5] [--lattice-snr 0]
+    python benchmarks/sample_validity.py [--set reported|validation]
+        [--model models/pretrained_pool_long2.ckpt] [--seed 0] [--predictor sde|ode|ode-coords] [--corrector-steps 1] [--step-lr 1e-5] [--lattice-snr 0.1]
         [--timesteps N] [--schedule linear|quadratic]
 
 Every sampler setting is chosen on ``--set validation`` (20 other compositions of the same kinds,
@@ -42,7 +42,8 @@ VALIDATION = {
 }
 # the settings runs recorded before these levers existed were made with
 EARLIER_DEFAULTS = {"predictor": "sde", "lattice_snr": 0.0, "schedule": "linear"}
-SETS = {"reported": (COMPOSITIONS, "sample_validity.json"), "validation": (VALIDATION, "sample_validity_validation.json")}
+SETS = {"reported": (COMPOSITIONS, "sample_validity.json"),
+        "validation": (VALIDATION, "sample_validity_validation.json")}
 
 
 def main() -> None:
@@ -67,7 +68,8 @@ def main() -> None:
     formulas = [f for group in groups.values() for f in group]
     jobs = [(f, composition_atoms(f)) for f in formulas for _ in range(args.samples)]
     start = time.perf_counter()
-    crystals = generate(model, diffusion, [atoms for _, atoms in jobs], seed=args.seed, **sampler_settings(args))
+    compositions = [atoms for _, atoms in jobs]
+    crystals = generate(model, diffusion, compositions, seed=args.seed, **sampler_settings(args))
     seconds = time.perf_counter() - start
     reasons = [validity(crystal, volumes) for crystal in crystals]
     per_formula = {f: {"valid": 0, "invalid_reasons": []} for f in formulas}
@@ -83,14 +85,15 @@ def main() -> None:
            "by_group": {g: sum(per_formula[f]["valid"] for f in group) / (len(group) * args.samples)
                         for g, group in groups.items()},
            "volume_per_atom_range": list(volumes), "seconds": seconds, "per_composition": per_formula,
-           "command": " ".join(["python benchmarks/sample_validity.py", f"--set {args.set}", f"--model {args.model}",
-                                f"--seed {args.seed}"] + [f"--{k.replace('_', '-')} {v}" for k, v in sampler.items()])}
+           "command": " ".join(["python benchmarks/sample_validity.py", f"--set {args.set}",
+                                f"--model {args.model}", f"--seed {args.seed}"]
+                               + [f"--{k.replace('_', '-')} {v}" for k, v in sampler.items()])}
     runs = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
     runs = [r for r in runs if {k: r.get(k, EARLIER_DEFAULTS.get(k)) for k in settings} != settings] + [run]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"compositions": groups, "runs": runs}, indent=1))
-    print(f"{args.set}: {args.model} {sampler}: {valid} of {len(jobs)} valid ({valid / len(jobs):.1%}) in {seconds:.0f} s; "
-          f"by group {run['by_group']}")
+    print(f"{args.set}: {args.model} {sampler}: {valid} of {len(jobs)} valid ({valid / len(jobs):.1%}) "
+          f"in {seconds:.0f} s; by group {run['by_group']}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from crysdiff.commands._common import UsageError, check_device, fail, run_guarde
 # pre-training checkpoints shipped with the checkout (models/ beside src/)
 PRETRAINED_DIR = Path(__file__).resolve().parents[3] / "models"
 DEFAULT_MODEL = "pretrained_pool_long2"
-# the corrector also moves the lattice (crysdiff.sampling); chosen on benchmarks/sample_validity.py --set validation
+# the corrector also moves the lattice (crysdiff.sampling); chosen with
+# benchmarks/sample_validity.py --set validation
 LATTICE_SNR = 0.1
 
 
@@ -56,7 +57,8 @@ def resolve_model(model: str) -> Path:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"pre-training checkpoint (OUT/model.ckpt of crysdiff pretrain) or shipped model name "
+                        help=f"pre-training checkpoint (OUT/model.ckpt of crysdiff pretrain) or shipped model "
+                             f"name "
                              f"(default {DEFAULT_MODEL}; pretrained_pool is the earlier default)")
     parser.add_argument("--composition", nargs="+", required=True, help="one or more formulas, e.g. SrTiO3 Li2O")
     group = parser.add_mutually_exclusive_group()
@@ -80,7 +82,8 @@ def add_sampler_arguments(parser) -> None:
     from crysdiff.sampling import PREDICTORS, SCHEDULES
 
     parser.add_argument("--predictor", choices=PREDICTORS, default="sde",
-                        help="reverse step: sde (ancestral, the paper's), ode (probability flow / DDIM) or ode-coords "
+                        help="reverse step: sde (ancestral, the paper's), ode (probability flow / DDIM) or "
+                             "ode-coords "
                              "(probability flow for the coordinates only)")
     parser.add_argument("--corrector-steps", type=int, default=1, help="Langevin corrector steps per time step")
     parser.add_argument("--step-lr", type=float, default=1e-5, help="Langevin step size at the smallest noise")
