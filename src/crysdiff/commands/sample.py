@@ -57,8 +57,7 @@ def resolve_model(model: str) -> Path:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"pre-training checkpoint (OUT/model.ckpt of crysdiff pretrain) or shipped model "
-                             f"name "
+                        help=f"pre-training checkpoint (OUT/model.ckpt of crysdiff pretrain) or shipped model name "
                              f"(default {DEFAULT_MODEL}; pretrained_pool is the earlier default)")
     parser.add_argument("--composition", nargs="+", required=True, help="one or more formulas, e.g. SrTiO3 Li2O")
     group = parser.add_mutually_exclusive_group()
@@ -82,9 +81,8 @@ def add_sampler_arguments(parser) -> None:
     from crysdiff.sampling import PREDICTORS, SCHEDULES
 
     parser.add_argument("--predictor", choices=PREDICTORS, default="sde",
-                        help="reverse step: sde (ancestral, the paper's), ode (probability flow / DDIM) or "
-                             "ode-coords "
-                             "(probability flow for the coordinates only)")
+                        help="reverse step: sde (ancestral, the paper's), ode (probability flow / DDIM) "
+                             "or ode-coords (probability flow for the coordinates only)")
     parser.add_argument("--corrector-steps", type=int, default=1, help="Langevin corrector steps per time step")
     parser.add_argument("--step-lr", type=float, default=1e-5, help="Langevin step size at the smallest noise")
     parser.add_argument("--lattice-snr", type=float, default=LATTICE_SNR,
