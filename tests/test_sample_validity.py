@@ -44,3 +44,30 @@ def test_valid_only_draws_the_invalid_ones_again_up_to_the_cap():
     calls.clear()
     _, reasons, draws = _draw_until_valid(draw, jobs, DEFAULT_VOLUME_PER_ATOM, max_draws=1)  # no --valid-only
     assert draws == [1, 1, 1] and calls == [3] and [bool(r) for r in reasons] == [False, True, True]
+
+
+def test_model_is_a_path_or_a_shipped_name(tmp_path, capsys):
+    from crysdiff.cli import main
+    from crysdiff.commands.sample import DEFAULT_MODEL, resolve_model, shipped_models
+
+    assert {DEFAULT_MODEL, "pretrained_pool"} <= set(shipped_models())  # the earlier default stays by name
+    assert resolve_model(DEFAULT_MODEL) == shipped_models()[DEFAULT_MODEL]
+    assert resolve_model("pretrained_pool").name == "pretrained_pool.ckpt"
+    assert main(["sample", "--model", "no_such_model", "--composition", "NaCl", "--out", str(tmp_path / "s"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no_such_model" in err and DEFAULT_MODEL in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sample_defaults_to_the_chosen_model_and_sampler():
+    import argparse
+
+    from crysdiff.commands.sample import DEFAULT_MODEL, add_arguments, sampler_settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--composition", "NaCl", "--out", "s"])
+    assert args.model == DEFAULT_MODEL == "pretrained_pool_long2"
+    assert sampler_settings(args) == {"predictor": "sde", "corrector_steps": 1, "step_lr": 1e-5, "lattice_snr": 0.1,
+                                      "timesteps": None, "schedule": "linear"}

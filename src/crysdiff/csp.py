@@ -66,10 +66,12 @@ def composition_atoms(formula: str, formula_units: int | None = None, num_atoms:
 
 @torch.no_grad()
 def generate(model, diffusion, compositions: list[np.ndarray], *, batch_size: int = 256, seed: int = 0,
-             corrector_steps: int = 1, step_lr: float | None = None, timesteps: int | None = None,
              edges: EdgeSettings = EdgeSettings(), device: str | torch.device = "cpu",
-             progress: bool = False) -> list[Crystal]:
-    """One generated crystal per entry of ``compositions`` (each an ``[N]`` array of atomic numbers)."""
+             progress: bool = False, **sampler) -> list[Crystal]:
+    """One generated crystal per entry of ``compositions`` (each an ``[N]`` array of atomic numbers).
+
+    ``sampler`` holds :func:`crysdiff.sampling.sample_structures`'s settings (``corrector_steps``,
+    ``step_lr``, ``timesteps``, ``predictor``, ``lattice_snr``, ``schedule``); ``None`` means its default."""
     from crysdiff.sampling import sample_structures
 
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -79,9 +81,7 @@ def generate(model, diffusion, compositions: list[np.ndarray], *, batch_size: in
         from rich.progress import track
 
         starts = track(starts, description="sampling", transient=True)
-    kwargs = {"corrector_steps": corrector_steps, "generator": generator, "timesteps": timesteps}
-    if step_lr is not None:
-        kwargs["step_lr"] = step_lr
+    kwargs = {key: value for key, value in sampler.items() if value is not None} | {"generator": generator}
     for start in starts:
         part = compositions[start:start + batch_size]
         num_atoms = np.array([len(z) for z in part])

@@ -1,7 +1,8 @@
 """Generate crystal structures for compositions with a pre-trained model (crystal structure prediction).
 
 Lattices are sampled by ancestral DDPM, fractional coordinates by predictor-corrector sampling of
-the wrapped-normal score (Langevin corrector; see crysdiff.sampling for the step size). Writes
+the wrapped-normal score; the Langevin corrector moves both (the lattice's at --lattice-snr; see
+crysdiff.sampling for the step sizes). Writes
 one CIF per sample (OUT/<formula>_<k>.cif), OUT/samples.extxyz with all of them and OUT/samples.json
 with a summary. Each structure is marked physically valid or not: valid means no two atoms closer
 than 0.5 Å and a volume per atom within the training crystals' range (recorded in the checkpoint;
@@ -9,7 +10,14 @@ than 0.5 Å and a volume per atom within the training crystals' range (recorded 
 ones again with fresh seeds until all are valid or each has been drawn --max-draws times, and
 writes only the valid ones.
 
+--model takes a pre-training checkpoint or the name of one shipped in the checkout's models/ folder;
+the default, pretrained_pool_long2, is the pre-trained model whose samples are most often valid
+(docs/method.md, "Validity of generated structures"); pretrained_pool is the earlier default.
+The sampler's settings (--predictor, --corrector-steps, --step-lr, --lattice-snr, --timesteps,
+--schedule) default to the ones chosen there on validation compositions.
+
 Example:
+  crysdiff sample --composition SrTiO3 MgO --num-samples 10 --out samples/
   crysdiff sample --model runs/pre/model.ckpt --composition SrTiO3 --formula-units 1 --num-samples 10 --out samples/
   crysdiff sample --model runs/pre/model.ckpt --composition SrTiO3 NaCl --num-atoms 8 --num-samples 5 --out samples/
   crysdiff sample --model models/pretrained_pool.ckpt --composition MgO --num-samples 10 --valid-only --out samples/
@@ -22,11 +30,35 @@ import sys
 import time
 from pathlib import Path
 
-from crysdiff.commands._common import check_device, fail, run_guarded
+from crysdiff.commands._common import UsageError, check_device, fail, run_guarded
+
+# pre-training checkpoints shipped with the checkout (models/ beside src/)
+PRETRAINED_DIR = Path(__file__).resolve().parents[3] / "models"
+DEFAULT_MODEL = "pretrained_pool_long2"
+# the corrector also moves the lattice (crysdiff.sampling); chosen with
+# benchmarks/sample_validity.py --set validation
+LATTICE_SNR = 0.1
+
+
+def shipped_models() -> dict[str, Path]:
+    """Name -> path of the pre-training checkpoints in the checkout's ``models/`` folder."""
+    return {p.stem: p for p in sorted(PRETRAINED_DIR.glob("*.ckpt"))}
+
+
+def resolve_model(model: str) -> Path:
+    """A checkpoint path, or the path of a shipped model given by name; ``UsageError`` otherwise."""
+    if Path(model).is_file():
+        return Path(model)
+    if model in shipped_models():
+        return shipped_models()[model]
+    names = ", ".join(shipped_models()) or f"none found in {PRETRAINED_DIR}"
+    raise UsageError(f"--model {model}: no such checkpoint file or shipped model (shipped: {names})")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="pre-training checkpoint (OUT/model.ckpt of crysdiff pretrain)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"pre-training checkpoint (OUT/model.ckpt of crysdiff pretrain) or shipped model name "
+                             f"(default {DEFAULT_MODEL}; pretrained_pool is the earlier default)")
     parser.add_argument("--composition", nargs="+", required=True, help="one or more formulas, e.g. SrTiO3 Li2O")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--formula-units", type=int, help="formula units per cell (default: as written)")
@@ -34,14 +66,36 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-samples", type=int, default=10, help="samples per composition")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--corrector-steps", type=int, default=1, help="Langevin corrector steps per time step")
-    parser.add_argument("--step-lr", type=float, help="Langevin corrector step size (default: the sampler's)")
+    add_sampler_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=256, help="crystals sampled at once")
     parser.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
     parser.add_argument("--valid-only", action="store_true",
                         help="keep only physically valid structures, drawing the invalid ones again (see --max-draws)")
     parser.add_argument("--max-draws", type=int, default=10,
                         help="with --valid-only: draws per requested structure at most (default 10)")
+
+
+def add_sampler_arguments(parser) -> None:
+    """The reverse process's settings (crysdiff.sampling.sample_structures); the defaults are the
+    library's (the paper's sampler) except ``--lattice-snr``, chosen on validation compositions."""
+    from crysdiff.sampling import PREDICTORS, SCHEDULES
+
+    parser.add_argument("--predictor", choices=PREDICTORS, default="sde",
+                        help="reverse step: sde (ancestral, the paper's), ode (probability flow / DDIM) "
+                             "or ode-coords (probability flow for the coordinates only)")
+    parser.add_argument("--corrector-steps", type=int, default=1, help="Langevin corrector steps per time step")
+    parser.add_argument("--step-lr", type=float, default=1e-5, help="Langevin step size at the smallest noise")
+    parser.add_argument("--lattice-snr", type=float, default=LATTICE_SNR,
+                        help=f"signal-to-noise ratio of the Langevin corrector on the lattice (default {LATTICE_SNR}, "
+                             f"chosen on validation compositions; 0: coordinates only, the paper's sampler)")
+    parser.add_argument("--timesteps", type=int, help="reverse steps (default: all of the model's T)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="linear", help="spacing of a strided --timesteps")
+
+
+def sampler_settings(args) -> dict:
+    """The sampler's keyword arguments from the parsed ``add_sampler_arguments`` options."""
+    return {key: getattr(args, key) for key in
+            ("predictor", "corrector_steps", "step_lr", "lattice_snr", "timesteps", "schedule")}
 
 
 def _draw_until_valid(draw, jobs: list, volumes, max_draws: int) -> tuple[list, list[str], list[int]]:
@@ -77,8 +131,9 @@ def run(args) -> int:
         if args.max_draws < 1:
             return fail(f"--max-draws must be at least 1, got {args.max_draws}", 2)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, diffusion, config, payload = load_pretrained(args.model, map_location=device)
-        require_joint(diffusion, str(args.model))
+        path = resolve_model(args.model)
+        model, diffusion, config, payload = load_pretrained(path, map_location=device)
+        require_joint(diffusion, str(path))
         volumes = volume_range(payload.get("data", {}))
         jobs = []
         for formula in args.composition:
@@ -87,7 +142,7 @@ def run(args) -> int:
 
         def draw(compositions, round_):
             return generate(model, diffusion, compositions, batch_size=args.batch_size, seed=args.seed + 7919 * round_,
-                            corrector_steps=args.corrector_steps, step_lr=args.step_lr, device=device, progress=True)
+                            device=device, progress=True, **sampler_settings(args))
 
         start = time.perf_counter()
         crystals, reasons, draws = _draw_until_valid(draw, jobs, volumes, args.max_draws if args.valid_only else 1)
@@ -112,7 +167,7 @@ def run(args) -> int:
             ase.io.write(args.out / "samples.extxyz", frames, format="extxyz")
         valid = sum(not reason for reason in reasons)
         (args.out / "samples.json").write_text(json.dumps({
-            "model": str(args.model), "seed": args.seed, "seconds": seconds,
+            "model": str(path), "seed": args.seed, "sampler": sampler_settings(args), "seconds": seconds,
             "validity": {"min_distance": 0.5, "volume_per_atom": list(volumes)},
             "valid_only": args.valid_only, "max_draws": args.max_draws if args.valid_only else 1,
             "requested": len(jobs), "valid": valid, "draws": sum(draws), "samples": summary}, indent=1))
