@@ -36,6 +36,10 @@ __all__ = [
 
 T = TypeVar("T")
 
+# the reverse samplers crysdiff.sampling offers (here, torch-free, for the command line's choices)
+PREDICTORS = ("sde", "ode", "ode-coords")
+SCHEDULES = ("linear", "quadratic")
+
 
 class ConfigError(ValueError):
     """A config key or value that does not fit the schema."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 import torch
 
 from crysdiff.diffusion import JointDiffusion, wrap
+from crysdiff.config import PREDICTORS, SCHEDULES  # torch-free, so the CLI can build its parser without torch
 
 __all__ = ["sample_structures", "time_schedule", "require_joint", "PREDICTORS", "SCHEDULES"]
 
@@ -59,8 +60,6 @@ def require_joint(diffusion: JointDiffusion, source: str = "the model") -> None:
                          f"so it cannot generate structures; sampling needs a model pre-trained with diffusion.mode=joint")
 
 
-PREDICTORS = ("sde", "ode", "ode-coords")
-SCHEDULES = ("linear", "quadratic")
 
 
 def time_schedule(total: int, steps: int | None = None, schedule: str = "linear") -> list[int]:

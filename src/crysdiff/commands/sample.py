@@ -78,7 +78,7 @@ def add_arguments(parser) -> None:
 def add_sampler_arguments(parser) -> None:
     """The reverse process's settings (crysdiff.sampling.sample_structures); the defaults are the
     library's (the paper's sampler) except ``--lattice-snr``, chosen on validation compositions."""
-    from crysdiff.sampling import PREDICTORS, SCHEDULES
+    from crysdiff.config import PREDICTORS, SCHEDULES
 
     parser.add_argument("--predictor", choices=PREDICTORS, default="sde",
                         help="reverse step: sde (ancestral, the paper's), ode (probability flow / DDIM) "
