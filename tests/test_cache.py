@@ -91,12 +91,12 @@ def test_interrupted_build_leaves_no_partial_cache(tmp_path, monkeypatch):
     good = load_dataset([data], cache_dir=cache_dir, workers=1, progress=False)
     before = parts(cache_dir)
     (data / "b.cif").write_text(NACL.replace("Na", "K"))
-    import crysdiff.cache as cache_module
+    from crysdiff.cache.writer import PartWriter
 
     def interrupted(self, units):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_module._PartWriter, "finish", interrupted)
+    monkeypatch.setattr(PartWriter, "finish", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_dataset([data], cache_dir=cache_dir, workers=1, progress=False)
     assert parts(cache_dir) == before  # no new part, no temporary folder left
@@ -187,18 +187,18 @@ def test_parallel_and_serial_builds_agree(shared_data, tmp_path):
 
 
 def test_interrupted_parallel_build_cleans_up(shared_data, tmp_path, monkeypatch):
-    import crysdiff.cache as cache_module
+    from crysdiff.cache.writer import PartWriter
 
-    original = cache_module._PartWriter.add
+    original = PartWriter.add
 
     def add(self, item, slot):
         if self.records == 1000:
             raise KeyboardInterrupt
         original(self, item, slot)
 
-    monkeypatch.setattr(cache_module._PartWriter, "add", add)
+    monkeypatch.setattr(PartWriter, "add", add)
     with pytest.raises(KeyboardInterrupt):
         load_dataset([shared_data / "perov_5" / "val.csv.gz"], cache_dir=tmp_path, workers=2, progress=False)
     assert parts(tmp_path) == []
-    monkeypatch.setattr(cache_module._PartWriter, "add", original)
+    monkeypatch.setattr(PartWriter, "add", original)
     assert len(load_dataset([shared_data / "perov_5" / "val.csv.gz"], cache_dir=tmp_path, workers=2, progress=False)) == 3787

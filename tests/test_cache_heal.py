@@ -15,7 +15,7 @@ import pytest
 
 from conftest import write_perov_rows
 
-from crysdiff import cache as cache_module
+from crysdiff.cache import part as part_module
 from crysdiff.cache import load_dataset, part_problem
 from crysdiff.cli import main
 
@@ -79,7 +79,7 @@ def test_same_size_damage_is_found_by_the_checksum(table, tmp_path, capsys, monk
     data[-8:] = np.float64(0.123456).tobytes()  # same size, another number
     coords.write_bytes(bytes(data))
     # a part too big to checksum at every open is only checked by --verify
-    monkeypatch.setattr(cache_module, "_CHECKSUM_ON_OPEN_BYTES", 0)
+    monkeypatch.setattr(part_module, "_CHECKSUM_ON_OPEN_BYTES", 0)
     load_dataset([table], cache_dir=cache_dir, workers=1, progress=False)
     assert not _damage_lines(capsys.readouterr().err)
     assert main(["data", "cache", str(table), "--cache-dir", str(cache_dir), "--workers", "1", "--verify",
@@ -88,7 +88,7 @@ def test_same_size_damage_is_found_by_the_checksum(table, tmp_path, capsys, monk
     assert "does not match its checksum" in captured.err and "every checksum verified" in captured.out
     assert part_problem(_part(cache_dir), checksums=True) is None
     # a small part is checksummed at every open
-    monkeypatch.setattr(cache_module, "_CHECKSUM_ON_OPEN_BYTES", 4 << 20)
+    monkeypatch.setattr(part_module, "_CHECKSUM_ON_OPEN_BYTES", 4 << 20)
     coords = _part(cache_dir) / "frac_coords.npy"
     data = bytearray(coords.read_bytes())
     data[-1] ^= 0xFF

@@ -141,9 +141,9 @@ def test_a_log_rewrite_cut_short_keeps_the_earlier_rows(tmp_path, monkeypatch):
     rewrite must still hold every earlier row (Lightning's own writer truncates the file first)."""
     import csv
 
-    from crysdiff.engine import _csv_logger_class, read_metrics
+    from crysdiff.runlog import csv_logger_class, read_metrics
 
-    _, writer_class = _csv_logger_class()
+    _, writer_class = csv_logger_class()
 
     def write(out, killed_in_rewrite):
         writer = writer_class(str(out / "logs"))

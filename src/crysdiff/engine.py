@@ -2,9 +2,10 @@
 
 The engine only sees "batch in, loss out": a task (a ``LightningModule`` such as
 :class:`crysdiff.pretrain.PretrainTask` or :class:`crysdiff.finetune.FinetuneTask`) computes its
-loss; this module owns the optimiser and schedule, logging (CSV always, TensorBoard when installed),
-the progress bar, checkpoints for resuming (``OUT/checkpoints/last.ckpt``), time limits and the
-multi-GPU / multi-node setup, and draws the loss curves when a run ends.
+loss; this module owns the optimiser and schedule, logging (CSV always, TensorBoard when installed;
+the logs, reading them back and the loss curves are :mod:`crysdiff.runlog`), the progress bar,
+checkpoints for resuming (``OUT/checkpoints/last.ckpt``), time limits and the multi-GPU /
+multi-node setup.
 
 Data order is crysdiff's own: the batch samplers shard by ``trainer.global_rank`` /
 ``trainer.world_size`` themselves, so Lightning is told not to replace them.
@@ -12,10 +13,7 @@ Data order is crysdiff's own: the batch samplers shard by ``trainer.global_rank`
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import time
 from pathlib import Path
 
 import lightning as L
@@ -23,9 +21,10 @@ import torch
 
 from crysdiff.config import TrainConfig
 from crysdiff.notices import warn_once
+from crysdiff.runlog import keep_earlier_log, plot_curves, read_metrics, run_loggers
 
 __all__ = ["make_trainer", "configure_adamw", "plot_curves", "last_checkpoint", "resolve_precision", "ema_callback",
-           "RandomState", "planned_steps"]
+           "RandomState", "planned_steps", "read_metrics"]
 
 
 def _timer_progress(module, budget_seconds: float) -> float:
@@ -177,69 +176,6 @@ class RandomState(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _csv_logger_class():
-    """Lightning's ``CSVLogger`` whose log is never truncated in place.
-
-    When a row brings a new column (the first validation row after training rows), Lightning
-    rewrites ``metrics.csv`` with the wider header by opening it for writing and writing every row
-    back; a run killed between the two loses its whole log. Here the wider file is written beside
-    it and moved over it in one ``os.replace``, so a kill leaves the old log or the new one."""
-    import os
-
-    from lightning.fabric.loggers.logger import rank_zero_experiment
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-
-    class _Writer(ExperimentWriter):
-        def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-            with open(self.metrics_file_path, newline="") as handle:
-                rows = list(csv.DictReader(handle))
-            partial = self.metrics_file_path + ".partial"
-            with open(partial, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=fieldnames)
-                writer.writeheader()
-                writer.writerows(rows)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, self.metrics_file_path)
-
-    class _Logger(CSVLogger):
-        @property
-        @rank_zero_experiment
-        def experiment(self) -> ExperimentWriter:
-            if self._experiment is None:
-                Path(self.log_dir).mkdir(parents=True, exist_ok=True)
-                self._experiment = _Writer(log_dir=self.log_dir)
-            return self._experiment
-
-    return _Logger, _Writer
-
-
-def _loggers(out_dir: Path, flush_every: int):
-    csv_logger, _ = _csv_logger_class()
-    # flushed as often as rows are logged: a killed run keeps its log up to the kill
-    loggers = [csv_logger(str(out_dir), name="logs", version="", flush_logs_every_n_steps=max(1, flush_every))]
-    try:
-        import tensorboard  # noqa: F401
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=""))
-    except ImportError:
-        pass
-    return loggers
-
-
-def _keep_earlier_log(out_dir: Path) -> None:
-    """Lightning's CSV logger deletes an existing ``metrics.csv``; a resumed run keeps it as the next
-    ``metrics-partK.csv`` (``read_metrics`` joins the parts in order)."""
-    log = out_dir / "logs" / "metrics.csv"
-    if log.is_file():
-        k = 1
-        while (out_dir / "logs" / f"metrics-part{k}.csv").exists():
-            k += 1
-        log.rename(out_dir / "logs" / f"metrics-part{k}.csv")
-
-
 def _checkpoint_class():
     """Lightning's ``ModelCheckpoint`` whose save at the end of training keeps the raw weights.
 
@@ -269,7 +205,7 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
 
     out_dir = Path(out_dir)
     if resume and rank_zero_only.rank == 0:
-        _keep_earlier_log(out_dir)
+        keep_earlier_log(out_dir)
     # no version counter: the epoch saves and the step saves write the same last.ckpt (not a second
     # last-v1.ckpt), and a new best replaces best.ckpt
     callbacks = [
@@ -317,7 +253,7 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
         num_nodes=config.num_nodes,
         strategy=config.strategy,
         precision=resolve_precision(config),
-        logger=_loggers(out_dir, config.log_every_steps),
+        logger=run_loggers(out_dir, config.log_every_steps),
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -336,77 +272,3 @@ def last_checkpoint(out_dir: str | Path) -> str | None:
     from crysdiff.runfolder import resume_checkpoint
 
     return resume_checkpoint(out_dir)
-
-
-def read_metrics(out_dir: str | Path) -> list[dict[str, float]]:
-    """Rows of ``OUT/logs/metrics.csv`` with numeric values (empty cells dropped), preceded by those of
-    the logs of earlier, interrupted segments of the run (``metrics-part1.csv``, ...)."""
-    logs = Path(out_dir) / "logs"
-    parts = sorted(logs.glob("metrics-part*.csv"), key=lambda p: int(p.stem.removeprefix("metrics-part") or 0))
-    rows = []
-    for path in [*parts, logs / "metrics.csv"]:
-        if path.is_file():
-            rows.extend(_read_log(path))
-    return rows
-
-
-def _read_log(path: Path) -> list[dict[str, float]]:
-    text = path.read_text()
-    if not text.endswith("\n"):  # a kill in the middle of appending a row: its cut-off numbers are not read
-        text = text[: text.rfind("\n") + 1]
-    rows = []
-    for row in csv.DictReader(io.StringIO(text)):
-        parsed = {}
-        for key, value in row.items():
-            if key is not None and value not in ("", None):  # cells beyond the header are dropped
-                try:
-                    parsed[key] = float(value)
-                except ValueError:
-                    pass
-        rows.append(parsed)
-    return rows
-
-
-def plot_curves(out_dir: str | Path, keys: list[str], filename: str = "loss_curve.png", title: str = "") -> Path | None:
-    """Draw the logged curves ``keys`` against the step into ``OUT/filename``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(out_dir)
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    drawn = False
-    for key in keys:
-        points = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, label=key, marker="." if len(xs) < 30 else None)
-            drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_xlabel("optimiser step")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(out_dir) / filename
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-class Stopwatch:
-    """Wall-clock timer for reporting (``with Stopwatch() as sw: ...; sw.seconds``)."""
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
-        return False
