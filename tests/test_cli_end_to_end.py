@@ -338,13 +338,17 @@ def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_smal
     ensemble.widen = False
     out = ensemble.sample(batch, 7, torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(3)
-    alone = [member.sample(batch, 7, generator)["samples"] for member in ensemble.members]
+    members = [member.sample(batch, 7, generator) for member in ensemble.members]
+    alone = [m["samples"] for m in members]
     assert out["samples"].shape == (6, 14)
     torch.testing.assert_close(out["samples"], torch.cat(alone, dim=1))
-    torch.testing.assert_close(out["mean"], torch.cat(alone, dim=1).mean(dim=1))
-    means = torch.stack([a.mean(dim=1) for a in alone], dim=1)  # [6, 2]
-    torch.testing.assert_close(out["std_models"], means.std(dim=1))
-    assert not torch.allclose(alone[0].mean(dim=1), alone[1].mean(dim=1))  # the seeds made different models
+    # new fine-tunings report the chain's exact mean (exact_mean): the ensemble averages the members' means
+    assert all(member.model.exact_mean for member in ensemble.members)
+    reported = torch.stack([m["mean"] for m in members], dim=1)  # [6, 2]
+    torch.testing.assert_close(out["mean"], reported.mean(dim=1))
+    torch.testing.assert_close(out["std_models"], reported.std(dim=1))
+    assert not torch.allclose(reported[:, 0], reported[:, 1])  # the seeds made different models
+    means = torch.stack([a.mean(dim=1) for a in alone], dim=1)  # [6, 2]: the samples' means, which pooling moves
     # the default, widened pooling: each member moved by (sqrt(3) - 1) x its offset from the centre, so
     # the pooled variance is W + (1 + 1/M) B (here M = 2) and the mean is unchanged
     ensemble.widen = True
@@ -354,7 +358,7 @@ def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_smal
     torch.testing.assert_close(widened, torch.cat([alone[0] + shift[:, :1], alone[1] + shift[:, 1:]], dim=1))
     within = torch.stack([a.var(dim=1, unbiased=False) for a in alone], dim=1).mean(dim=1)
     torch.testing.assert_close(widened.var(dim=1, unbiased=False), within + 1.5 * means.var(dim=1))
-    torch.testing.assert_close(widened.mean(dim=1), out["mean"])
+    torch.testing.assert_close(widened.mean(dim=1), means.mean(dim=1))
 
     preds = tmp_path / "preds.json"
     assert main(["predict", "--model", str(first), "--model", str(second), "examples/structures", "--samples", "5",

@@ -148,7 +148,9 @@ def _parity_plot(y, mean, lo, hi, path: Path, target: str, unit: str) -> None:
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     if lo is not None and np.all(np.isfinite(lo)):
-        ax.errorbar(y, mean, yerr=[mean - lo, hi - mean], fmt="none", ecolor="0.75", elinewidth=0.5, zorder=1)
+        # the exact mean (exact_mean) may lie outside the interval of a few samples: no negative bar
+        bars = [np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)]
+        ax.errorbar(y, mean, yerr=bars, fmt="none", ecolor="0.75", elinewidth=0.5, zorder=1)
     ax.scatter(y, mean, s=4, zorder=2)
     low, high = float(min(y.min(), mean.min())), float(max(y.max(), mean.max()))
     ax.plot([low, high], [low, high], "k--", lw=0.8)

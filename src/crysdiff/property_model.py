@@ -13,6 +13,12 @@ class): the encoder reads the clean structure once, its atom states are mean-poo
   samples' mean is the prediction; their spread and 2.5/97.5 percentiles, clipped at the model's
   lower bound and moved by its interval scale (:func:`crysdiff.uncertainty.sample_summary`), are
   the uncertainty. Both numbers are part of the model's state (buffers saved with its weights).
+  With ``exact_mean`` (fine-tuning's ``exact_mean``, on for models trained since 2026-12-02) an
+  affine head's prediction is instead the chain's exact mean, the limit of infinitely many
+  samples: the chain is linear-Gaussian, so its end point is ``N(m, v)`` in closed form
+  (:meth:`crysdiff.card.PropertyDiffusion.affine_moments`), clipped at the lower bound as the
+  samples are (:func:`crysdiff.uncertainty.clipped_gaussian_mean`). The mean then does not depend
+  on the seed or ``S``; the spread and interval still come from the samples.
 * ``head.kind = "regression"``: the plain L1 regression baseline on the same encoder.
 
 Two ablations of paper Fig. 5 are wrappers of the encoder, so training and prediction have one path:
@@ -38,10 +44,10 @@ import torch
 from torch import nn
 
 from crysdiff.card import PropertyDiffusion
-from crysdiff.heads import HeadConfig, NoiseHead, ValueMLP, build_head
+from crysdiff.heads import AffineNoiseHead, HeadConfig, NoiseHead, ValueMLP, build_head
 from crysdiff.layers import pool_mean
-from crysdiff.property_sampling import sampler_for
-from crysdiff.uncertainty import sample_summary
+from crysdiff.property_sampling import sample_affine_moments, sampler_for
+from crysdiff.uncertainty import clipped_gaussian_mean, sample_summary
 
 __all__ = ["PropertyModel", "AveragedEncoder", "FixedStructure", "NoisedStructures", "pool_mean",
            "structure_timestep", "structure_blocks", "noise_structure"]
@@ -141,13 +147,16 @@ class PropertyModel(nn.Module):
             from the crystal's mean.
         structures: how the encoder reads the structure: :class:`FixedStructure` (default) or
             :class:`NoisedStructures` (ablation; needs a noise head with ``prior="mean"``).
+        exact_mean: predict an affine head's exact chain mean instead of the samples' mean (see the
+            module docstring; other heads keep the samples' mean).
     """
 
     def __init__(self, encoder: nn.Module, hidden_dim: int, head: HeadConfig, mean: float = 0.0, std: float = 1.0,
                  lower_bound: float | None = None, interval_scale: float = 1.0,
-                 structures: FixedStructure | None = None):
+                 structures: FixedStructure | None = None, exact_mean: bool = False):
         super().__init__()
         self.encoder = encoder
+        self.exact_mean = exact_mean
         self.head_config = head
         self.head = build_head(hidden_dim, head)
         learned = head.prior == "learned"  # HeadConfig allows it for noise heads only
@@ -243,7 +252,8 @@ class PropertyModel(nn.Module):
         """Predictions in original units: ``mean``, ``std``, ``p2.5``, ``p97.5`` ``[B]`` (and ``samples`` ``[B, S]``).
 
         ``interval_scale`` (default: the model's own) widens or narrows the samples about each
-        crystal's mean; the mean is that of the chain's samples either way."""
+        crystal's mean; the mean is that of the chain's samples either way, or with
+        :attr:`exact_mean` and an affine head the chain's exact mean."""
         encodings, block_of = self.encodings(batch, diffusion, generator)
         features = encodings[0]  # [B, H]; the only one when the structure is fixed
         if not self.is_diffusion:
@@ -253,9 +263,15 @@ class PropertyModel(nn.Module):
             nan = torch.full_like(mean, float("nan"))
             return {"mean": mean, "std": nan, "p2.5": nan, "p97.5": nan}
         mu = self.prior_mean(features).double()
-        samples = sampler_for(self.head)(self.head, encodings, block_of, mu, diffusion, num_samples, generator)
+        exact = None
+        if self.exact_mean and isinstance(self.head, AffineNoiseHead):
+            samples, mean, var = sample_affine_moments(self.head, encodings, block_of, mu, diffusion, num_samples,
+                                                       generator)
+            exact = clipped_gaussian_mean(self.destandardise(mean), var.sqrt() * self.y_std, self.lower_bound)
+        else:
+            samples = sampler_for(self.head)(self.head, encodings, block_of, mu, diffusion, num_samples, generator)
         scale = self.interval_scale if interval_scale is None else interval_scale
-        out = sample_summary(self.destandardise(samples), scale, self.lower_bound)  # [B, S] in original units
+        out = sample_summary(self.destandardise(samples), scale, self.lower_bound, exact)  # [B, S] in original units
         if not keep_samples:
             del out["samples"]
         return out

@@ -55,6 +55,11 @@ class FinetuneConfig:
             (split-conformal, :func:`crysdiff.uncertainty.conformal_interval_scale`) so that the
             95% interval covers 95% of them; stored in the checkpoint and applied by ``predict``.
             The validation metrics report the coverage before it.
+        exact_mean: predict the chain's exact mean (closed form, for the affine heads ``card``,
+            ``gaussian`` and ``eq4``) instead of the samples' mean, so the mean has no sampling noise;
+            the spread and interval still come from the samples (:mod:`crysdiff.property_model`).
+            On for new fine-tunings; a checkpoint written before the field existed reads it as
+            off and predicts exactly as before.
     """
 
     target: str = ""
@@ -72,6 +77,7 @@ class FinetuneConfig:
     structure_encodings: int = 20
     structure_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     calibrate: bool = True
+    exact_mean: bool = True
 
 
 def build_property_model(config: FinetuneConfig, mean: float = 0.0, std: float = 1.0,
@@ -85,7 +91,7 @@ def build_property_model(config: FinetuneConfig, mean: float = 0.0, std: float =
     if not config.fix_structure:
         structures = NoisedStructures(JointDiffusion(config.structure_diffusion), config.structure_encodings)
     return PropertyModel(encoder, config.model.hidden_dim, config.head, mean=mean, std=std, lower_bound=lower_bound,
-                         interval_scale=interval_scale, structures=structures)
+                         interval_scale=interval_scale, structures=structures, exact_mean=config.exact_mean)
 
 
 # head settings measured and dropped (docs/results.md, "Tried and dropped"): the value every model
@@ -103,12 +109,13 @@ def stored_finetune_config(stored: dict, current: bool = False) -> FinetuneConfi
 
     A head without ``kind`` or ``prior`` is read with the defaults of the time (``card``, ``mean``),
     not today's; a regression head's prior (never used) is ``mean``; a checkpoint without
-    ``data.cell`` saw cells as given and keeps doing so. The dropped head settings are removed
+    ``data.cell`` saw cells as given and keeps doing so, and one without ``exact_mean`` reported
+    the samples' mean and keeps doing so. The dropped head settings are removed
     where they hold the one value still supported, and refused (``ValueError``) otherwise: a head
     without ``baseline`` was written before it existed, with the dropped ``baseline="zero"``.
     ``head.kind=card_mlp`` is refused likewise.
     """
-    stored = stored_data_config(stored)
+    stored = {"exact_mean": False, **stored_data_config(stored)}
     head = {"kind": "card", "prior": "mean", "baseline": "prior" if current else "zero", **(stored.get("head") or {})}
     for key, (kept, what) in _DROPPED_HEAD.items():
         if head.pop(key, kept) != kept:

@@ -4,7 +4,8 @@
 * :func:`scale_spread` and :func:`conformal_interval_scale`: the split-conformal calibration of
   the spread (one factor, fitted on held-out crystals after fine-tuning or by ``crysdiff calibrate``).
 * :func:`sample_summary`: what a model reports: samples clipped at its lower bound, moved by its
-  interval scale and summarised.
+  interval scale and summarised; :func:`clipped_gaussian_mean`: the exact mean of a clipped
+  Gaussian, which models with ``exact_mean`` report instead of the samples' mean.
 * :func:`pool_members` and :func:`ensemble_summary`: an ensemble's pooled samples and summary.
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 __all__ = ["LEVEL", "summarise", "interval95", "scale_spread", "conformal_interval_scale", "sample_summary",
-           "pool_members", "ensemble_summary"]
+           "clipped_gaussian_mean", "pool_members", "ensemble_summary"]
 
 LEVEL = 0.95  # the interval crysdiff predict reports (p2.5, p97.5)
 
@@ -45,17 +46,30 @@ def scale_spread(samples: torch.Tensor, mean: torch.Tensor, scale: float, lower_
     return moved if lower_bound is None else moved.clamp_min(lower_bound)
 
 
-def sample_summary(samples: torch.Tensor, scale: float = 1.0, lower_bound: float | None = None) -> dict[str, torch.Tensor]:
+def clipped_gaussian_mean(mean: torch.Tensor, std: torch.Tensor, lower_bound: float | None = None) -> torch.Tensor:
+    """``E[max(Y, lower_bound)]`` ``[B]`` for ``Y ~ N(mean, std²)`` (``mean`` itself without a bound):
+    ``mean + (L − mean) Φ(a) + std φ(a)`` with ``a = (L − mean) / std``, ``max(mean, L)`` where ``std = 0``."""
+    if lower_bound is None:
+        return mean
+    a = (lower_bound - mean) / std.clamp_min(torch.finfo(std.dtype).tiny)
+    density = torch.exp(-0.5 * a ** 2) / (2 * torch.pi) ** 0.5
+    clipped = mean + (lower_bound - mean) * torch.special.ndtr(a) + std * density
+    return torch.where(std > 0, clipped, mean.clamp_min(lower_bound))
+
+
+def sample_summary(samples: torch.Tensor, scale: float = 1.0, lower_bound: float | None = None,
+                   mean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """A model's report from its samples ``[B, S]`` (original units): clipped at ``lower_bound``, the
     spread moved by ``scale`` about each crystal's mean, summarised (:func:`summarise`). The mean
-    is that of the clipped samples either way."""
+    is that of the clipped samples, or ``mean`` ``[B]`` where given (the chain's exact one, already
+    clipped: :func:`clipped_gaussian_mean`), which is then also the centre the spread is moved about."""
     if lower_bound is not None:
         samples = samples.clamp_min(lower_bound)
-    if scale == 1.0:
+    if scale == 1.0 and mean is None:
         return summarise(samples)
-    mean = samples.mean(dim=1)
-    out = summarise(scale_spread(samples, mean, scale, lower_bound))
-    out["mean"] = mean
+    centre = samples.mean(dim=1) if mean is None else mean
+    out = summarise(samples if scale == 1.0 else scale_spread(samples, centre, scale, lower_bound))
+    out["mean"] = centre
     return out
 
 
