@@ -6,10 +6,8 @@ Throughput: crystals per second of a full pre-training step (joint-diffusion los
 AdamW step) for mp2018-like cells (``../shared/data/mp2018/val.csv.gz``) and Perov-5 cells, and of
 the fast path's inference forward (no gradients). The steps timed, all from the same weights:
 
-* ``fast`` — today's fast path with the training defaults (``TrainConfig.fused_optimizer``,
-  ``TrainConfig.compile``); ``fast_<lever>`` with ``--levers fused compile`` — the same with that
-  lever switched on (AdamW's fused kernel; ``torch.compile``, whose compile time shows in
-  ``first_pass_seconds``);
+* ``fast`` — today's fast path with the training defaults (``TrainConfig.fused_optimizer``);
+  ``fast_fused`` with ``--levers fused`` — the same with AdamW's fused kernel switched on;
 * ``reference`` — :meth:`CrysDiffEncoder.reference_forward`, the per-edge specification;
 * ``against`` / ``inference_against`` with ``--against REV`` — the denoiser of git revision ``REV``
   (``git archive`` of its ``src/crysdiff`` into a temporary package ``crysdiff_<rev>`` with its
@@ -59,7 +57,6 @@ import torch
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from crysdiff.accelerate import compile_module
 from crysdiff.batching import EdgeSettings, collate_crystals
 from crysdiff.config import TrainConfig
 from crysdiff.crystal import Crystal, from_pymatgen, validate
@@ -175,8 +172,7 @@ def interleaved(steps: dict, batches, repeats: int, flops: dict | None = None) -
     """Crystals per second of each ``steps[label](batch)``, timed in turns: every repeat runs each step
     once over all of ``batches`` (a pass), the labels in turn and their order reversed every other
     repeat, so that all of them see the same machine state; rates come from the median pass. One
-    untimed pass first (its seconds are kept as ``first_pass_seconds``: allocator warm-up, and the
-    compile time of a compiled step). Given ``flops[label]`` (per batch), also the achieved
+    untimed pass first (its seconds are kept as ``first_pass_seconds``: allocator warm-up). Given ``flops[label]`` (per batch), also the achieved
     ``gflop_per_s`` and the mean ``flops_per_step``."""
     crystals = sum(int(b.num_atoms.shape[0]) for b in batches)
 
@@ -287,26 +283,23 @@ def memory(reference: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-LEVERS = ("fused", "compile")  # each a variant of today's fast training step: train.fused_optimizer, train.compile
+LEVERS = ("fused",)  # each a variant of today's fast training step: train.fused_optimizer
 
 
 def dataset_paths(config: DenoiserConfig, diffusion, batches, args, against) -> tuple[dict, dict]:
     """The steps timed on one dataset, and their matrix-product FLOPs per batch (counted eagerly).
 
-    ``fast`` is today's fast path with the training defaults (``TrainConfig``'s ``fused_optimizer``
-    and ``compile``); ``fast_<lever>`` the same with one lever switched on; ``against`` the fast path
+    ``fast`` is today's fast path with the training defaults (``TrainConfig``'s ``fused_optimizer``);
+    ``fast_<lever>`` the same with one lever switched on; ``against`` the fast path
     of ``--against``'s revision. All start from the same weights."""
     train = TrainConfig()
     torch.manual_seed(0)
     weights = {k: v.clone() for k, v in CrysDiffDenoiser(config).state_dict().items()}
-    variants = {"fast": (train.fused_optimizer, train.compile)}
-    variants.update({f"fast_{lever}": (train.fused_optimizer or lever == "fused", train.compile or lever == "compile")
-                     for lever in args.levers})
-    models, steps, compiled = {}, {}, []
-    for label, (fused, compile_) in variants.items():
+    variants = {"fast": train.fused_optimizer, **{f"fast_{lever}": True for lever in args.levers}}
+    models, steps = {}, {}
+    for label, fused in variants.items():
         models[label] = CrysDiffDenoiser(config)
         steps[label] = training_step(models[label], diffusion, False, fused=fused)
-        compiled += [label] if compile_ else []
     models["inference_fast"] = CrysDiffDenoiser(config).eval()
     steps["inference_fast"] = inference_step(models["inference_fast"])
     if not args.skip_reference:
@@ -319,8 +312,6 @@ def dataset_paths(config: DenoiserConfig, diffusion, batches, args, against) -> 
     for model in models.values():
         model.load_state_dict(weights)
     flops = {label: [count_flops(step, batch) for batch in batches] for label, step in steps.items()}
-    for label in compiled:  # after the eager FLOP count: FlopCounterMode does not see into compiled graphs
-        compile_module(models[label])
     return steps, flops
 
 
@@ -331,8 +322,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--against", metavar="REV", help="also time the denoiser of this git revision, interleaved")
     parser.add_argument("--levers", nargs="*", default=[], choices=LEVERS,
-                        help="also time today's fast step with each of these switched on (fused: train.fused_optimizer, "
-                             "compile: train.compile), interleaved with the rest")
+                        help="also time today's fast step with each of these switched on (fused: "
+                             "train.fused_optimizer), interleaved with the rest")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--matmul-seconds", type=float, default=1.0, help="seconds per product rate")
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the square reference product")
@@ -354,7 +345,7 @@ def main(argv=None) -> int:
         "config": {**config.__dict__},
         "batch_size": args.batch_size,
         "repeats": args.repeats,
-        "train_defaults": {"fused_optimizer": TrainConfig().fused_optimizer, "compile": TrainConfig().compile},
+        "train_defaults": {"fused_optimizer": TrainConfig().fused_optimizer},
         "levers": args.levers,
         "against": args.against and {"revision": args.against, "module": against.__name__,
                                      "step": "that revision's denoiser, today's loss, AdamW without the fused kernel"},

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if not __package__:  # run as `python benchmarks/smalldata.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.suite import git_commit, machine, test_metrics  # noqa: E402
+from benchmarks.suite import git_commit, machine, shown, test_metrics  # noqa: E402
 from benchmarks.suite_splits import ExtxyzFrames  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -374,32 +374,16 @@ def job_commands(layout: Layout, job: Job, resume: bool = False) -> list[list[st
     return [[*shlex.split(column.command), *common, "--features", str(cache)]]
 
 
-def commit() -> str:
-    """The checked-out commit (``git rev-parse``; ``+dirty`` when tracked files differ from it)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return git_commit()
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def _shown(command: list[str]) -> str:
-    words = ["crysdiff", *command[3:]] if command[:3] == [sys.executable, "-m", "crysdiff"] else command
-    return shlex.join(w.replace(str(ROOT) + "/", "") for w in words)
-
-
 def _run(command: list[str], log: Path) -> float:
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log, "a") as handle:
-        handle.write(f"$ {_shown(command)}\n")
+        handle.write(f"$ {shown(command)}\n")
         handle.flush()
         done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     if done.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-12:])
-        raise RuntimeError(f"{_shown(command)} exited with {done.returncode}; end of {log}:\n{tail}")
+        raise RuntimeError(f"{shown(command)} exited with {done.returncode}; end of {log}:\n{tail}")
     return time.perf_counter() - started
 
 
@@ -448,7 +432,7 @@ def run_job(layout: Layout, job: Job, invocation: str = "") -> str:
                "protocol": {k: split[k] for k in ("kfold", "subset_seed", "inner_val_fraction")},
                "test": metrics, "seconds": {**seconds, "total": sum(seconds.values())},
                "peer_seconds": peer.get("seconds", {}), "settings": peer.get("settings", {}),
-               "commands": [_shown(c) for c in commands], "git_commit": commit(), "machine": machine(),
+               "commands": [shown(c) for c in commands], "git_commit": git_commit(), "machine": machine(),
                "invocation": invocation,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,10 +62,6 @@ class TrainConfig:
             docs/method.md); the same update up to float rounding. Falls back to the plain AdamW with
             a warning where torch has no fused kernel for the parameters' device or dtype. Off by
             default until it is measured on a quiet machine (issue 26).
-        compile: run the training forward through ``torch.compile`` (inductor; :mod:`crysdiff.accelerate`),
-            falling back to eager with a warning where compilation fails. The same function up to float
-            rounding; it pays for its compile time only in long runs (docs/method.md), so it is off by
-            default, and prediction never uses it.
         max_epochs, max_steps, max_time_minutes: stop at whichever comes first (``0`` = no limit).
         grad_clip: gradient norm clip (``0`` = off).
         ema_decay: decay of the exponential moving average of the weights (``0`` = off). Validation,
@@ -96,7 +92,6 @@ class TrainConfig:
     max_time_minutes: float = 0.0
     anneal_over_time: bool = False
     fused_optimizer: bool = False
-    compile: bool = False
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 0

@@ -21,7 +21,6 @@ import lightning as L
 import numpy as np
 import torch
 
-from crysdiff.accelerate import compile_module
 from crysdiff.card import PropertyDiffusion
 from crysdiff.config import from_dict, save_yaml, to_dict
 from crysdiff.denoiser import DenoiserConfig
@@ -45,7 +44,6 @@ class FinetuneTask(L.LightningModule):
         super().__init__()
         self.config = config
         self.model = model
-        compile_module(model.encoder, config.train.compile)  # train.compile (off by default)
         self.diffusion = PropertyDiffusion(config.property)
         if config.freeze_encoder:
             for p in self.model.encoder.parameters():

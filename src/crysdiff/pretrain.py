@@ -18,7 +18,6 @@ import torch
 from crysdiff.checkpoint import load_checkpoint, save_checkpoint
 from crysdiff.cells import stored_data_config
 from crysdiff.config import DataConfig, TrainConfig, from_dict, save_yaml, to_dict
-from crysdiff.accelerate import compile_module
 from crysdiff.denoiser import CrysDiffDenoiser, DenoiserConfig
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
 from crysdiff.engine import configure_adamw, last_checkpoint, plot_curves
@@ -47,7 +46,7 @@ class PretrainTask(L.LightningModule):
     def __init__(self, config: PretrainConfig):
         super().__init__()
         self.config = config
-        self.model = compile_module(CrysDiffDenoiser(config.model), config.train.compile)  # train.compile (off by default)
+        self.model = CrysDiffDenoiser(config.model)
         self.diffusion = JointDiffusion(config.diffusion)
         self._val_generator: torch.Generator | None = None
         self.total_steps: int | None = None  # the schedule's length, set by run_pretrain (see planned_steps)
