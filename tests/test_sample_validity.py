@@ -69,5 +69,5 @@ def test_sample_defaults_to_the_chosen_model_and_sampler():
     add_arguments(parser)
     args = parser.parse_args(["--composition", "NaCl", "--out", "s"])
     assert args.model == DEFAULT_MODEL == "pretrained_pool_long2"
-    assert sampler_settings(args) == {"predictor": "sde", "corrector_steps": 1, "step_lr": 1e-5, "lattice_snr": 0.1,
+    assert sampler_settings(args) == {"corrector_steps": 1, "step_lr": 1e-5, "lattice_snr": 0.1,
                                       "timesteps": None, "schedule": "linear"}

@@ -36,8 +36,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-# the reverse samplers crysdiff.sampling offers (here, torch-free, for the command line's choices)
-PREDICTORS = ("sde", "ode", "ode-coords")
+# the spacings of a strided reverse schedule crysdiff.sampling offers (here, torch-free, for the command line)
 SCHEDULES = ("linear", "quadratic")
 
 

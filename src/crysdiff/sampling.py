@@ -16,11 +16,6 @@ step ``s`` of the schedule (``s = t - 1`` unless ``timesteps`` asks for fewer st
 
 Levers (each measured in ``docs/method.md``, "Validity of generated structures"):
 
-* ``predictor="ode"`` replaces both reverse steps by their probability-flow (deterministic)
-  counterparts: ``F_s = w(F + (sigma_t² - sigma_s²) / 2 score)`` and DDIM (``eta = 0``) for the
-  lattice, ``L_s = sqrt(alpha_bar_s) L0_hat + sqrt(1 - alpha_bar_s) eps_hat``. The last step is the
-  same denoising step as the stochastic predictor's. ``predictor="ode-coords"`` takes the
-  probability flow for the coordinates only and keeps the lattice's ancestral step.
 * ``lattice_snr > 0`` lets the corrector act on the lattice too, with the signal-to-noise rule of
   Song et al. (2021, Alg. 5): ``L <- L + a g + sqrt(2a) z`` with the score
   ``g = -eps_hat / sqrt(1 - alpha_bar_t)`` and ``a = 2 alpha (snr |z| / |g|)²`` per crystal. It reuses
@@ -44,9 +39,9 @@ from __future__ import annotations
 import torch
 
 from crysdiff.diffusion import JointDiffusion, wrap
-from crysdiff.config import PREDICTORS, SCHEDULES  # torch-free, so the CLI can build its parser without torch
+from crysdiff.config import SCHEDULES  # torch-free, so the CLI can build its parser without torch
 
-__all__ = ["sample_structures", "time_schedule", "require_joint", "PREDICTORS", "SCHEDULES"]
+__all__ = ["sample_structures", "time_schedule", "require_joint", "SCHEDULES"]
 
 
 def require_joint(diffusion: JointDiffusion, source: str = "the model") -> None:
@@ -85,7 +80,6 @@ def sample_structures(
     corrector_steps: int = 1,
     step_lr: float = 1e-5,
     timesteps: int | None = None,
-    predictor: str = "sde",
     lattice_snr: float = 0.0,
     schedule: str = "linear",
     generator: torch.Generator | None = None,
@@ -100,16 +94,12 @@ def sample_structures(
         corrector_steps: Langevin corrector steps per time step (0 = predictor only).
         step_lr: Langevin step size at ``sigma_min`` (see the module docstring).
         timesteps: number of reverse steps (``None`` = all ``T``); fewer steps stride through the schedule.
-        predictor: ``"sde"`` (reverse diffusion, ancestral DDPM), ``"ode"`` (probability flow, DDIM) or
-            ``"ode-coords"`` (probability flow for the coordinates, ancestral DDPM for the lattice).
         lattice_snr: signal-to-noise ratio of a Langevin corrector on the lattice (0 = coordinates only).
         schedule: spacing of a strided schedule, ``"linear"`` or ``"quadratic"``.
         generator: for reproducible samples.
         progress: show a progress bar (needs ``tqdm``).
     """
     require_joint(diffusion)
-    if predictor not in PREDICTORS:
-        raise ValueError(f"unknown predictor {predictor!r}: expected one of {', '.join(PREDICTORS)}")
     device = batch.atomic_numbers.device
     params = list(model.parameters()) if hasattr(model, "parameters") else []
     dtype = params[0].dtype if params else batch.lattice.dtype
@@ -146,19 +136,11 @@ def sample_structures(
         out = model(batch, frac, lattice, t_crystal)
         score = diffusion.score_from_model(out["score_frac"], t_atom)
         variance = sigma_t**2 - sigma_s**2
-        eps = out["eps_lattice"]
-        if predictor in ("ode", "ode-coords") and s > 0:
-            frac = frac + variance / 2 * score
-        else:
-            frac = frac + variance * score + (variance.sqrt() * noise(num_atoms, 3) if s > 0 else 0)
-        if predictor == "ode" and s > 0:
-            clean = (lattice - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
-            lattice = ab_s.sqrt() * clean + (1 - ab_s).sqrt() * eps
-        else:
-            beta = 1 - alpha
-            lattice = (lattice - beta / (1 - ab_t).sqrt() * eps) / alpha.sqrt()
-            if s > 0:
-                lattice = lattice + (beta * (1 - ab_s) / (1 - ab_t)).sqrt() * noise(num_crystals, 3, 3)
+        frac = frac + variance * score + (variance.sqrt() * noise(num_atoms, 3) if s > 0 else 0)
+        beta = 1 - alpha
+        lattice = (lattice - beta / (1 - ab_t).sqrt() * out["eps_lattice"]) / alpha.sqrt()
+        if s > 0:
+            lattice = lattice + (beta * (1 - ab_s) / (1 - ab_t)).sqrt() * noise(num_crystals, 3, 3)
         frac = wrap(frac)
     return frac, lattice
 

@@ -13,7 +13,7 @@ writes only the valid ones.
 --model takes a pre-training checkpoint or the name of one shipped in the checkout's models/ folder;
 the default, pretrained_pool_long2, is the pre-trained model whose samples are most often valid
 (docs/method.md, "Validity of generated structures"); pretrained_pool is the earlier default.
-The sampler's settings (--predictor, --corrector-steps, --step-lr, --lattice-snr, --timesteps,
+The sampler's settings (--corrector-steps, --step-lr, --lattice-snr, --timesteps,
 --schedule) default to the ones chosen there on validation compositions.
 
 Example:
@@ -78,11 +78,8 @@ def add_arguments(parser) -> None:
 def add_sampler_arguments(parser) -> None:
     """The reverse process's settings (crysdiff.sampling.sample_structures); the defaults are the
     library's (the paper's sampler) except ``--lattice-snr``, chosen on validation compositions."""
-    from crysdiff.config import PREDICTORS, SCHEDULES
+    from crysdiff.config import SCHEDULES
 
-    parser.add_argument("--predictor", choices=PREDICTORS, default="sde",
-                        help="reverse step: sde (ancestral, the paper's), ode (probability flow / DDIM) "
-                             "or ode-coords (probability flow for the coordinates only)")
     parser.add_argument("--corrector-steps", type=int, default=1, help="Langevin corrector steps per time step")
     parser.add_argument("--step-lr", type=float, default=1e-5, help="Langevin step size at the smallest noise")
     parser.add_argument("--lattice-snr", type=float, default=LATTICE_SNR,
@@ -95,7 +92,7 @@ def add_sampler_arguments(parser) -> None:
 def sampler_settings(args) -> dict:
     """The sampler's keyword arguments from the parsed ``add_sampler_arguments`` options."""
     return {key: getattr(args, key) for key in
-            ("predictor", "corrector_steps", "step_lr", "lattice_snr", "timesteps", "schedule")}
+            ("corrector_steps", "step_lr", "lattice_snr", "timesteps", "schedule")}
 
 
 def _draw_until_valid(draw, jobs: list, volumes, max_draws: int) -> tuple[list, list[str], list[int]]:
