@@ -52,13 +52,13 @@ if __package__:  # imported as benchmarks.suite (tests, other benchmarks)
     from . import suite_jobs, suite_splits
     from .suite_jobs import (  # the job table
         MODELS, PART_LIMIT_MINUTES, PARTS, ROOT, TASKS, CommandPeer, Job, Layout, Model, PeerJob, PretrainJob,
-        estimate_minutes, find_reusable, make_jobs, missing_model, required_models, status)
+        estimate_minutes, find_reusable, make_jobs, missing_model, removed_option, required_models, status)
 else:  # run as `python benchmarks/suite.py`: this folder is sys.path[0]
     import suite_jobs
     import suite_splits
     from suite_jobs import (  # the job table
         MODELS, PART_LIMIT_MINUTES, PARTS, ROOT, TASKS, CommandPeer, Job, Layout, Model, PeerJob, PretrainJob,
-        estimate_minutes, find_reusable, make_jobs, missing_model, required_models, status)
+        estimate_minutes, find_reusable, make_jobs, missing_model, removed_option, required_models, status)
 
 SCHEMA = 1
 
@@ -312,7 +312,7 @@ class Runner:
             payload.update(experiment=job.experiment, reused_from=str(reusable.relative_to(self.layout.results)))
             _write_json(path, payload)
             return f"reused {reusable.relative_to(self.layout.results)}"
-        dropped = getattr(MODELS.get(getattr(job, "model", ""), None), "dropped", "")
+        dropped = removed_option(getattr(job, "model", ""))
         if dropped:
             return (f"not run: {dropped} was measured and removed from crysdiff (docs/results.md, "
                     "'Tried and dropped')")
@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(layout, dry_run=args.dry_run, samples=args.samples, env=env)
     jobs = select_jobs(parts, args)
     if args.rerun and not args.dry_run:  # a dropped column cannot run again: its results stay where they are
-        folder, moved = supersede(layout, [j for j in jobs if not getattr(MODELS.get(getattr(j, "model", "")), "dropped", "")])
+        folder, moved = supersede(layout, [j for j in jobs if not removed_option(getattr(j, "model", ""))])
         print(f"--rerun: moved {moved} earlier result(s) and run folder(s) of {len(jobs)} job(s) to {folder}")
     failed = runner.run(jobs)
     if failed:

@@ -57,9 +57,7 @@ class Model:
     the job's ``init_job``), or ``None`` (random encoder). ``evaluate_only``: no training, the
     ``init_job``'s model is tested as it is. ``peer``: trained by a :data:`PEERS` runner.
     ``extra_overhead_minutes``: time on top of the task's overhead, for the estimate only;
-    ``extra_overhead_by_split`` overrides it per split where it grows with the task's size (measured).
-    ``dropped``: the option this column measured was rejected and removed from crysdiff; its results
-    stay for the report ("Tried and dropped" in docs/results.md) and the suite no longer runs it."""
+    ``extra_overhead_by_split`` overrides it per split where it grows with the task's size (measured)."""
 
     label: str
     init: str | None = "pool"
@@ -69,7 +67,6 @@ class Model:
     peer: bool = False
     extra_overhead_minutes: float = 0.0
     extra_overhead_by_split: tuple[tuple[str, float], ...] = ()
-    dropped: str = ""
 
     def extra_overhead(self, split: str) -> float:
         return dict(self.extra_overhead_by_split).get(split, self.extra_overhead_minutes)
@@ -90,15 +87,13 @@ MODELS: dict[str, Model] = {
     "learned_prior": Model("pre-trained, CARD learned prior f(x)", overrides=("head.kind=card", "head.prior=learned")),
     "gaussian": Model("pre-trained, Gaussian-parameterised diffusion head", overrides=("head.kind=gaussian", "head.prior=mean")),
     "composition": Model("pre-trained + diffusion head + composition skip",
-                         overrides=(*PAPER_HEAD, "head.composition=true"), dropped="head.composition"),
+                         overrides=(*PAPER_HEAD, "head.composition=true")),
     "scratch_composition": Model("from scratch + diffusion head + composition skip", init=None,
-                                 overrides=(*PAPER_HEAD, "head.composition=true"), dropped="head.composition"),
+                                 overrides=(*PAPER_HEAD, "head.composition=true")),
     "regression_composition": Model("pre-trained + regression head + composition skip",
-                                    overrides=("head.kind=regression", "head.composition=true"),
-                                    dropped="head.composition"),
+                                    overrides=("head.kind=regression", "head.composition=true")),
     "regression_scratch_composition": Model("random encoder + regression head + composition skip", init=None,
-                                            overrides=("head.kind=regression", "head.composition=true"),
-                                            dropped="head.composition"),
+                                            overrides=("head.kind=regression", "head.composition=true")),
     "gaussian_learned": Model("crysdiff (pre-trained + Gaussian head, learned prior)",
                               overrides=("head.kind=gaussian", "head.prior=learned")),
     "scratch_gaussian_learned": Model("same network from scratch (Gaussian head, learned prior)", init=None,
@@ -114,8 +109,7 @@ MODELS: dict[str, Model] = {
     # more formation energy in all of that encoder's layers together than in its last (benchmarks/probe.py)
     "gaussian_learned_longpre2_layers": Model("crysdiff, longer pre-training still, head reads all layers "
                                               "(Gaussian head, learned prior)", init="pool_long2",
-                                              overrides=("head.kind=gaussian", "head.prior=learned", "head.layers=all"),
-                                              dropped="head.layers"),
+                                              overrides=("head.kind=gaussian", "head.prior=learned", "head.layers=all")),
     # Fig. 5 compares against "crysdiff" above, so its variants keep the paper's head too
     "no_jd": Model("w/o joint diffusion", init="lattice", extra_init="coords", overrides=PAPER_HEAD,
                    extra_overhead_minutes=0.2),
@@ -194,6 +188,17 @@ EXPERIMENTS: dict[str, Experiment] = {
     "variants-layers": Experiment(("mp2018_formation",), ("gaussian_learned_longpre2", "gaussian_learned_longpre2_layers"),
                                   (1.0,), seeds=(0,), quick_tasks=()),
 }
+
+# Options measured and removed from crysdiff (issue 23): columns trained with one keep their results for
+# the report ("Tried and dropped" in docs/results.md, benchmarks/reporting/dropped.py) and never run again
+REMOVED_OPTIONS = ("head.layers=all", "head.composition=true", "head.kind=card_mlp", "head.baseline=zero")
+
+
+def removed_option(model: str) -> str | None:
+    """The removed option column ``model`` was trained with, or ``None``."""
+    overrides = MODELS[model].overrides if model in MODELS else ()
+    return next((o for o in overrides if o in REMOVED_OPTIONS), None)
+
 
 # Ablation pre-trainings (paper Fig. 5): same data, model and budget as models/pretrained_pool.ckpt
 PRETRAININGS: dict[str, tuple[str, ...]] = {

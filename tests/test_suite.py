@@ -791,11 +791,12 @@ def test_dropped_columns_never_run_again_and_rerun_keeps_their_results(tmp_path,
     """Columns whose option was measured and removed (head.composition, head.layers) keep their results
     for the report's "Tried and dropped" section; the suite says so instead of failing on the unknown
     option, and ``--rerun`` leaves their results where they are."""
-    assert {m for m, model in suite_jobs.MODELS.items() if model.dropped} >= {"composition", "gaussian_learned_longpre2_layers"}
+    assert {m for m in suite_jobs.MODELS if suite_jobs.removed_option(m)} >= {"composition", "gaussian_learned_longpre2_layers"}
+    assert set(suite_jobs.REMOVED_OPTIONS) == {d.option for d in dropped.DROPPED}  # one list, described in the report
     layout = _layout(tmp_path)
     monkeypatch.setattr(suite.Runner, "_crysdiff", lambda self, job: pytest.fail(f"{job.job_id} should not run"))
     job = suite_jobs.Job("variants-extra", "mp2018_formation", "composition", 1.0, 0, 4.0)
-    assert suite.Runner(layout, log=lambda message: None).run_job(job).startswith("not run: head.composition")
+    assert suite.Runner(layout, log=lambda message: None).run_job(job).startswith("not run: head.composition=true")
     layout.result_path(job).parent.mkdir(parents=True)
     layout.result_path(job).write_text(json.dumps({"experiment": "variants-extra", "test": {"mae": 0.1}}))
     monkeypatch.setattr(suite.Layout, "default", classmethod(lambda cls, quick=False, root=None: layout))

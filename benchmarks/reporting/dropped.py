@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..suite_jobs import MODELS
+from ..suite_jobs import MODELS, removed_option
 
 
 @dataclass(frozen=True)
@@ -70,4 +70,4 @@ def dropped_option(result: dict) -> str | None:
 def dropped_models(results: list[dict]) -> set[str]:
     """The model columns trained with a removed option: from the results files and the job table."""
     return ({r["model"] for r in results if dropped_option(r)}
-            | {name for name, m in MODELS.items() if any(o in OPTIONS for o in m.overrides)})
+            | {name for name in MODELS if removed_option(name)})
