@@ -49,9 +49,10 @@ def resolve_model(model: str) -> Path:
     """A checkpoint path, or the path of a shipped model given by name; ``UsageError`` otherwise."""
     if Path(model).is_file():
         return Path(model)
-    if model in shipped_models():
-        return shipped_models()[model]
-    names = ", ".join(shipped_models()) or f"none found in {PRETRAINED_DIR}"
+    shipped = shipped_models()
+    if model in shipped:
+        return shipped[model]
+    names = ", ".join(shipped) or f"none found in {PRETRAINED_DIR}"
     raise UsageError(f"--model {model}: no such checkpoint file or shipped model (shipped: {names})")
 
 
