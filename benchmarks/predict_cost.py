@@ -7,7 +7,8 @@ Without --model a freshly initialised default model is timed (the cost does not 
 weights). Each repeat times the encoder alone, then prediction (interleaved, so both see the same
 machine state); inside prediction, timers around the encoder forward (``model.encode``), the head's
 per-step coefficients (``chain_coefficients``, affine heads) and the y-chain (``sample_affine`` or
-``sample``) break the cost down, the rest being everything else (summaries, quantiles, batch
+``sample``, or for models with ``exact_mean`` the draws from its end point's law,
+``sample_affine_endpoint``) break the cost down, the rest being everything else (summaries, quantiles, batch
 handling). Medians over the repeats are recorded beside the best. Writes
 benchmarks/results/predict_cost.json (``--out`` elsewhere; a smoke run: ``--limit 8 --repeats 2``).
 """
@@ -38,7 +39,8 @@ def part_timers(model, diffusion, totals: dict):
     """Within the block, calls of the encoder, the head's chain coefficients and the y-chain add their
     seconds to ``totals[part]`` (instance attributes shadow the methods; removed on exit)."""
     targets = [(model, "encode", "encoder_forward"), (model.head, "chain_coefficients", "head_coefficients"),
-               (diffusion, "sample_affine", "y_chain"), (diffusion, "sample", "y_chain")]
+               (diffusion, "sample_affine", "y_chain"), (diffusion, "sample", "y_chain"),
+               (diffusion, "sample_affine_endpoint", "y_chain")]
     wrapped = []
     for owner, name, part in targets:
         method = getattr(owner, name, None)
@@ -68,6 +70,9 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--exact-mean", action="store_true",
+                        help="predict as models fine-tuned with exact_mean do (their default since 2026-12-02), "
+                             "for a --model written without it")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_cost.json")
     args = parser.parse_args(argv)
 
@@ -84,6 +89,8 @@ def main(argv=None) -> None:
     else:
         config = FinetuneConfig(target="formation_energy_per_atom")
         model, diffusion, timesteps = build_property_model(config).eval(), PropertyDiffusion(config.property), config.property.timesteps
+    if args.exact_mean:
+        model.exact_mean = True
     cache = load_dataset([DATA / "mp2018" / "val.csv.gz"], progress=False)
     indices = np.arange(min(args.limit, len(cache)))
     batches = list(make_loader(cache, indices, batch_size=args.batch_size))
@@ -118,7 +125,8 @@ def main(argv=None) -> None:
     median = {name: float(np.median(values)) for name, values in timings.items()}
     result = {
         "crystals": crystals, "samples": args.samples, "timesteps": timesteps, "batch_size": args.batch_size,
-        "model": args.model or "default config, random weights", "threads": torch.get_num_threads(),
+        "model": args.model or "default config, random weights", "exact_mean": bool(model.exact_mean),
+        "threads": torch.get_num_threads(),
         "seconds": timings,
         "encoder_forward_crystals_per_s": crystals / best["encoder_forward"],
         "predict_crystals_per_s": crystals / best["predict"],
@@ -130,7 +138,8 @@ def main(argv=None) -> None:
         "predict_breakdown_over_forward": {part: float(np.median(v)) / median["encoder_forward"] for part, v in breakdown.items()},
         "command": "python benchmarks/predict_cost.py" + (f" --model {args.model}" if args.model else "")
                    + "".join(f" --{name.replace('_', '-')} {value}" for name, value in vars(args).items()
-                             if name != "model" and value != parser.get_default(name)),
+                             if name not in ("model", "exact_mean") and value != parser.get_default(name))
+                   + (" --exact-mean" if args.exact_mean else ""),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

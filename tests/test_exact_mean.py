@@ -47,6 +47,38 @@ def test_closed_form_is_the_monte_carlo_mean_and_the_expectation_recursion():
     torch.testing.assert_close(mean, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_end_point_draws_have_the_chains_law():
+    """Models with ``exact_mean`` draw from ``N(m, v)`` in one step: the same law as the T-step chain
+    (moments and quantiles to Monte Carlo error), not the same draws."""
+    diffusion = PropertyDiffusion(SMALL)
+    head = random_card_head(3)
+    features = torch.randn(3, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    mu = torch.tensor([-0.2, 0.4, 1.5], dtype=torch.float64)
+    with torch.no_grad():
+        coeffs = head.chain_coefficients(features, diffusion.timesteps, diffusion.alpha_bar)
+        A, C, s = diffusion._affine_step_tables(coeffs, mu)
+        mean, var = mu.clone(), torch.ones_like(mu)  # the recursion the closed form unrolls
+        for t in range(diffusion.timesteps, 0, -1):
+            mean, var = A[:, t] * mean + C[:, t], A[:, t] ** 2 * var + s[:, t] ** 2
+        draws, exact_mean, exact_var = diffusion.sample_affine_endpoint(coeffs, mu, 50_000,
+                                                                        generator=torch.Generator().manual_seed(6))
+        chain = diffusion.sample_affine(coeffs, mu, 50_000, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(exact_mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(exact_var, var, rtol=1e-12, atol=1e-12)
+    assert draws.shape == chain.shape == (3, 50_000) and not torch.equal(draws, chain)
+    # both match the Gaussian N(m, v) at five quantiles, each to 4.5 of its standard errors
+    levels = torch.tensor([0.025, 0.25, 0.5, 0.75, 0.975], dtype=torch.float64)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    z = normal.icdf(levels)  # [5]
+    standard_error = (levels * (1 - levels) / 50_000).sqrt() / normal.log_prob(z).exp()  # [5], in units of sqrt(v)
+    expected = mean[None, :] + var.sqrt()[None, :] * z[:, None]  # [5, B]
+    for sample in (draws, chain):
+        gap = (torch.quantile(sample, levels, dim=1) - expected).abs() / var.sqrt()[None, :]
+        assert (gap <= 4.5 * standard_error[:, None]).all(), gap / standard_error[:, None]
+        assert ((sample.mean(1) - mean).abs() <= 4 * (var / 50_000).sqrt()).all()
+        torch.testing.assert_close(sample.var(1), var, rtol=0.03, atol=0)
+
+
 def test_clipped_gaussian_mean():
     mean = torch.tensor([-1.0, 0.0, 0.2, 3.0, -0.5], dtype=torch.float64)
     std = torch.tensor([0.5, 1.0, 0.3, 0.1, 0.0], dtype=torch.float64)

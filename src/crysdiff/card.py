@@ -182,10 +182,25 @@ class PropertyDiffusion(StepTables):
     @torch.no_grad()
     def affine_moments(self, coeffs: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact mean and variance ``[B]`` of the chain's output for a head affine in ``y_t``: the
-        chain is linear-Gaussian, so its end point is Gaussian (the limit of infinitely many samples)."""
+        chain is linear-Gaussian, so its end point is Gaussian (the limit of infinitely many samples).
+
+        Unrolling ``y_{t-1} = A_t y_t + C_t + s_t noise`` from ``y_T ~ N(mu, 1)`` gives
+        ``m = G_T mu + sum_t G_{t-1} C_t`` and ``v = G_T² + sum_t G_{t-1}² s_t²`` with
+        ``G_k = A_1 ... A_k`` (``G_0 = 1``): one cumulative product instead of ``T`` steps."""
         A, C, s = self._affine_step_tables(coeffs, mu)
-        mean, var = mu.clone(), torch.ones_like(mu)
-        for t in range(self.timesteps, 0, -1):
-            mean = A[:, t] * mean + C[:, t]
-            var = A[:, t] ** 2 * var + s[:, t] ** 2
+        gain = torch.cumprod(A[:, 1:], dim=1)  # [B, T]: G_1 .. G_T
+        before = torch.cat([torch.ones_like(gain[:, :1]), gain[:, :-1]], dim=1)  # [B, T]: G_0 .. G_{T-1}
+        mean = gain[:, -1] * mu + (before * C[:, 1:]).sum(1)
+        var = gain[:, -1] ** 2 + (before ** 2 * s[:, 1:] ** 2).sum(1)
         return mean, var
+
+    @torch.no_grad()
+    def sample_affine_endpoint(self, coeffs: torch.Tensor, mu: torch.Tensor, num_samples: int,
+                               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Samples ``[B, S]`` of the affine chain's end point drawn from its exact law ``N(m, v)``
+        (:meth:`affine_moments`), with ``m`` and ``v`` ``[B]``: the same distribution as
+        :meth:`sample_affine`'s samples (the chain is linear-Gaussian), at the cost of one draw per
+        sample instead of ``T`` steps. The draws themselves differ from the chain's."""
+        mean, var = self.affine_moments(coeffs, mu)
+        noise = torch.randn((mu.shape[0], num_samples), generator=generator, dtype=mu.dtype, device=mu.device)
+        return mean[:, None] + var.sqrt()[:, None] * noise, mean, var

@@ -18,7 +18,8 @@ class): the encoder reads the clean structure once, its atom states are mean-poo
   samples: the chain is linear-Gaussian, so its end point is ``N(m, v)`` in closed form
   (:meth:`crysdiff.card.PropertyDiffusion.affine_moments`), clipped at the lower bound as the
   samples are (:func:`crysdiff.uncertainty.clipped_gaussian_mean`). The mean then does not depend
-  on the seed or ``S``; the spread and interval still come from the samples.
+  on the seed or ``S``; the spread and interval still come from ``S`` samples, drawn from that
+  ``N(m, v)`` directly (the chain's own law, without its ``T`` steps).
 * ``head.kind = "regression"``: the plain L1 regression baseline on the same encoder.
 
 Two ablations of paper Fig. 5 are wrappers of the encoder, so training and prediction have one path:

@@ -10,9 +10,9 @@ generator) -> [B, S]``:
   (:meth:`crysdiff.card.PropertyDiffusion.sample_affine`) costs a few multiply-adds per sample and step.
 
 Both draw the same Markov chain from the same noise (``tests/test_card.py``). :func:`sampler_for`
-picks between them by the head's type; :func:`sample_affine_moments` draws the affine chain's samples
-and gives its exact mean and variance too (its end point is Gaussian), for models with
-``exact_mean``. ``encodings`` ``[K, B, H]`` holds the structure
+picks between them by the head's type; :func:`sample_affine_moments`, for models with ``exact_mean``,
+gives the affine chain's exact mean and variance (its end point is Gaussian) and draws the samples
+from that Gaussian directly: the same distribution as the chain's, without its ``T`` steps. ``encodings`` ``[K, B, H]`` holds the structure
 representations the chain reads and ``block_of`` ``[T+1]`` which of them each step uses (``K = 1``
 and all zeros when the structure is fixed; ``K`` blocks of steps for the "without fixing
 structures" ablation, :class:`crysdiff.property_model.NoisedStructureEncoder`).
@@ -69,11 +69,11 @@ def sample_affine(head: AffineNoiseHead, encodings: torch.Tensor, block_of: torc
 def sample_affine_moments(head: AffineNoiseHead, encodings: torch.Tensor, block_of: torch.Tensor, mu: torch.Tensor,
                           diffusion: PropertyDiffusion, num_samples: int,
                           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The samples of :func:`sample_affine` (the same draws) and the chain's exact mean and variance
-    ``[B]`` (:meth:`~crysdiff.card.PropertyDiffusion.affine_moments`), from one set of coefficients."""
+    """``[B, S]`` samples of the affine chain's end point and its exact mean and variance ``[B]``
+    (:meth:`~crysdiff.card.PropertyDiffusion.sample_affine_endpoint`): the samples are drawn from
+    ``N(mean, var)``, the law of :func:`sample_affine`'s samples, in one step instead of ``T``."""
     coeffs = chain_coefficients(head, encodings, block_of, diffusion)
-    mean, var = diffusion.affine_moments(coeffs, mu)
-    return diffusion.sample_affine(coeffs, mu, num_samples, generator=generator), mean, var
+    return diffusion.sample_affine_endpoint(coeffs, mu, num_samples, generator=generator)
 
 
 def sampler_for(head: NoiseHead) -> Sampler:
