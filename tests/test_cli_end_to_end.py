@@ -322,6 +322,25 @@ def _finetune_tiny(pretrained, perov_small, out, *extra):
     return out / "model.ckpt"
 
 
+def test_a_held_out_share_of_the_validation_crystals_chooses_nothing(pretrained, perov_small, tmp_path):
+    """holdout_fraction: those crystals are kept out of the checkpoint choice and the interval's scale,
+    and the shipped model is scored on them afterwards."""
+    ckpt = _finetune_tiny(pretrained, perov_small, tmp_path / "held", "holdout_fraction=0.5")
+    metrics = json.loads((tmp_path / "held" / "val_metrics.json").read_text())
+    chose, held = (pd.read_csv(tmp_path / "held" / f"{name}_predictions.csv") for name in ("val", "holdout"))
+    assert len(chose) == metrics["val"]["count"] == 6 and len(held) == metrics["holdout"]["count"] == 6
+    assert not set(chose["id"]) & set(held["id"])  # 12 validation crystals, split in two
+    payload = load_checkpoint(ckpt, kind="finetune")
+    assert payload["data"]["val_count"] == 6 and payload["data"]["holdout_count"] == 6
+    assert payload["metrics"]["holdout"]["mae"] == metrics["holdout"]["mae"]
+    # the scale was fitted on the choosing half only, and the held-out half is scored with it
+    assert metrics["val"]["calibration"]["count"] == 6 and "interval_scale" not in metrics["holdout"]
+    y, mean = held["y"].to_numpy(float), held["mean"].to_numpy(float)
+    assert metrics["holdout"]["mae"] == pytest.approx(float(np.abs(y - mean).mean()), rel=1e-9)
+    inside = (held["p2.5"] <= held["y"]) & (held["y"] <= held["p97.5"])
+    assert metrics["holdout"]["coverage95"] == pytest.approx(float(inside.mean()))
+
+
 def test_an_ensemble_pools_the_members_samples(finetuned, pretrained, perov_small, tmp_path):
     """Two fine-tuning runs that differ only in --seed, used together: the ensemble's samples are
     each member's draws side by side, its summary is taken over all of them, and ``std_models`` is

@@ -160,10 +160,10 @@ def _parity_plot(y, mean, lo, hi, path: Path, target: str, unit: str) -> None:
 
 
 def _final_validation(task: FinetuneTask, config: FinetuneConfig, val_cache, val_idx, edges, device, out_dir: Path,
-                      unit: str) -> dict:
+                      unit: str, name: str = "val", calibrate: bool = True) -> dict:
     """Validate with the prediction settings users get (``report_samples``, the full chain), write
-    ``val_predictions.csv`` and ``parity.png``, and calibrate the model's interval on it (unless
-    ``calibrate=false``). Returns the validation metrics (with the scale when calibrated)."""
+    ``{name}_predictions.csv`` and a parity plot, and with ``calibrate`` fit the model's interval on
+    these crystals (unless ``config.calibrate=false``). Returns the metrics (with the scale when calibrated)."""
     import pandas as pd
 
     from crysdiff.loader import make_loader
@@ -180,14 +180,14 @@ def _final_validation(task: FinetuneTask, config: FinetuneConfig, val_cache, val
         }))
     task.cpu()
     table = pd.concat(rows, ignore_index=True)
-    table.to_csv(out_dir / "val_predictions.csv", index=False)
+    table.to_csv(out_dir / f"{name}_predictions.csv", index=False)
     y, mean, low, high = (table[k].values for k in ("y", "mean", "p2.5", "p97.5"))
     metrics = regression_metrics(y, mean, low, high, table["std"].values)
-    if task.model.is_diffusion and config.calibrate:
+    if task.model.is_diffusion and config.calibrate and calibrate:
         scale, calibration = conformal_interval_scale(y, mean, low, high)
         task.model.calibrate(interval_scale=scale, lower_bound=task.model.lower_bound)
         metrics.update(interval_scale=scale, coverage95_calibrated=calibration["coverage_after"], calibration=calibration)
-    _parity_plot(y, mean, low, high, out_dir / "parity.png", config.target, unit)
+    _parity_plot(y, mean, low, high, out_dir / ("parity.png" if name == "val" else f"parity_{name}.png"), config.target, unit)
     return metrics
 
 
@@ -238,6 +238,13 @@ def run_finetune(
         fraction = config.data.val_fraction
         a, b = random_split(len(train_idx), (1 - fraction, fraction), seed=config.train.seed)
         train_idx, val_idx = train_idx[a], train_idx[b]
+    holdout_idx = val_idx[:0]
+    if config.holdout_fraction > 0:
+        if not 0 < config.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction={config.holdout_fraction}: expected a share between 0 and 1")
+        keep, held = random_split(len(val_idx), (1 - config.holdout_fraction, config.holdout_fraction),
+                                  seed=config.train.seed)
+        val_idx, holdout_idx = val_idx[keep], val_idx[held]
     if len(train_idx) == 0:
         raise ValueError(f"no training crystal has a value for {config.target!r}")
     if len(val_idx) == 0:
@@ -273,11 +280,14 @@ def run_finetune(
         metrics["val"] = _final_validation(task, config, val_cache, val_idx, edges, device, out_dir, unit)
         if "interval_scale" in metrics["val"]:
             normalizer["interval_scale"] = metrics["val"]["interval_scale"]
+    if len(holdout_idx):  # scored as shipped: the best checkpoint and the scale chosen without these crystals
+        metrics["holdout"] = _final_validation(task, config, val_cache, holdout_idx, edges, trainer.strategy.root_device,
+                                               out_dir, unit, name="holdout", calibrate=False)
     save_checkpoint(
         out_dir / "model.ckpt", kind="finetune", config=to_dict(config), state_dict=task.model.state_dict(),
-        normalizer=normalizer, metrics=metrics.get("val", {}),
+        normalizer=normalizer, metrics={**metrics.get("val", {}), **({"holdout": metrics["holdout"]} if "holdout" in metrics else {})},
         data={"train_sources": [str(s) for s in train_sources], "train_count": int(len(train_idx)),
-              "label_fraction": label_fraction, "val_count": int(len(val_idx)),
+              "label_fraction": label_fraction, "val_count": int(len(val_idx)), "holdout_count": int(len(holdout_idx)),
               "domain": training_summary(*train_cache.gather(train_idx))},  # for predict's per-row flags
         training={"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "seconds": fit_seconds,
                   "device": str(trainer.strategy.root_device), "torch_threads": torch.get_num_threads()},

@@ -60,6 +60,11 @@ class FinetuneConfig:
             the spread and interval still come from the samples (:mod:`crysdiff.property_model`).
             On for new fine-tunings; a checkpoint written before the field existed reads it as
             off and predicts exactly as before.
+        holdout_fraction: a seeded share of the validation crystals kept out of everything the run
+            decides (the best checkpoint, the interval's scale); after training the model is scored
+            on them as users get it (calibrated interval, ``report_samples``), stored as
+            ``holdout`` beside ``val`` in the checkpoint's metrics and ``val_metrics.json``, with
+            ``holdout_predictions.csv``. ``0``: every validation crystal takes part in the choices.
     """
 
     target: str = ""
@@ -78,6 +83,7 @@ class FinetuneConfig:
     structure_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     calibrate: bool = True
     exact_mean: bool = True
+    holdout_fraction: float = 0.0
 
 
 def build_property_model(config: FinetuneConfig, mean: float = 0.0, std: float = 1.0,
