@@ -805,3 +805,20 @@ def test_dropped_columns_never_run_again_and_rerun_keeps_their_results(tmp_path,
     monkeypatch.setattr(suite, "supersede", lambda layout, jobs: (moved.extend(jobs), (tmp_path / "moved", len(jobs)))[1])
     suite.main(["--part", "variants-extra", "--models", "composition", "--rerun"])
     assert moved == [] and layout.result_path(job).is_file()
+
+
+def test_report_says_which_runs_saw_canonical_cells():
+    """Runs of commits before canonical cells became the default saw cells as given; peers always do."""
+    from benchmarks.reporting.aggregate import CANONICAL_CELLS_COMMIT, cells_seen
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCHMARKS.parent, capture_output=True, text=True).stdout.strip()
+    before = subprocess.run(["git", "rev-parse", f"{CANONICAL_CELLS_COMMIT}~1"], cwd=BENCHMARKS.parent, capture_output=True,
+                            text=True).stdout.strip()
+    if not before:
+        pytest.skip("this clone lacks the history before the canonical-cells commit")
+    assert cells_seen({"model": "crysdiff", "git_commit": head}) == "canonical"
+    assert cells_seen({"model": "crysdiff", "git_commit": before}) == "as given"
+    assert cells_seen({"model": "cgcnn", "git_commit": head}) == "as given"  # a peer reads the files' cells
+    # a commit this checkout does not have: by its date
+    assert cells_seen({"model": "crysdiff", "git_commit": "f" * 40, "created": "2026-11-30T10:00:00+0000"}) == "as given"
+    assert cells_seen({"model": "crysdiff", "git_commit": "e" * 40, "created": "2026-12-02T10:00:00+0000"}) == "canonical"

@@ -38,6 +38,41 @@ class Cell:
         return float(np.mean(self.coverages)) if self.coverages else math.nan
 
 
+# the commit that made canonical cells (Niggli-reduced primitive cells, issue 20) the default of new
+# fine-tunings; crysdiff runs of earlier commits saw the cells as the data files give them
+CANONICAL_CELLS_COMMIT = "e373dd2"
+CANONICAL_CELLS_DATE = "2026-12-01T22:41"
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _contains(commit: str, ancestor: str) -> bool | None:
+    """Whether git ``commit`` has ``ancestor`` in its history (``None``: not a commit of this repository)."""
+    import subprocess
+
+    done = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=_ROOT, capture_output=True)
+    return {0: True, 1: False}.get(done.returncode)
+
+
+_CELLS: dict[str, str] = {}
+
+
+def cells_seen(result: dict) -> str:
+    """``"canonical"`` or ``"as given"``: the cells a results file's crysdiff run fine-tuned and was
+    tested on, from its commit (or, for a commit this checkout lacks, its date). Peer columns
+    (:data:`benchmarks.suite_jobs.PEERS`) read the files' own cells either way."""
+    from ..suite_jobs import PEERS
+
+    if result.get("model") in PEERS:
+        return "as given"
+    commit = result.get("git_commit") or ""
+    if commit not in _CELLS:
+        contained = _contains(commit, CANONICAL_CELLS_COMMIT) if commit and commit != "unknown" else None
+        if contained is None:
+            contained = result.get("created", "") >= CANONICAL_CELLS_DATE
+        _CELLS[commit] = "canonical" if contained else "as given"
+    return _CELLS[commit]
+
+
 def read_results(results: Path) -> list[dict]:
     """Every results file under ``results/<experiment>/*.json`` (the ensemble's and calibration's own
     files left out: see :mod:`.fig4` and :mod:`.calibration`)."""

@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 
 from ..suite_jobs import BASE_REFINE, EXPERIMENTS, TASKS
+from .aggregate import CANONICAL_CELLS_COMMIT, cells_seen
 from .format import fmt
 
 
@@ -19,6 +20,15 @@ def section_setup(jobs, pretrain, cells) -> list[str]:
                   for r in jobs + pretrain if not r.get("reused_from"))
     out.append(f"* **Results files**: {len(jobs)} evaluations and {len(pretrain)} pre-trainings; "
                f"{seconds / 60:.0f} min of measured wall clock (reused jobs counted once).")
+    canonical = sorted({r["experiment"] + (f" at {r['budget_steps']} steps" if r.get("budget_steps") else "")
+                        for r in jobs if cells_seen(r) == "canonical"})
+    given = sum(cells_seen(r) == "as given" for r in jobs)
+    out.append(f"* **Cells**: {given} of the {len(jobs)} evaluations were made on the cells as the data files give "
+               f"them: every peer column, and every crysdiff run made before commit `{CANONICAL_CELLS_COMMIT}` made "
+               f"canonical cells (the Niggli-reduced primitive cell, docs/data.md) the default on 2026-12-01. "
+               + (f"Only {len(jobs) - given} crysdiff runs saw canonical cells: {', '.join(f'`{e}`' for e in canonical)} "
+                  f"(the step-budget tables say so per row); every other row below predates the change."
+                  if canonical else "Every row below predates the change."))
     seeds = {e: sorted({r["seed"] for r in jobs if r["experiment"] == e}) for e in EXPERIMENTS}
     out.append("* **Seeds**: " + "; ".join(f"{e} {', '.join(map(str, s))}" for e, s in seeds.items() if s) + ".")
     out += ["", "Budgets are wall-clock caps on fine-tuning (`train.max_time_minutes`), equal for every model on a task. "

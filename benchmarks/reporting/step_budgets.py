@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..suite_jobs import LONGPRE_MODELS, TASKS
-from .aggregate import footing, runs_of
+from .aggregate import cells_seen, footing, runs_of
 from .columns import LONGPRE_BASE
 from .setup import part_flags
 from .format import budget_check, fmt, fmt_cell, model_label, pct, signed
@@ -16,7 +16,8 @@ def _table(cells, part: str) -> tuple[list[str], list]:
     the machine, and the footing of each task and fraction (all its columns)."""
     rows = sorted({(k[1], k[3]) for k in cells if k[0] == part})
     out = [f"**{part.replace('@', ', ').replace('st', ' steps')}**", "",
-           "| task | labels | model | test MAE | steps made | wall clock (min) | machine |", "|---|---|---|---|---|---|---|"]
+           "| task | labels | model | test MAE | steps made | wall clock (min) | machine | cells |",
+           "|---|---|---|---|---|---|---|---|"]
     footings = []
     for task, fraction in rows:
         keys = sorted(k for k in cells if k[0] == part and k[1] == task and k[3] == fraction)
@@ -26,7 +27,8 @@ def _table(cells, part: str) -> tuple[list[str], list]:
             out.append(f"| {TASKS[task].label} | {100 * fraction:g}% | {model_label(key[2])} | {fmt_cell(cell)} | "
                        f"{', '.join(str(r.get('fit', {}).get('steps', '–')) for r in cell.results)} | "
                        f"{', '.join(fmt(r.get('fit', {}).get('seconds', math.nan) / 60, 2) for r in cell.results)} | "
-                       f"{', '.join(sorted({r['machine']['cpu'] for r in cell.results}))} |")
+                       f"{', '.join(sorted({r['machine']['cpu'] for r in cell.results}))} | "
+                       f"{', '.join(sorted({cells_seen(r) for r in cell.results}))} |")
     return out + ["", budget_check(footings, "task-and-fraction rows (every column in them)"), ""], footings
 
 
