@@ -115,9 +115,24 @@ def _card_pretrain_long(path: Path, payload: dict, run: Path | None, chain: list
     losses = "; ".join(f"{what} " + " → ".join(f"{m.get('metrics', {}).get(key, NAN):.4f}" for _, m in chain)
                        + f" → {metrics.get(key, NAN):.4f}"
                        for what, key in (("total", "val/loss"), ("lattice", "val/loss_lattice"), ("coordinates", "val/loss_coords")))
-    stage = "pretrain_long2" if path.stem.endswith("long2") else "pretrain_long"
-    model = "gaussian_learned_longpre2" if stage == "pretrain_long2" else "gaussian_learned_longpre"
-    title = "pre-trained longer still" if stage == "pretrain_long2" else "pre-trained for longer"
+    canonical = path.stem == "pretrained_canonical"
+    stage = "pretrain_canonical" if canonical else "pretrain_long2" if path.stem.endswith("long2") else "pretrain_long"
+    model = {"pretrain_canonical": "gaussian_learned_canonical", "pretrain_long2": "gaussian_learned_longpre2"}.get(
+        stage, "gaussian_learned_longpre")
+    title = {"pretrain_canonical": "continued on canonical cells", "pretrain_long2": "pre-trained longer still"}.get(
+        stage, "pre-trained for longer")
+    decay = ("cosine decay over its planned steps (the wall clock no limit)" if canonical or not train.get("anneal_over_time")
+             else "cosine decay over the wall-clock cap")
+    cells = config.get("data", {}).get("cell", {})
+    cell_line = (f"\n* **Cells**: every structure reduced to its canonical cell (spglib primitive cell, Niggli-reduced, "
+                 f"basis fixed by a fingerprint; symprec {cells.get('symprec')} Å, angle tolerance "
+                 f"{cells.get('angle_tolerance')}°; docs/data.md, \"Canonical cells\"): the models it continues saw the "
+                 f"cells as given, so their validation losses below are on the same crystals in other cells."
+                 if cells.get("canonical") else "")
+    use = ("the shipped predictors start from it (`finetune_canonical` in `benchmarks/train_default_models.sh`), "
+           "and so does the suite's model `gaussian_learned_canonical`" if canonical else
+           f"the suite's `longpre-sparse` and `longpre-table1` parts fine-tune from it (model `{model}`; `docs/results.md`, "
+           "\"Pre-training for longer\"); the shipped predictors still start from `models/pretrained_pool.ckpt`")
     return f"""## `models/{path.name}`: the pool model {title}
 
 * **Data**: the same pool and the same held-out crystals as `models/pretrained_pool.ckpt`
@@ -125,14 +140,14 @@ def _card_pretrain_long(path: Path, payload: dict, run: Path | None, chain: list
 * **Start**: the weights of `{init.get('path', '?')}` ({init.get('steps', 0):,} steps in all), with a fresh AdamW and schedule
   (`crysdiff pretrain --init`).
 * **Budget of this stage**: {training.get('epochs', '?')} epochs, {training.get('steps', 0):,} optimiser steps of {train['batch_size']} crystals,
-  {training.get('seconds', NAN) / 60:.1f} min (cap {train['max_time_minutes']:g}), lr {train['lr']:g} with {train['warmup_steps']} warm-up steps and a
-  cosine decay over the wall-clock cap, on the 2-core CPU (no GPU), shared at times with niced tests. In all {total:,} steps,
-  {total / pool_steps:.1f}x the pool model's.
+  {training.get('seconds', NAN) / 60:.1f} min ({f"cap {train['max_time_minutes']:g}" if train['max_time_minutes'] else
+  f"a budget of {train['max_steps']:,} steps"}), lr {train['lr']:g} with {train['warmup_steps']} warm-up steps and a
+  {decay}, on the 2-core CPU (no GPU), shared at times with other work. In all {total:,} steps,
+  {total / pool_steps:.1f}x the pool model's.{cell_line}
 * **Validation loss**, {names} (the same held-out crystals; each checkpoint's last validation
   pass): {losses}.
   Curves: {_curve(run, path.stem)}.
-* **Use**: the suite's `longpre-sparse` and `longpre-table1` parts fine-tune from it (model `{model}`; `docs/results.md`,
-  "Pre-training for longer"); the shipped predictors still start from `models/pretrained_pool.ckpt`.
+* **Use**: {use}.
 * **Reproduce**: `STEPS={stage} bash benchmarks/train_default_models.sh` (from the committed `{chain[-1][0]}`).
 """
 
@@ -315,7 +330,8 @@ def main() -> None:
     if target.is_file():  # the committed one when this checkout has no pre-training run
         cards.append(_card_pretrain(target, torch.load(target, weights_only=True), pre.parent if pre.is_file() else None))
     chain = [(f"models/{target.name}", torch.load(target, weights_only=True))] if target.is_file() else []
-    for stage, name in (("pretrain_long", "pretrained_pool_long.ckpt"), ("pretrain_long2", "pretrained_pool_long2.ckpt")):
+    for stage, name in (("pretrain_long", "pretrained_pool_long.ckpt"), ("pretrain_long2", "pretrained_pool_long2.ckpt"),
+                        ("pretrain_canonical", "pretrained_canonical.ckpt")):
         made, shipped = args.runs / stage / "model.ckpt", ROOT / "models" / name
         if made.is_file():
             shutil.copyfile(made, shipped)
