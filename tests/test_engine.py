@@ -229,3 +229,182 @@ def test_fused_optimizer_takes_the_same_steps_as_the_plain_one(tmp_path):
     assert not runs[False][0] and runs[True][0] is True
     assert not torch.allclose(runs[True][1][0], runs[True][1][-1])  # the weights moved
     torch.testing.assert_close(runs[True][1], runs[False][1], rtol=1e-5, atol=1e-6)
+
+
+# --- train.flat_parameters: AdamW, the clip and the EMA over one flat buffer (crysdiff.flat_adamw) ---------
+
+
+@pytest.fixture(params=[None, 7], ids=["chunk-64k", "chunk-7"])
+def chunk(request, monkeypatch):
+    """A flat test twice: with the real chunk size (the tests' networks fit in one chunk) and with chunks of
+    7 elements, whose boundaries cut through parameters and parameter groups."""
+    import crysdiff.flat_adamw
+
+    if request.param:
+        monkeypatch.setattr(crysdiff.flat_adamw, "CHUNK", request.param)
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3), torch.nn.LayerNorm(3))
+
+
+def _groups(net, lr=0.03):  # two groups with their own rate, listed out of module order (as fine-tuning does)
+    return [{"params": [*net[2].parameters(), *net[3].parameters()]}, {"params": list(net[0].parameters()), "lr": lr}]
+
+
+def _train(net, optimizer, steps, clip=0.0, skip=None):
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 5, generator=generator), 3 * torch.randn(32, 3, generator=generator)
+    for step in range(steps):
+        optimizer.zero_grad()
+        ((net(x) - y) ** 2).sum().backward()
+        if skip is not None and step == 1:
+            skip.grad = None  # this parameter got no gradient in this step
+        if clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        optimizer.step()
+
+
+def test_flat_adamw_takes_torchs_adamw_and_clip_steps(chunk):
+    """Per element the flat update is torch's AdamW after ``clip_grad_norm_`` (the total norm, one norm of
+    the whole gradient instead of the norm of per-tensor norms, differs in rounding only: 1e-6 over 6
+    steps, the clip active in all of them), in one buffer; the optimiser state has AdamW's keys and shapes."""
+    from crysdiff.flat_adamw import FlatAdamW
+
+    plain, flat = _net(), _net()
+    reference = torch.optim.AdamW(_groups(plain), lr=0.1, weight_decay=0.01)
+    optimizer = FlatAdamW(_groups(flat), lr=0.1, weight_decay=0.01, max_grad_norm=0.5)
+    _train(plain, reference, 6, clip=0.5)
+    _train(flat, optimizer, 6)
+    assert optimizer.flat_steps == 6
+    assert len({p.untyped_storage().data_ptr() for p in flat.parameters()}) == 1  # one buffer
+    assert not torch.allclose(_net()[0].weight, flat[0].weight, atol=1e-2)  # the weights moved
+    for p, q in zip(plain.parameters(), flat.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+    ours, theirs = optimizer.state_dict(), reference.state_dict()
+    assert ours["param_groups"] == theirs["param_groups"]
+    assert ours["state"].keys() == theirs["state"].keys()
+    for key, state in theirs["state"].items():
+        assert state.keys() == ours["state"][key].keys()
+        assert int(ours["state"][key]["step"]) == int(state["step"]) == 6
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(ours["state"][key][name], state[name], rtol=1e-5, atol=1e-7)
+
+
+def test_flat_adamw_without_clip_is_torchs_adamw_to_the_bit(chunk):
+    from crysdiff.flat_adamw import FlatAdamW
+
+    plain, flat = _net(), _net()
+    _train(plain, torch.optim.AdamW(_groups(plain), lr=0.1, weight_decay=0.01), 5)
+    _train(flat, FlatAdamW(_groups(flat), lr=0.1, weight_decay=0.01), 5)
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), flat.parameters()))
+
+
+def test_flat_adamw_state_resumes_in_either_optimiser(chunk):
+    """A checkpoint of either optimiser continues in the other: 3 steps, state_dict, 3 more steps."""
+    from crysdiff.flat_adamw import FlatAdamW
+
+    whole = _net()
+    _train(whole, torch.optim.AdamW(_groups(whole), lr=0.1), 6)
+    for first, second in ((torch.optim.AdamW, FlatAdamW), (FlatAdamW, torch.optim.AdamW)):
+        net = _net()
+        optimizer = first(_groups(net), lr=0.1)
+        _train(net, optimizer, 3)
+        saved = {"net": {k: v.clone() for k, v in net.state_dict().items()}, "optimizer": optimizer.state_dict()}
+        resumed = _net()
+        resumed.load_state_dict(saved["net"])
+        optimizer = second(_groups(resumed), lr=0.1)
+        optimizer.load_state_dict(saved["optimizer"])
+        _train(resumed, optimizer, 3)
+        for p, q in zip(whole.parameters(), resumed.parameters()):
+            torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+        assert all(int(s["step"]) == 6 for s in optimizer.state_dict()["state"].values()), (first, second)
+
+
+def test_flat_adamw_falls_back_when_a_parameter_has_no_gradient(chunk):
+    """A step where a parameter has no gradient is torch's AdamW step (which skips that parameter):
+    the same weights and step counts as torch's AdamW."""
+    from crysdiff.flat_adamw import FlatAdamW
+
+    plain, flat = _net(), _net()
+    reference = torch.optim.AdamW(_groups(plain), lr=0.1, weight_decay=0.01)
+    optimizer = FlatAdamW(_groups(flat), lr=0.1, weight_decay=0.01, max_grad_norm=0.5)
+    _train(plain, reference, 4, clip=0.5, skip=plain[3].bias)
+    _train(flat, optimizer, 4, skip=flat[3].bias)
+    assert optimizer.flat_steps == 1  # the first step; from the second on the step counts differ
+    for p, q in zip(plain.parameters(), flat.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+    assert [int(s["step"]) for s in optimizer.state_dict()["state"].values()] == \
+        [int(s["step"]) for s in reference.state_dict()["state"].values()] == [4, 4, 4, 3, 4, 4]
+
+
+class Net(Line):
+    """``Line`` through a small two-layer network with two parameter groups (as fine-tuning has)."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        self.net = _net()
+        self.layer = self.net[0]  # replaces Line's layer: every parameter gets a gradient
+        self.x = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+
+    def training_step(self, batch, batch_idx):
+        return ((self.net(self.x)[:, :1] - self.y) ** 2).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.validated.append(self.layer.weight.detach().clone())
+        self.log("val/loss", ((self.net(self.x)[:, :1] - self.y) ** 2).mean())
+
+    def configure_optimizers(self):
+        return configure_adamw(self, _groups(self.net, lr=0.02), self.config, int(self.trainer.estimated_stepping_batches))
+
+
+def test_flat_parameters_train_the_same_model_through_lightning(tmp_path, chunk):
+    """``train.flat_parameters`` through the trainer: clip (inside the optimiser, not Lightning's), AdamW,
+    schedule and EMA give the raw and the averaged weights of the per-tensor path, to 1e-6."""
+    from crysdiff.flat_adamw import FlatAdamW
+
+    assert TrainConfig().flat_parameters is False
+    runs = {}
+    for flat in (False, True):
+        config = TrainConfig(max_steps=8, lr=0.1, warmup_steps=2, accelerator="cpu", ema_decay=0.8, val_every_steps=8,
+                             grad_clip=0.5, weight_decay=0.01, flat_parameters=flat)
+        module = Net(config)
+        trainer = make_trainer(config, tmp_path / str(flat), progress=False)
+        assert trainer.gradient_clip_val == (None if flat else 0.5)
+        trainer.fit(module, torch.utils.data.DataLoader(range(8), batch_size=1), torch.utils.data.DataLoader(range(1), batch_size=1))
+        optimizer = trainer.optimizers[0]
+        assert isinstance(optimizer, FlatAdamW) == flat and (not flat or optimizer.flat_steps == 8)
+        checkpoint = torch.load(tmp_path / str(flat) / "checkpoints" / "last.ckpt", weights_only=True)
+        runs[flat] = torch.stack(module.raw), checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert not torch.allclose(runs[True][0][0], runs[True][0][-1])
+    torch.testing.assert_close(runs[True][0], runs[False][0], rtol=0, atol=1e-6)
+    for key in ("state_dict", "current_model_state"):
+        index = 1 if key == "state_dict" else 2
+        assert runs[True][index].keys() == runs[False][index].keys()
+        for name, value in runs[False][index].items():
+            assert runs[True][index][name].shape == value.shape
+            torch.testing.assert_close(runs[True][index][name], value, rtol=0, atol=1e-6)
+    assert not torch.allclose(runs[True][1]["net.0.weight"], runs[True][2]["net.0.weight"])  # the EMA is its own
+
+
+def test_flat_ema_is_the_per_tensor_ema_to_the_bit(chunk):
+    """The EMA over runs of back-to-back tensors computes the same expression per element as the
+    per-tensor update (Lightning's AveragedModel with the engine's EMA function); the two models'
+    state_dicts have the same keys."""
+    from crysdiff.engine import averaged_model
+    from crysdiff.flat_adamw import FlatAdamW
+
+    models = {}
+    for flat in (False, True):
+        net = _net()
+        optimizer = (FlatAdamW if flat else torch.optim.AdamW)(_groups(net), lr=0.1)
+        averaged = averaged_model(net, 0.9, flat=flat)
+        for _ in range(5):
+            _train(net, optimizer, 1)
+            averaged.update_parameters(net)
+        models[flat] = averaged.module
+        assert int(averaged.n_averaged) == 5
+    assert all(torch.equal(p, q) for p, q in zip(models[False].parameters(), models[True].parameters()))
+    assert averaged.state_dict().keys() == averaged_model(_net(), 0.9).state_dict().keys()
+    assert len({p.untyped_storage().data_ptr() for p in models[True].parameters()}) == 1
