@@ -35,12 +35,13 @@ def test_counted_flops_are_positive_and_repeatable(crystals):
 def test_results_json_has_flops_rates_and_ratios_against_a_revision(tmp_path):
     out = tmp_path / "speed.json"
     args = ["--repeats", "2", "--matmul-seconds", "0", "--matmul-size", "32", "--crystals", "4", "--batch-size", "2",
-            "--skip-memory", "--against", "HEAD", "--levers", "fused", "--out", str(out),
+            "--skip-memory", "--against", "HEAD", "--levers", "fused", "flat", "split", "--out", str(out),
             "--config", *(f"{k}={v}" for k, v in TINY.items())]
     assert bench.main(args) == 0
     results = json.loads(out.read_text())
     assert results["config"]["hidden_dim"] == 16 and results["against"]["revision"] == "HEAD"
-    labels = ("fast", "fast_fused", "inference_fast", "reference", "against", "inference_against")
+    labels = ("fast", "fast_fused", "fast_flat", "fast_split", "inference_fast", "reference", "against", "inference_against")
+    assert results["train_defaults"]["flat_parameters"] is False and "EMA" in results["training_step"]
     for name in ("mp2018", "perov_5"):
         row = results["datasets"][name]
         assert set(row["matmul"]) == {"edge_mlp", "pair_fourier", "square_32"}
@@ -53,8 +54,32 @@ def test_results_json_has_flops_rates_and_ratios_against_a_revision(tmp_path):
                 assert abs(fraction - step["gflop_per_s"] / row["matmul"][shape]["gflop_per_s"]) < 1e-12
         # the committed revision's denoiser does the same matrix products as today's
         assert row["against"]["flops_per_step"] == row["fast"]["flops_per_step"]
-        for key in ("speedup", "fast_over_against", "inference_fast_over_against", "fast_fused_over_fast"):
+        assert row["fast_flat"]["flops_per_step"] == row["fast_split"]["flops_per_step"] == row["fast"]["flops_per_step"]
+        for key in ("speedup", "fast_over_against", "inference_fast_over_against", "fast_fused_over_fast",
+                    "fast_flat_over_fast", "fast_split_over_fast"):
             assert row[key] > 0
+
+
+def test_the_timed_training_step_is_the_engines_with_either_optimiser(crystals):
+    """The benchmark's step clips, steps AdamW and updates the EMA as the engine does; with
+    ``flat=True`` (train.flat_parameters) it trains the same weights, to float rounding."""
+    batch = collate_crystals(crystals)
+    config, diffusion = DenoiserConfig(**TINY), JointDiffusion(DiffusionConfig())
+    torch.manual_seed(0)
+    models = [CrysDiffDenoiser(config) for _ in range(3)]
+    for model in models[1:]:
+        model.load_state_dict(models[0].state_dict())
+    initial = {k: v.clone() for k, v in models[0].state_dict().items()}
+    steps = [bench.training_step(m, diffusion, reference=False, flat=flat, bare=bare)
+             for m, flat, bare in zip(models, (False, True, True), (False, False, True))]
+    for _ in range(3):
+        for step in steps:
+            step(batch)
+    plain, flat, bare = (m.state_dict() for m in models)
+    assert any(not torch.equal(plain[k], initial[k]) for k in plain)
+    for key in plain:
+        torch.testing.assert_close(flat[key], plain[key], rtol=0, atol=1e-6)
+    assert len({p.untyped_storage().data_ptr() for p in models[1].parameters()}) == 1  # flat: one buffer
 
 
 def test_a_revision_loads_beside_todays_code_and_computes_the_same(crystals):
