@@ -11,8 +11,8 @@ gradients). The steps timed, all from the same weights:
 * ``fast`` — today's fast path with the training defaults (``TrainConfig.fused_optimizer``,
   ``TrainConfig.flat_parameters``); with ``--levers``, ``fast_<lever>`` — the same with one lever
   switched: ``fused`` AdamW's fused kernel on, ``flat`` ``train.flat_parameters`` the other way from its
-  default (AdamW, clip and EMA over one flat buffer, :mod:`crysdiff.flat_adamw`), ``split`` the first
-  edge layer's weight cut by one ``split`` instead of five slices (``CrysDiffEncoder.split_weights``);
+  default (AdamW, clip and EMA over one flat buffer, :mod:`crysdiff.flat_adamw`), ``flat_fused`` both
+  ``train.flat_parameters`` and ``train.fused_optimizer`` on (AdamW's fused kernel once over the buffer);
 * ``reference`` — :meth:`CrysDiffEncoder.reference_forward`, the per-edge specification;
 * ``against`` / ``inference_against`` with ``--against REV`` — the denoiser of git revision ``REV``
   (``git archive`` of its ``src/crysdiff`` into a temporary package ``crysdiff_<rev>`` with its
@@ -66,7 +66,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from crysdiff.batching import EdgeSettings, collate_crystals
 from crysdiff.config import TrainConfig
 from crysdiff.crystal import Crystal, from_pymatgen, validate
-from crysdiff.denoiser import CrysDiffDenoiser, CrysDiffEncoder, DenoiserConfig
+from crysdiff.denoiser import CrysDiffDenoiser, DenoiserConfig
 from crysdiff.diffusion import DiffusionConfig, JointDiffusion
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,9 +309,8 @@ def memory(reference: bool) -> dict:
 
 # each a variant of today's fast training step: train.fused_optimizer, train.flat_parameters (on, or
 # off where it is the default: "flat" times the other setting)
-# split: the first edge layer's weight cut by one split() instead of five slices (CrysDiffEncoder.split_weights)
 # flat_fused: both train.flat_parameters and train.fused_optimizer on (AdamW's fused kernel once over the buffer)
-LEVERS = ("fused", "flat", "flat_fused", "split")
+LEVERS = ("fused", "flat", "flat_fused")
 
 
 def dataset_paths(config: DenoiserConfig, diffusion, batches, args, against) -> tuple[dict, dict]:
@@ -326,12 +325,10 @@ def dataset_paths(config: DenoiserConfig, diffusion, batches, args, against) -> 
     variants = {"fast": {}}
     for lever in args.levers:
         variants[f"fast_{lever}"] = {"fused": {"fused": True}, "flat": {"flat": not train.flat_parameters},
-                                     "flat_fused": {"flat": True, "fused": True}, "split": {}}[lever]
+                                     "flat_fused": {"flat": True, "fused": True}}[lever]
     models, steps = {}, {}
     for label, options in variants.items():
         models[label] = CrysDiffDenoiser(config)
-        if label == "fast_split":
-            models[label].encoder.split_weights = not CrysDiffEncoder.split_weights
         steps[label] = training_step(models[label], diffusion, False, **{"fused": train.fused_optimizer, "bare": args.bare_step,
                                                                         **options})
     models["inference_fast"] = CrysDiffDenoiser(config).eval()

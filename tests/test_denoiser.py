@@ -119,25 +119,6 @@ def test_fast_path_equals_reference(crystals, dtype):
         torch.testing.assert_close(fast, ref, **tol)
 
 
-def test_split_weights_give_the_same_outputs_and_gradients_to_the_bit(crystals):
-    """``CrysDiffEncoder.split_weights`` (issue 26's weight-split lever: one ``split`` of the first edge
-    weight instead of five slices) changes only how the weight's gradient is assembled."""
-    torch.manual_seed(1)
-    model = CrysDiffDenoiser(SMALL)
-    batch = collate_crystals(crystals, edges=EdgeSettings(max_dense_atoms=6, knn_neighbors=4))
-    t = timesteps(batch)
-    results = []
-    for split in (False, True):
-        model.encoder.split_weights = split
-        model.zero_grad()
-        out = model(batch, batch.frac_coords, batch.lattice, t)
-        (out["eps_lattice"].square().sum() + out["score_frac"].square().sum()).backward()
-        results.append(({k: v.detach() for k, v in out.items()}, [p.grad.clone() for p in model.parameters()]))
-    assert all(torch.equal(results[0][0][k], results[1][0][k]) for k in results[0][0])
-    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
-    assert any(float(g.abs().sum()) > 0 for g in results[1][1])
-
-
 def test_shapes_encoder_and_time_zero(batch):
     torch.manual_seed(0)
     model = CrysDiffDenoiser(SMALL).double()

@@ -35,12 +35,12 @@ def test_counted_flops_are_positive_and_repeatable(crystals):
 def test_results_json_has_flops_rates_and_ratios_against_a_revision(tmp_path):
     out = tmp_path / "speed.json"
     args = ["--repeats", "2", "--matmul-seconds", "0", "--matmul-size", "32", "--crystals", "4", "--batch-size", "2",
-            "--skip-memory", "--against", "HEAD", "--levers", "fused", "flat", "split", "--out", str(out),
+            "--skip-memory", "--against", "HEAD", "--levers", "fused", "flat", "flat_fused", "--out", str(out),
             "--config", *(f"{k}={v}" for k, v in TINY.items())]
     assert bench.main(args) == 0
     results = json.loads(out.read_text())
     assert results["config"]["hidden_dim"] == 16 and results["against"]["revision"] == "HEAD"
-    labels = ("fast", "fast_fused", "fast_flat", "fast_split", "inference_fast", "reference", "against", "inference_against")
+    labels = ("fast", "fast_fused", "fast_flat", "fast_flat_fused", "inference_fast", "reference", "against", "inference_against")
     assert results["train_defaults"]["flat_parameters"] is False and "EMA" in results["training_step"]
     for name in ("mp2018", "perov_5"):
         row = results["datasets"][name]
@@ -54,9 +54,9 @@ def test_results_json_has_flops_rates_and_ratios_against_a_revision(tmp_path):
                 assert abs(fraction - step["gflop_per_s"] / row["matmul"][shape]["gflop_per_s"]) < 1e-12
         # the committed revision's denoiser does the same matrix products as today's
         assert row["against"]["flops_per_step"] == row["fast"]["flops_per_step"]
-        assert row["fast_flat"]["flops_per_step"] == row["fast_split"]["flops_per_step"] == row["fast"]["flops_per_step"]
+        assert row["fast_flat"]["flops_per_step"] == row["fast_flat_fused"]["flops_per_step"] == row["fast"]["flops_per_step"]
         for key in ("speedup", "fast_over_against", "inference_fast_over_against", "fast_fused_over_fast",
-                    "fast_flat_over_fast", "fast_split_over_fast"):
+                    "fast_flat_over_fast", "fast_flat_fused_over_fast"):
             assert row[key] > 0
 
 

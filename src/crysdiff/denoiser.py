@@ -77,17 +77,8 @@ class _Layer(nn.Module):
         self.node_mlp = mlp(2 * hidden, hidden, hidden, config.activation)
 
 
-def _slices(weight: torch.Tensor, hidden: int, num_frequencies: int) -> tuple[torch.Tensor, ...]:
-    """The first edge layer's weight by input block ``[W_i, W_j, W_gram, W_sin, W_cos]``, as slices."""
-    start, fourier = 2 * hidden + 6, 3 * num_frequencies
-    return (weight[:, :hidden], weight[:, hidden : 2 * hidden], weight[:, 2 * hidden : start],
-            weight[:, start : start + fourier], weight[:, start + fourier :])
-
-
 class CrysDiffEncoder(nn.Module):
     """Atom states ``[N, H]`` of a (noisy) structure at time step ``t``; reusable for fine-tuning."""
-
-    split_weights = False  # issue 26's weight-split lever, under measurement (benchmarks/denoiser_speed.py)
 
     def __init__(self, config: DenoiserConfig = DenoiserConfig()):
         super().__init__()
@@ -125,27 +116,22 @@ class CrysDiffEncoder(nn.Module):
         # to 2π K f (f + n for an atom shifted by a lattice vector) need float32's mantissa.
         dtype = self.input.weight.dtype
         # The Fourier block once per atom pair, for every layer at once (see _fourier_terms).
-        if self.split_weights:  # one split per weight: its backward is one cat, not a zero fill + add per slice
-            fourier = 3 * self.config.num_frequencies
-            blocks = [layer.edge_in.weight.split([hidden, hidden, 6, fourier, fourier], 1) for layer in self.layers]
-        else:
-            blocks = [_slices(layer.edge_in.weight, hidden, self.config.num_frequencies) for layer in self.layers]
-        fourier_terms, edge_row = self._fourier_terms(frac_coords.to(dtype), source, target, blocks)
+        fourier_terms, edge_row = self._fourier_terms(frac_coords.to(dtype), source, target)
         gram = gram_features(lattice.to(dtype)).index_select(0, batch.batch)  # [N, 6]
         states = []
         for k, layer in enumerate(self.layers):
             states.append(h)
-            w_i, w_j, w_gram = blocks[k][:3]
+            w = layer.edge_in.weight
             hn = layer.norm(h)
-            node = hn @ torch.cat([w_i, w_j]).T  # [N, 2H]: W_i h, W_j h in one matmul
-            node_i = torch.addmm(layer.edge_in.bias, gram, w_gram.T).add_(node[:, :hidden])
+            node = hn @ torch.cat([w[:, :hidden], w[:, hidden : 2 * hidden]]).T  # [N, 2H]: W_i h, W_j h in one matmul
+            node_i = torch.addmm(layer.edge_in.bias, gram, w[:, 2 * hidden : 2 * hidden + 6].T).add_(node[:, :hidden])
             pre = fourier_terms[k].index_select(0, edge_row)  # [E, H]: W_f φ(f_j - f_i) of each edge
             pre = pre.add_(node_i.index_select(0, target)).add_(node[:, hidden:].index_select(0, source))  # in place
             message = layer.edge_out(scatter_mean(layer.edge_act(pre), target, degree))  # [N, H]
             h = h + layer.node_mlp(torch.cat([hn, message], dim=-1))
         return [*states, self.final_norm(h)] if all_layers else self.final_norm(h)
 
-    def _fourier_terms(self, frac: torch.Tensor, source: torch.Tensor, target: torch.Tensor, blocks):
+    def _fourier_terms(self, frac: torch.Tensor, source: torch.Tensor, target: torch.Tensor):
         """Every layer's Fourier term ``W_f φ(f_j - f_i)``, computed once per unordered atom pair.
 
         ``φ(-d)`` has the same cosines and negated sines as ``φ(d)``, so with ``W_f = [W_sin, W_cos]``
@@ -165,8 +151,10 @@ class CrysDiffEncoder(nn.Module):
         rotor = torch.polar(torch.ones_like(frac[:, :1]).expand(-1, 3 * self.config.num_frequencies),
                             self._phases(frac).flatten(1))  # [N, 3K] complex
         pair = rotor.index_select(0, high) * rotor.index_select(0, low).conj()  # [U, 3K]
-        w_sin = torch.cat([b[3] for b in blocks])  # [L*H, 3K]: every layer's W_sin, then W_cos
-        w_cos = torch.cat([b[4] for b in blocks])
+        fourier = 6 * self.config.num_frequencies
+        start = 2 * hidden + 6
+        w_sin = torch.cat([layer.edge_in.weight[:, start : start + fourier // 2] for layer in self.layers])  # [L*H, 3K]
+        w_cos = torch.cat([layer.edge_in.weight[:, start + fourier // 2 :] for layer in self.layers])
         sines, cosines = pair.imag @ w_sin.T, pair.real @ w_cos.T  # [U, L*H] each: the only per-pair matmuls
         terms = torch.cat([cosines + sines, cosines - sines]).view(2 * pairs.shape[0], len(self.layers), hidden)
         reversed_edge = (source == low.index_select(0, pair_of_edge)) & (source != target)  # edge low -> high: d = -d_u
