@@ -111,3 +111,17 @@ def test_profile_counts_operator_calls_of_a_step(crystals):
     # the same kernels every step (within 5%: an op whose time rounds to 0 µs is not counted)
     assert calls > 100 and abs(profile_step.leaf_calls(two) - 2 * calls) <= 0.05 * 2 * calls
     assert any(e.key == "aten::mm" for e in one)
+
+
+def test_the_optimiser_tail_benchmark_times_all_four_variants(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(bench.REPO / "benchmarks"))
+    import optimizer_tail
+
+    out = tmp_path / "tail.json"
+    assert optimizer_tail.main(["--repeats", "2", "--steps", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["ms_per_tail"]) == set(optimizer_tail.VARIANTS)
+    assert all(ms > 0 for ms in results["ms_per_tail"].values())
+    assert results["parameter_tensors"] == len(list(CrysDiffDenoiser(DenoiserConfig()).parameters()))
