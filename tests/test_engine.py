@@ -424,3 +424,38 @@ def test_a_flat_models_exported_checkpoint_stores_each_tensor_on_its_own(tmp_pat
     assert saved.keys() == state.keys()
     for key, value in saved.items():
         assert value.untyped_storage().nbytes() == value.numel() * value.element_size() and torch.equal(value, state[key])
+
+
+def test_flat_adamw_steps_on_unscaled_gradients_under_a_grad_scaler(chunk):
+    """Under a ``GradScaler`` (``precision=16-mixed``) the scaler unscales before the step even with the
+    fused kernel (whose plain AdamW would unscale inside its step, after this optimiser's clip), so the
+    clip and the update see the true gradients: the same weights as without scaling."""
+    from crysdiff.flat_adamw import FlatAdamW
+
+    nets = [_net(), _net()]
+    optimizers = [FlatAdamW(_groups(net), lr=0.1, max_grad_norm=0.5, fused=True) for net in nets]
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 5, generator=generator), torch.randn(32, 3, generator=generator)
+    for _ in range(3):
+        for net, optimizer, scaled in zip(nets, optimizers, (False, True)):
+            optimizer.zero_grad()
+            loss = ((net(x) - y) ** 2).sum()
+            if scaled:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+    assert optimizers[1].flat_steps == 3
+    for p, q in zip(*(net.parameters() for net in nets)):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+    # a scale that overflows the gradients: the scaler finds the infinities and skips the step
+    before = [p.detach().clone() for p in nets[1].parameters()]
+    overflowing = torch.amp.GradScaler("cpu", init_scale=2.0 ** 120)
+    optimizers[1].zero_grad()
+    overflowing.scale(((nets[1](x) - y) ** 2).sum() * 1e6).backward()
+    overflowing.step(optimizers[1])
+    assert optimizers[1].flat_steps == 3
+    assert all(torch.equal(p, q) for p, q in zip(before, nets[1].parameters()))

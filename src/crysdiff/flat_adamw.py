@@ -121,6 +121,9 @@ class FlatAdamW(torch.optim.AdamW):
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 1e-2, *, max_grad_norm: float = 0.0, **kwargs):
         super().__init__(params, lr=lr, weight_decay=weight_decay, **kwargs)
+        # a fused AdamW tells GradScaler (16-mixed) to leave the unscaling to its step; this step clips
+        # first, so it needs unscaled gradients whatever the kernel: the scaler unscales before it
+        self._step_supports_amp_scaling = False
         self.max_grad_norm = float(max_grad_norm)
         self._layout: _Layout | None = None
         self.flat_steps = 0  # steps taken by the flat path (the rest fell back to the per-tensor AdamW)
