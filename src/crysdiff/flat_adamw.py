@@ -2,7 +2,7 @@
 
 torch's AdamW on the CPU loops over the parameter tensors: about eight small kernels per tensor per
 step (``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``, ``div``, ``add_``, ``addcdiv_``, the step count),
-``clip_grad_norm_`` adds a norm and a ``mul_`` per tensor and the EMA a few more. With ~53 parameter
+``clip_grad_norm_`` adds a norm and a ``mul_`` per tensor and the EMA four kernels and a ``.to``. With ~53 parameter
 tensors that is over 600 launches a step, each touching a few KB. Here every optimised parameter is
 a view into one contiguous buffer, and so are its two moments; the gradients are gathered into one
 contiguous buffer by a single ``cat`` after the backward pass; the clip runs two kernels over the whole
@@ -10,8 +10,8 @@ gradient, the update torch's kernels over chunks of 64K elements (or, with ``fus
 kernel once over each parameter group's buffer), the EMA three kernels per chunk.
 
 The update is torch's own (:func:`torch.optim.adamw.adamw`, the same elementwise formulas, here
-applied to one tensor per group), so every element gets the update it would get from
-:class:`torch.optim.AdamW`. The clip's total norm is one ``vector_norm`` of the whole gradient
+applied to the chunks of each group's buffer), so every element gets the update it would get from
+:class:`torch.optim.AdamW`, to the bit (tested). The clip's total norm is one ``vector_norm`` of the whole gradient
 instead of the norm of the per-tensor norms: the same number up to float rounding.
 
 Why gather rather than let autograd accumulate into preallocated gradient views: accumulating into a
