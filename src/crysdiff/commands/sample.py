@@ -38,6 +38,9 @@ DEFAULT_MODEL = "pretrained_pool_long2"
 # the corrector also moves the lattice (crysdiff.sampling); chosen with
 # benchmarks/sample_validity.py --set validation
 LATTICE_SNR = 0.1
+# extra corrector steps at the end of the chain (crysdiff.sampling, late_*); 0 = none
+LATE_BELOW = 0
+LATE_CORRECTOR_STEPS = None
 
 
 def shipped_models() -> dict[str, Path]:
@@ -88,12 +91,20 @@ def add_sampler_arguments(parser) -> None:
                              f"chosen on validation compositions; 0: coordinates only, the paper's sampler)")
     parser.add_argument("--timesteps", type=int, help="reverse steps (default: all of the model's T)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="linear", help="spacing of a strided --timesteps")
+    parser.add_argument("--late-below", type=int, default=LATE_BELOW,
+                        help=f"the steps t <= this are late and take --late-corrector-steps (default {LATE_BELOW}; 0: none)")
+    parser.add_argument("--late-corrector-steps", type=int, default=LATE_CORRECTOR_STEPS,
+                        help=f"Langevin corrector steps per late time step (default {LATE_CORRECTOR_STEPS})")
+    parser.add_argument("--late-step-lr", type=float, help="Langevin step size of the late steps (default: --step-lr)")
+
+
+SAMPLER_KEYS = ("corrector_steps", "step_lr", "lattice_snr", "timesteps", "schedule", "late_below",
+                "late_corrector_steps", "late_step_lr")
 
 
 def sampler_settings(args) -> dict:
     """The sampler's keyword arguments from the parsed ``add_sampler_arguments`` options."""
-    return {key: getattr(args, key) for key in
-            ("corrector_steps", "step_lr", "lattice_snr", "timesteps", "schedule")}
+    return {key: getattr(args, key) for key in SAMPLER_KEYS}
 
 
 def _draw_until_valid(draw, jobs: list, volumes, max_draws: int) -> tuple[list, list[str], list[int]]:
