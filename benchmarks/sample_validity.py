@@ -5,7 +5,8 @@ training range (``crysdiff.csp.validity``), drawn once each, as ``crysdiff sampl
 
     python benchmarks/sample_validity.py [--set reported|validation]
         [--model models/pretrained_pool_long2.ckpt] [--seed 0] [--corrector-steps 1] [--step-lr 1e-5] [--lattice-snr 0.1]
-        [--timesteps N] [--schedule linear|quadratic]
+        [--timesteps N] [--schedule linear|quadratic] [--late-below 500] [--late-step-lr 3e-5]
+        [--late-corrector-steps K]
 
 Every sampler setting is chosen on ``--set validation`` (20 other compositions of the same kinds,
 benchmarks/results/sample_validity_validation.json); the reported 20 are run with the choice only.
@@ -111,8 +112,12 @@ def record(args, sampler: dict, groups: dict, crystals: list, volumes: tuple[flo
         else:
             per_formula[formula]["valid"] += 1
     valid = sum(not r for r in reasons)
+    if not sampler.get("late_below"):  # no late steps: their settings do nothing
+        sampler = sampler | {"late_below": 0, "late_corrector_steps": None, "late_step_lr": None}
     settings = {"model": args.model, "samples": args.samples, "seed": args.seed, **sampler}
     shown = {k: v for k, v in sampler.items() if v is not None}
+    if shown["late_below"] and "late_step_lr" not in shown:  # the late steps keep --step-lr: say so
+        shown["late_step_lr"] = sampler["step_lr"]
     run = {**settings, "valid": valid, "count": len(jobs), "validity": valid / len(jobs),
            "by_group": {g: sum(per_formula[f]["valid"] for f in group) / (len(group) * args.samples)
                         for g, group in groups.items()},

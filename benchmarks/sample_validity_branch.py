@@ -6,9 +6,9 @@ states with the same random numbers. This runs that common part once, keeps its 
 lattices and the random generator's state) at each ``late_below`` asked for, and finishes the chain
 from there once per setting, so each result is the one ``sample_validity.py`` with that setting and
 seed would give (``tests/test_sampling.py`` checks the equality), at a fraction of the cost. The
-first result is the base setting itself, the chain run to the end.
+first result is the base setting itself (no late steps: ``--late-below 0``), the chain run to the end.
 
-    python benchmarks/sample_validity_branch.py --set validation --seed 0 \\
+    python benchmarks/sample_validity_branch.py --set validation --seed 0 --late-below 0 \\
         --variant late_below=100,late_corrector_steps=3 --variant late_below=30,late_corrector_steps=5
 
 Each result is stored in the results file of ``sample_validity.py`` under its settings, with the
@@ -53,7 +53,7 @@ def branched(model, diffusion, batch, base: dict, variants: list[dict], generato
     from crysdiff.sampling import _prior, _reverse
 
     if base.get("late_below"):
-        raise SystemExit("the base setting must have no late steps (--late-below 0)")
+        raise SystemExit("the base setting must have no late steps: give --late-below 0")
     core = {k: base[k] for k in ("corrector_steps", "step_lr", "lattice_snr")}
     frac, lattice, pairs, noise = _prior(model, diffusion, batch, base["timesteps"], base["schedule"], generator)
     snapshots, done, start = {}, 0, time.perf_counter()
@@ -89,7 +89,11 @@ def main() -> None:
     compositions = [composition_atoms(f) for group in groups.values() for f in group for _ in range(args.samples)]
     if len(compositions) > 256:
         raise SystemExit("one batch only (generate's batch_size 256): use fewer --samples")
+    # the variants carry their own late-step settings; the base has none
     base = sampler_settings(args) | {"timesteps": args.timesteps or diffusion.timesteps}
+    if base["late_below"]:
+        raise SystemExit("the base setting must have no late steps: give --late-below 0")
+    base |= {"late_corrector_steps": None, "late_step_lr": None}
     batch = composition_batch(compositions, args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     volumes = volume_range(payload.get("data", {}))

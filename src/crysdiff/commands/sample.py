@@ -38,9 +38,10 @@ DEFAULT_MODEL = "pretrained_pool_long2"
 # the corrector also moves the lattice (crysdiff.sampling); chosen with
 # benchmarks/sample_validity.py --set validation
 LATTICE_SNR = 0.1
-# extra corrector steps at the end of the chain (crysdiff.sampling, late_*); 0 = none
-LATE_BELOW = 0
-LATE_CORRECTOR_STEPS = None
+# the second half of the chain (t <= 500 of 1,000) takes Langevin steps three times larger
+# (crysdiff.sampling, late_*); chosen with benchmarks/sample_validity_branch.py --set validation
+LATE_BELOW = 500
+LATE_STEP_LR = 3e-5
 
 
 def shipped_models() -> dict[str, Path]:
@@ -92,10 +93,12 @@ def add_sampler_arguments(parser) -> None:
     parser.add_argument("--timesteps", type=int, help="reverse steps (default: all of the model's T)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="linear", help="spacing of a strided --timesteps")
     parser.add_argument("--late-below", type=int, default=LATE_BELOW,
-                        help=f"the steps t <= this are late and take --late-corrector-steps (default {LATE_BELOW}; 0: none)")
-    parser.add_argument("--late-corrector-steps", type=int, default=LATE_CORRECTOR_STEPS,
-                        help=f"Langevin corrector steps per late time step (default {LATE_CORRECTOR_STEPS})")
-    parser.add_argument("--late-step-lr", type=float, help="Langevin step size of the late steps (default: --step-lr)")
+                        help=f"the steps t <= this are late and take --late-step-lr and --late-corrector-steps "
+                             f"(default {LATE_BELOW}, chosen on validation compositions; 0: none, the paper's sampler)")
+    parser.add_argument("--late-step-lr", type=float, default=LATE_STEP_LR,
+                        help=f"Langevin step size at the smallest noise for the late steps (default {LATE_STEP_LR})")
+    parser.add_argument("--late-corrector-steps", type=int,
+                        help="Langevin corrector steps per late time step (default: --corrector-steps)")
 
 
 SAMPLER_KEYS = ("corrector_steps", "step_lr", "lattice_snr", "timesteps", "schedule", "late_below",
