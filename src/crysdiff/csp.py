@@ -71,7 +71,8 @@ def generate(model, diffusion, compositions: list[np.ndarray], *, batch_size: in
     """One generated crystal per entry of ``compositions`` (each an ``[N]`` array of atomic numbers).
 
     ``sampler`` holds :func:`crysdiff.sampling.sample_structures`'s settings (``corrector_steps``,
-    ``step_lr``, ``timesteps``, ``lattice_snr``, ``schedule``); ``None`` means its default."""
+    ``step_lr``, ``timesteps``, ``lattice_snr``, ``schedule``, ``late_below``, ``late_corrector_steps``,
+    ``late_step_lr``); ``None`` means its default."""
     from crysdiff.sampling import sample_structures
 
     generator = torch.Generator(device=device).manual_seed(seed)

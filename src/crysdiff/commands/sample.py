@@ -14,7 +14,10 @@ writes only the valid ones.
 the default, pretrained_pool_long2, is the pre-trained model whose samples are most often valid
 (docs/method.md, "Validity of generated structures"); pretrained_pool is the earlier default.
 The sampler's settings (--corrector-steps, --step-lr, --lattice-snr, --timesteps,
---schedule) default to the ones chosen there on validation compositions.
+--schedule, --late-below, --late-step-lr, --late-corrector-steps) default to the ones chosen there
+on validation compositions: the corrector moves the lattice at --lattice-snr 0.1, and in the second
+half of the chain (--late-below 500) takes Langevin steps of --late-step-lr 3e-5 instead of 1e-5.
+--lattice-snr 0 --late-below 0 is the paper's sampler (the one crysdiff evaluate-csp uses).
 
 Example:
   crysdiff sample --composition SrTiO3 MgO --num-samples 10 --out samples/
@@ -82,7 +85,8 @@ def add_arguments(parser) -> None:
 
 def add_sampler_arguments(parser) -> None:
     """The reverse process's settings (crysdiff.sampling.sample_structures); the defaults are the
-    library's (the paper's sampler) except ``--lattice-snr``, chosen on validation compositions."""
+    library's (the paper's sampler) except ``--lattice-snr``, ``--late-below`` and ``--late-step-lr``,
+    chosen on validation compositions."""
     from crysdiff.config import SCHEDULES
 
     parser.add_argument("--corrector-steps", type=int, default=1, help="Langevin corrector steps per time step")
