@@ -96,16 +96,18 @@ def composition_batch(compositions: list[np.ndarray], seed: int, edges: EdgeSett
     sampler starts from noise) that only shape a kNN edge list, drawn with ``seed``."""
     num_atoms = np.array([len(z) for z in compositions])
     placeholder = np.random.default_rng(seed).random((int(num_atoms.sum()), 3))
-    return make_batch(np.concatenate(compositions), placeholder, np.repeat(np.eye(3)[None] * 5.0, len(compositions), 0),
-                      num_atoms, edges=edges).to(device)
+    lattices = np.repeat(np.eye(3)[None] * 5.0, len(compositions), 0)
+    return make_batch(np.concatenate(compositions), placeholder, lattices, num_atoms, edges=edges).to(device)
 
 
-def to_crystals(compositions: list[np.ndarray], frac: torch.Tensor, lattice: torch.Tensor, start: int = 0) -> list[Crystal]:
+def to_crystals(compositions: list[np.ndarray], frac: torch.Tensor, lattice: torch.Tensor,
+                start: int = 0) -> list[Crystal]:
     """The sampler's ``(frac [N, 3], lattice [B, 3, 3])`` for ``compositions`` as crystals."""
     frac, lattice = frac.double().cpu().numpy(), lattice.double().cpu().numpy()
     offsets = np.concatenate([[0], np.cumsum([len(z) for z in compositions])])
-    return [Crystal(atomic_numbers=np.asarray(z), frac_coords=frac[offsets[k]:offsets[k + 1]] % 1.0, lattice=lattice[k],
-                    id=f"sample {start + k}", source="<generated>") for k, z in enumerate(compositions)]
+    return [Crystal(atomic_numbers=np.asarray(z), frac_coords=frac[offsets[k]:offsets[k + 1]] % 1.0,
+                    lattice=lattice[k], id=f"sample {start + k}", source="<generated>")
+            for k, z in enumerate(compositions)]
 
 
 def is_usable(crystal: Crystal, min_distance: float = 0.5) -> bool:

@@ -117,8 +117,8 @@ def sample_structures(
         from tqdm.auto import tqdm
 
         pairs = tqdm(pairs, desc="sampling")
-    settings = dict(corrector_steps=corrector_steps, step_lr=step_lr, lattice_snr=lattice_snr, late_below=late_below,
-                    late_corrector_steps=late_corrector_steps, late_step_lr=late_step_lr)
+    settings = dict(corrector_steps=corrector_steps, step_lr=step_lr, lattice_snr=lattice_snr,
+                    late_below=late_below, late_corrector_steps=late_corrector_steps, late_step_lr=late_step_lr)
     return _reverse(model, diffusion, batch, frac, lattice, pairs, noise, **settings)
 
 
@@ -142,7 +142,8 @@ def _prior(model, diffusion, batch, timesteps, schedule, generator):
 @torch.no_grad()
 def _reverse(model, diffusion, batch, frac, lattice, pairs, noise, *, corrector_steps, step_lr, lattice_snr,
              late_below=0, late_corrector_steps=None, late_step_lr=None):
-    """Walk ``(frac, lattice)`` back through the ``(t, s)`` steps ``pairs`` (the body of :func:`sample_structures`)."""
+    """Walk ``(frac, lattice)`` back through the ``(t, s)`` steps ``pairs`` (the body of
+    :func:`sample_structures`)."""
     device, dtype = frac.device, frac.dtype
     num_crystals, num_atoms = lattice.shape[0], frac.shape[0]
     table = {k: getattr(diffusion, k).to(device, dtype) for k in ("alpha_bar", "sigma")}

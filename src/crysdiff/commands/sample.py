@@ -97,8 +97,9 @@ def add_sampler_arguments(parser) -> None:
     parser.add_argument("--timesteps", type=int, help="reverse steps (default: all of the model's T)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="linear", help="spacing of a strided --timesteps")
     parser.add_argument("--late-below", type=int, default=LATE_BELOW,
-                        help=f"the steps t <= this are late and take --late-step-lr and --late-corrector-steps "
-                             f"(default {LATE_BELOW}, chosen on validation compositions; 0: none, the paper's sampler)")
+                        help=f"the steps t <= this (of the model's T, 1,000 for the shipped models) are late and take "
+                             f"--late-step-lr and --late-corrector-steps (default {LATE_BELOW}, chosen on validation "
+                             f"compositions; 0: none, the paper's sampler)")
     parser.add_argument("--late-step-lr", type=float, default=LATE_STEP_LR,
                         help=f"Langevin step size at the smallest noise for the late steps (default {LATE_STEP_LR})")
     parser.add_argument("--late-corrector-steps", type=int,
