@@ -70,4 +70,5 @@ def test_sample_defaults_to_the_chosen_model_and_sampler():
     args = parser.parse_args(["--composition", "NaCl", "--out", "s"])
     assert args.model == DEFAULT_MODEL == "pretrained_pool_long2"
     assert sampler_settings(args) == {"corrector_steps": 1, "step_lr": 1e-5, "lattice_snr": 0.1,
-                                      "timesteps": None, "schedule": "linear"}
+                                      "timesteps": None, "schedule": "linear", "late_below": 500,
+                                      "late_corrector_steps": None, "late_step_lr": 3e-5}

@@ -119,3 +119,42 @@ def test_shapes_range_and_determinism(batch):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert time_schedule(50, 6)[0] == 50 and time_schedule(50, 6)[-1] == 1 and len(time_schedule(50, 6)) == 6
     assert time_schedule(5) == [5, 4, 3, 2, 1]
+
+
+def test_late_steps_take_their_own_corrector(batch):
+    """``late_corrector_steps`` corrector steps (of size ``late_step_lr``) at the steps ``t <= late_below``
+    only, one predictor call at every step."""
+    diffusion = JointDiffusion(DiffusionConfig(timesteps=30))
+    calls, lattice_in = [], batch.lattice.double()
+    double = batch.clone()
+    double.lattice = lattice_in
+    oracle = Oracle(diffusion, batch.frac_coords, batch.lattice)
+
+    def spy(b, f, lat, t):
+        calls.append(int(t[0]))
+        return oracle(b, f, lat, t)
+
+    sample_structures(spy, diffusion, double, corrector_steps=1, late_below=4, late_corrector_steps=3,
+                      generator=torch.Generator().manual_seed(0))
+    assert [calls.count(t) for t in (30, 5, 4, 1)] == [2, 2, 4, 4] and len(calls) == 26 * 2 + 4 * 4
+    plain = sample_structures(oracle, diffusion, double, generator=torch.Generator().manual_seed(0))
+    same = sample_structures(oracle, diffusion, double, late_below=4, late_corrector_steps=1, late_step_lr=1e-5,
+                             generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain[0], same[0]) and torch.equal(plain[1], same[1])
+
+
+def test_branched_chains_equal_separate_runs(batch):
+    """benchmarks/sample_validity_branch.py's shared chain gives exactly what one run per setting gives."""
+    from benchmarks.sample_validity_branch import branched
+
+    torch.manual_seed(0)
+    model = CrysDiffDenoiser(DenoiserConfig(hidden_dim=16, num_layers=1, num_frequencies=4, time_dim=8))
+    diffusion = JointDiffusion(DiffusionConfig(timesteps=20))
+    base = dict(corrector_steps=1, step_lr=1e-5, lattice_snr=0.1, timesteps=20, schedule="linear", late_below=0)
+    variants = [dict(late_below=10, late_corrector_steps=3), dict(late_below=4, late_step_lr=1e-4),
+                dict(late_below=10, late_corrector_steps=0)]
+    results = branched(model, diffusion, batch, base, variants, torch.Generator().manual_seed(5))
+    for variant, (frac, lattice, _) in zip([{}] + variants, results):
+        alone = sample_structures(model, diffusion, batch, **(base | variant), generator=torch.Generator().manual_seed(5))
+        assert torch.equal(frac, alone[0]) and torch.equal(lattice, alone[1])
+    assert not torch.equal(results[0][0], results[1][0])

@@ -71,7 +71,8 @@ def generate(model, diffusion, compositions: list[np.ndarray], *, batch_size: in
     """One generated crystal per entry of ``compositions`` (each an ``[N]`` array of atomic numbers).
 
     ``sampler`` holds :func:`crysdiff.sampling.sample_structures`'s settings (``corrector_steps``,
-    ``step_lr``, ``timesteps``, ``lattice_snr``, ``schedule``); ``None`` means its default."""
+    ``step_lr``, ``timesteps``, ``lattice_snr``, ``schedule``, ``late_below``, ``late_corrector_steps``,
+    ``late_step_lr``); ``None`` means its default."""
     from crysdiff.sampling import sample_structures
 
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -84,19 +85,29 @@ def generate(model, diffusion, compositions: list[np.ndarray], *, batch_size: in
     kwargs = {key: value for key, value in sampler.items() if value is not None} | {"generator": generator}
     for start in starts:
         part = compositions[start:start + batch_size]
-        num_atoms = np.array([len(z) for z in part])
-        total = int(num_atoms.sum())
-        # positions are placeholders: the sampler starts from noise; they only shape the edge list
-        placeholder = np.random.default_rng(seed + start).random((total, 3))
-        batch = make_batch(np.concatenate(part), placeholder, np.repeat(np.eye(3)[None] * 5.0, len(part), 0), num_atoms,
-                           edges=edges).to(device)
-        frac, lattice = sample_structures(model, diffusion, batch, **kwargs)
-        frac, lattice = frac.double().cpu().numpy(), lattice.double().cpu().numpy()
-        offsets = np.concatenate([[0], np.cumsum(num_atoms)])
-        for k, z in enumerate(part):
-            out.append(Crystal(atomic_numbers=np.asarray(z), frac_coords=frac[offsets[k]:offsets[k + 1]] % 1.0,
-                               lattice=lattice[k], id=f"sample {start + k}", source="<generated>"))
+        batch = composition_batch(part, seed + start, edges, device)
+        out += to_crystals(part, *sample_structures(model, diffusion, batch, **kwargs), start)
     return out
+
+
+def composition_batch(compositions: list[np.ndarray], seed: int, edges: EdgeSettings = EdgeSettings(),
+                      device: str | torch.device = "cpu"):
+    """The batch :func:`generate` samples ``compositions`` in: positions are placeholders (the
+    sampler starts from noise) that only shape a kNN edge list, drawn with ``seed``."""
+    num_atoms = np.array([len(z) for z in compositions])
+    placeholder = np.random.default_rng(seed).random((int(num_atoms.sum()), 3))
+    lattices = np.repeat(np.eye(3)[None] * 5.0, len(compositions), 0)
+    return make_batch(np.concatenate(compositions), placeholder, lattices, num_atoms, edges=edges).to(device)
+
+
+def to_crystals(compositions: list[np.ndarray], frac: torch.Tensor, lattice: torch.Tensor,
+                start: int = 0) -> list[Crystal]:
+    """The sampler's ``(frac [N, 3], lattice [B, 3, 3])`` for ``compositions`` as crystals."""
+    frac, lattice = frac.double().cpu().numpy(), lattice.double().cpu().numpy()
+    offsets = np.concatenate([[0], np.cumsum([len(z) for z in compositions])])
+    return [Crystal(atomic_numbers=np.asarray(z), frac_coords=frac[offsets[k]:offsets[k + 1]] % 1.0,
+                    lattice=lattice[k], id=f"sample {start + k}", source="<generated>")
+            for k, z in enumerate(compositions)]
 
 
 def is_usable(crystal: Crystal, min_distance: float = 0.5) -> bool:

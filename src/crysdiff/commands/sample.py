@@ -14,7 +14,10 @@ writes only the valid ones.
 the default, pretrained_pool_long2, is the pre-trained model whose samples are most often valid
 (docs/method.md, "Validity of generated structures"); pretrained_pool is the earlier default.
 The sampler's settings (--corrector-steps, --step-lr, --lattice-snr, --timesteps,
---schedule) default to the ones chosen there on validation compositions.
+--schedule, --late-below, --late-step-lr, --late-corrector-steps) default to the ones chosen there
+on validation compositions: the corrector moves the lattice at --lattice-snr 0.1, and in the second
+half of the chain (--late-below 500) takes Langevin steps of --late-step-lr 3e-5 instead of 1e-5.
+--lattice-snr 0 --late-below 0 is the paper's sampler (the one crysdiff evaluate-csp uses).
 
 Example:
   crysdiff sample --composition SrTiO3 MgO --num-samples 10 --out samples/
@@ -38,6 +41,10 @@ DEFAULT_MODEL = "pretrained_pool_long2"
 # the corrector also moves the lattice (crysdiff.sampling); chosen with
 # benchmarks/sample_validity.py --set validation
 LATTICE_SNR = 0.1
+# the second half of the chain (t <= 500 of 1,000) takes Langevin steps three times larger
+# (crysdiff.sampling, late_*); chosen with benchmarks/sample_validity_branch.py --set validation
+LATE_BELOW = 500
+LATE_STEP_LR = 3e-5
 
 
 def shipped_models() -> dict[str, Path]:
@@ -78,7 +85,8 @@ def add_arguments(parser) -> None:
 
 def add_sampler_arguments(parser) -> None:
     """The reverse process's settings (crysdiff.sampling.sample_structures); the defaults are the
-    library's (the paper's sampler) except ``--lattice-snr``, chosen on validation compositions."""
+    library's (the paper's sampler) except ``--lattice-snr``, ``--late-below`` and ``--late-step-lr``,
+    chosen on validation compositions."""
     from crysdiff.config import SCHEDULES
 
     parser.add_argument("--corrector-steps", type=int, default=1, help="Langevin corrector steps per time step")
@@ -88,12 +96,23 @@ def add_sampler_arguments(parser) -> None:
                              f"chosen on validation compositions; 0: coordinates only, the paper's sampler)")
     parser.add_argument("--timesteps", type=int, help="reverse steps (default: all of the model's T)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="linear", help="spacing of a strided --timesteps")
+    parser.add_argument("--late-below", type=int, default=LATE_BELOW,
+                        help=f"the steps t <= this (of the model's T, 1,000 for the shipped models) are late and take "
+                             f"--late-step-lr and --late-corrector-steps (default {LATE_BELOW}, chosen on validation "
+                             f"compositions; 0: none, the paper's sampler)")
+    parser.add_argument("--late-step-lr", type=float, default=LATE_STEP_LR,
+                        help=f"Langevin step size at the smallest noise for the late steps (default {LATE_STEP_LR})")
+    parser.add_argument("--late-corrector-steps", type=int,
+                        help="Langevin corrector steps per late time step (default: --corrector-steps)")
+
+
+SAMPLER_KEYS = ("corrector_steps", "step_lr", "lattice_snr", "timesteps", "schedule", "late_below",
+                "late_corrector_steps", "late_step_lr")
 
 
 def sampler_settings(args) -> dict:
     """The sampler's keyword arguments from the parsed ``add_sampler_arguments`` options."""
-    return {key: getattr(args, key) for key in
-            ("corrector_steps", "step_lr", "lattice_snr", "timesteps", "schedule")}
+    return {key: getattr(args, key) for key in SAMPLER_KEYS}
 
 
 def _draw_until_valid(draw, jobs: list, volumes, max_draws: int) -> tuple[list, list[str], list[int]]:
