@@ -160,6 +160,10 @@ def _structure_factors(owner, inverse, frac, z, atom_start, counts) -> tuple[np.
     u_owner, u_code = np.divmod(unique, cube)
     wave = np.stack([u_code // base ** 2, (u_code // base) % base, u_code % base], axis=1).astype(np.float64) - span  # [U, 3]
     weights = z / np.add.reduceat(z, atom_start)[np.repeat(np.arange(num), counts)]  # [N] z / Σ z per structure
+    # exp(2πi q·f) = Π_d exp(2πi q_d f_d): per atom and axis, the powers -span..span of exp(2πi f_d)
+    powers = np.exp(2j * np.pi * frac[:, :, None] * np.arange(span + 1))  # [N, 3, span + 1]
+    powers = np.concatenate([np.conj(powers[:, :, :0:-1]), powers], axis=2).reshape(-1)  # [N * 3 * base]
+    index = (wave + span).astype(np.int64) + np.arange(3) * base  # [U, 3] place within an atom's table
     factors = np.empty(len(unique), dtype=np.complex128)
     terms = counts[u_owner]  # atoms per wave
     done = 0
@@ -169,8 +173,9 @@ def _structure_factors(owner, inverse, frac, z, atom_start, counts) -> tuple[np.
         which = np.repeat(np.arange(done, stop), n)
         start = np.cumsum(n) - n
         atom = atom_start[u_owner[which]] + np.arange(len(which)) - np.repeat(start, n)
-        phase = np.einsum("ij,ij->i", wave[which], frac[atom])
-        factors[done:stop] = np.add.reduceat(weights[atom] * np.exp(2j * np.pi * phase), start)
+        at = index[which] + (3 * base) * atom[:, None]  # [E, 3]
+        term = powers[at[:, 0]] * powers[at[:, 1]] * powers[at[:, 2]] * weights[atom]
+        factors[done:stop] = np.add.reduceat(term, start)
         done = stop
     real = factors.real[where]  # [K, R]
     imag = factors.imag[where]
