@@ -162,7 +162,7 @@ def canonical_cells(crystals: list[Crystal], config: CellConfig = CellConfig()) 
     import spglib
 
     out: list[Reduced | None] = []
-    todo = []  # (place in out, the crystal, Niggli-reduced lattice, frac in it, z)
+    todo = []  # (place in out, the crystal, primitive lattice, its frac, z, Niggli-reduced lattice)
     for crystal in crystals:
         found = _primitive(crystal, config)
         if isinstance(found, Reduced):
@@ -173,12 +173,16 @@ def canonical_cells(crystals: list[Crystal], config: CellConfig = CellConfig()) 
         if reduced is None:
             out.append(Reduced(crystal, crystal.num_atoms, "spglib could not Niggli-reduce the primitive lattice"))
             continue
-        reduced = np.asarray(reduced, dtype=np.float64)
-        basis = np.round(lattice @ np.linalg.inv(reduced))  # integer, det ±1: old basis in the new one
-        todo.append((len(out), crystal, reduced, wrap_frac(frac @ basis), z))
+        todo.append((len(out), crystal, lattice, frac, z, np.asarray(reduced, dtype=np.float64)))
         out.append(None)
-    chosen = choose_bases([(lattice, frac, z) for _, _, lattice, frac, z in todo])
-    for (place, crystal, _, _, z), (lattice, frac) in zip(todo, chosen):
+    if not todo:
+        return out
+    reduced = np.stack([item[5] for item in todo])  # [B, 3, 3]
+    bases = np.round(np.stack([item[2] for item in todo]) @ np.linalg.inv(reduced))  # integer, det ±1: old basis in the new one
+    unchanged = np.all(bases == np.eye(3), axis=(1, 2))  # frac @ I is frac, to the bit
+    cells = [(lattice, wrap_frac(frac if keep else frac @ basis), z)
+             for (_, _, _, frac, z, lattice), basis, keep in zip(todo, bases, unchanged)]
+    for (place, crystal, *_), (lattice, frac), (_, _, z) in zip(todo, choose_bases(cells), cells):
         out[place] = Reduced(replace(crystal, atomic_numbers=z, frac_coords=frac, lattice=lattice), crystal.num_atoms, "")
     return out
 
