@@ -142,45 +142,44 @@ def _first_largest(rows: list) -> int:
 def _structure_factors(owner, inverse, frac, z, atom_start, counts) -> tuple[np.ndarray, np.ndarray]:
     """``(real, imag) [K, R]``: the structure factors ``S(k)`` of every structure in each of its bases.
     ``owner [R]`` / ``inverse [R, 3, 3]`` list the bases, ``frac [N, 3]`` / ``z [N]`` all atoms, structure
-    ``b`` being ``atom_start[b]:atom_start[b] + counts[b]``.
-
-    In basis ``M`` the waves are ``q = M⁻¹ k``, integer vectors in a box ``[-s, s]³`` (``s`` = 2 for most
-    structures, at most 4 here): ``S`` is evaluated once per structure at one of each ``±q`` of its box,
-    as ``Π_d exp(2πi q_d f_d)`` from per-axis powers, and looked up (``S(-q) = conj S(q)``)."""
+    ``b`` being ``atom_start[b]:atom_start[b] + counts[b]``; each distinct ``±q = M⁻¹ k`` of a structure is
+    evaluated once."""
     num = len(counts)
     q = np.rint(inverse.astype(np.float64) @ _WAVES.T).astype(np.int64)  # [R, 3, K] q = M⁻¹ k (exact)
-    spans = np.zeros(num, dtype=np.int64)
-    np.maximum.at(spans, owner, np.abs(q).max(axis=(1, 2)))
+    span = int(np.abs(q).max())
+    base = 2 * span + 1
+    cube = base ** 3
+    code = ((q[:, 0] + span) * base + q[:, 1] + span) * base + q[:, 2] + span  # [R, K] in [0, cube)
+    negative = cube - 1 - code  # the code of -q
+    flip = negative < code  # S(-q) = conj S(q): one of each ±q is evaluated
+    code = np.minimum(code, negative) + owner[:, None] * cube  # unique per structure and ±q
+    seen = np.zeros(num * cube, dtype=bool)
+    seen[code] = True
+    unique = np.flatnonzero(seen)  # [U]
+    where = (np.cumsum(seen) - 1)[code.T]  # [K, R] index into unique
+    u_owner, u_code = np.divmod(unique, cube)
+    wave = np.stack([u_code // base ** 2, (u_code // base) % base, u_code % base], axis=1).astype(np.float64) - span  # [U, 3]
     weights = z / np.add.reduceat(z, atom_start)[np.repeat(np.arange(num), counts)]  # [N] z / Σ z per structure
-    real, imag = np.empty((len(_WAVES), len(owner))), np.empty((len(_WAVES), len(owner)))
-    place = np.empty(num, dtype=np.int64)  # a structure's place in its group
-    for span in np.unique(spans):
-        base = 2 * span + 1
-        cube = base ** 3
-        box = np.arange((cube - 1) // 2)  # codes of one of each ±q (the other is cube - 1 - code)
-        box = np.stack([box // base ** 2, (box // base) % base, box % base], axis=1)  # [H, 3] in 0..2 span
-        group = np.flatnonzero(spans == span)
-        table = np.empty((len(group), len(box)), dtype=np.complex128)  # [G, H] S at the box's waves
-        size = np.cumsum(counts[group]) * len(box)
-        lo = 0
-        while lo < len(group):  # structures in chunks of bounded (atom, wave) terms
-            hi = max(lo + 1, int(np.searchsorted(size, (size[lo - 1] if lo else 0) + _CHUNK_TERMS)))
-            members = group[lo:hi]
-            atoms = np.concatenate([np.arange(atom_start[b], atom_start[b] + counts[b]) for b in members])
-            powers = np.exp(2j * np.pi * frac[atoms, :, None] * np.arange(span + 1))  # [n, 3, span + 1]
-            powers = np.concatenate([np.conj(powers[:, :, :0:-1]), powers], axis=2)  # [n, 3, base]: -span..span
-            terms = powers[:, 0, box[:, 0]] * powers[:, 1, box[:, 1]] * powers[:, 2, box[:, 2]]  # [n, H]
-            terms *= weights[atoms, None]
-            starts = np.concatenate([[0], np.cumsum(counts[members])[:-1]])
-            table[lo:hi] = np.add.reduceat(terms, starts, axis=0)
-            lo = hi
-        place[group] = np.arange(len(group))
-        rows = np.flatnonzero(spans[owner] == span)
-        code = ((q[rows, 0] + span) * base + q[rows, 1] + span) * base + q[rows, 2] + span  # [r, K] in [0, cube)
-        negative = cube - 1 - code
-        values = table[place[owner[rows]][:, None], np.minimum(code, negative)]  # [r, K]
-        real[:, rows] = values.real.T
-        imag[:, rows] = np.where(negative < code, -values.imag, values.imag).T
+    # exp(2πi q·f) = Π_d exp(2πi q_d f_d): per atom and axis, the powers -span..span of exp(2πi f_d)
+    powers = np.exp(2j * np.pi * frac[:, :, None] * np.arange(span + 1))  # [N, 3, span + 1]
+    powers = np.concatenate([np.conj(powers[:, :, :0:-1]), powers], axis=2).reshape(-1)  # [N * 3 * base]
+    index = (wave + span).astype(np.int64) + np.arange(3) * base  # [U, 3] place within an atom's table
+    factors = np.empty(len(unique), dtype=np.complex128)
+    terms = counts[u_owner]  # atoms per wave
+    done = 0
+    while done < len(unique):  # (wave, atom) terms in chunks
+        stop = done + max(1, int(np.searchsorted(np.cumsum(terms[done:]), _CHUNK_TERMS)))
+        n = terms[done:stop]
+        which = np.repeat(np.arange(done, stop), n)
+        start = np.cumsum(n) - n
+        atom = atom_start[u_owner[which]] + np.arange(len(which)) - np.repeat(start, n)
+        at = index[which] + (3 * base) * atom[:, None]  # [E, 3]
+        term = powers[at[:, 0]] * powers[at[:, 1]] * powers[at[:, 2]] * weights[atom]
+        factors[done:stop] = np.add.reduceat(term, start)
+        done = stop
+    real = factors.real[where]  # [K, R]
+    imag = factors.imag[where]
+    imag[flip.T] *= -1
     return real, imag
 
 
