@@ -13,12 +13,13 @@ in :mod:`crysdiff.predict`), for training and prediction alike:
 3. a Niggli-reduced lattice has several bases with the same metric (``L`` and ``-L`` always, up
    to 48 for a cubic lattice); when the crystal has less symmetry than its lattice they are
    different inputs for the network, so the basis whose structure-factor fingerprint (invariant to
-   translations and atom order, not to the basis) is largest is kept.
+   translations and atom order, not to the basis) is largest is kept (:mod:`crysdiff.cell_basis`).
 
 What is left is a rotation, a translation and an atom order, which the network does not see.
 A cell that is already primitive (most of a database) is recognised without spglib (no common
 divisor of the element counts, or no translation mapping the rarest element onto itself and then
-every atom): spglib costs ~5 ms a structure, the whole reduction ~2.4 ms (docs/data.md).
+every atom): spglib costs ~5 ms a structure. :func:`canonical_cells` makes the choice among
+same-metric bases (step 3) for many structures at once (:mod:`crysdiff.cell_basis`), with the same result.
 
 Reduction never merges distinct structures: the primitive cell must hold a whole fraction of the
 given atoms with the same composition, the volume per atom must be kept, and every given atom must
