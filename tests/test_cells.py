@@ -146,3 +146,27 @@ def test_canonical_cells_are_those_of_the_reference_code():
         np.testing.assert_array_equal(out.crystal.atomic_numbers, z_ref, err_msg=str(id_))
         np.testing.assert_allclose(out.crystal.lattice, lattice_ref, rtol=0, atol=1e-9, err_msg=str(id_))
         np.testing.assert_allclose(out.crystal.frac_coords, frac_ref, rtol=0, atol=1e-9, err_msg=str(id_))
+
+
+def test_canonical_cells_of_many_structures_at_once_are_those_of_the_reference_code(monkeypatch):
+    """The same 120 structures canonicalised in one call (the cache build's path: the basis choice made
+    for all of them together) give the cells of a2c511c too, and the structures with a fingerprint next
+    to a rounding boundary (mp-20411 among them) are the ones decided by the per-structure arithmetic."""
+    from crysdiff import cell_basis
+    from crysdiff.cells import canonical_cells
+
+    stored = np.load(Path(__file__).parent / "data" / "canonical_cells_a2c511c.npz", allow_pickle=False)
+    given_at, reduced_at = np.cumsum(stored["given_count"])[:-1], np.cumsum(stored["count"])[:-1]
+    given = [Crystal(z, frac, lattice, id=str(i)) for i, z, frac, lattice in
+             zip(stored["ids"], np.split(stored["given_z"], given_at), np.split(stored["given_frac"], given_at),
+                 stored["given_lattice"])]
+    exact, decided = cell_basis._exact_keys, []
+    monkeypatch.setattr(cell_basis, "_exact_keys", lambda frac, *rest: decided.append(len(frac)) or exact(frac, *rest))
+    out = canonical_cells(given)
+    assert 0 < len(decided) < len(given) // 4  # the fast fingerprints decide most, the exact ones the doubtful
+    reduced = zip(np.split(stored["z"], reduced_at), np.split(stored["frac"], reduced_at), stored["lattice"])
+    for crystal, got, (z_ref, frac_ref, lattice_ref), fallback in zip(given, out, reduced, stored["fallback"]):
+        assert got.fallback == str(fallback), crystal.id
+        np.testing.assert_array_equal(got.crystal.atomic_numbers, z_ref, err_msg=crystal.id)
+        np.testing.assert_allclose(got.crystal.lattice, lattice_ref, rtol=0, atol=1e-9, err_msg=crystal.id)
+        np.testing.assert_allclose(got.crystal.frac_coords, frac_ref, rtol=0, atol=1e-9, err_msg=crystal.id)

@@ -13,12 +13,13 @@ in :mod:`crysdiff.predict`), for training and prediction alike:
 3. a Niggli-reduced lattice has several bases with the same metric (``L`` and ``-L`` always, up
    to 48 for a cubic lattice); when the crystal has less symmetry than its lattice they are
    different inputs for the network, so the basis whose structure-factor fingerprint (invariant to
-   translations and atom order, not to the basis) is largest is kept.
+   translations and atom order, not to the basis) is largest is kept (:mod:`crysdiff.cell_basis`).
 
 What is left is a rotation, a translation and an atom order, which the network does not see.
 A cell that is already primitive (most of a database) is recognised without spglib (no common
 divisor of the element counts, or no translation mapping the rarest element onto itself and then
-every atom): spglib costs ~5 ms a structure, the whole reduction ~2.4 ms (docs/data.md).
+every atom): spglib costs ~5 ms a structure. :func:`canonical_cells` makes the choice among
+same-metric bases (step 3) for many structures at once (:mod:`crysdiff.cell_basis`), with the same result.
 
 Reduction never merges distinct structures: the primitive cell must hold a whole fraction of the
 given atoms with the same composition, the volume per atom must be kept, and every given atom must
@@ -39,12 +40,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from crysdiff.cell_basis import choose_bases
 from crysdiff.crystal import Crystal, wrap_frac
 
-__all__ = ["CellConfig", "Reduced", "canonical_cell", "stored_data_config", "AS_GIVEN"]
+__all__ = ["CellConfig", "Reduced", "canonical_cell", "canonical_cells", "stored_data_config", "AS_GIVEN"]
 
 _NIGGLI_EPS = 1e-5  # spglib's relative tolerance for the Niggli conditions
-_METRIC_TOLERANCE = 1e-4  # two bases share a metric when their Gram matrices agree to this (relative to the largest entry)
 _QUICK_ATOMS = 256  # cells up to this size are checked for translations here before spglib is asked
 _CHECK_CHUNK = 512  # given atoms compared at once with the reduced cell's atoms (bounds memory)
 
@@ -148,124 +149,51 @@ def _has_pure_translation(crystal: Crystal, symprec: float) -> bool:
     return False
 
 
-_SHORT = np.array([v for v in np.ndindex(3, 3, 3) if v != (1, 1, 1)], dtype=np.float64) - 1  # [26, 3] in {-1, 0, 1}³
-
-
-def _automorphisms(gram: np.ndarray) -> np.ndarray:
-    """``[A, 3, 3]`` the integer matrices ``M`` (entries in {-1, 0, 1}, which suffices for a
-    Niggli-reduced basis) with ``M G Mᵀ = G`` within tolerance, the identity first: row ``i`` of
-    ``M`` is a lattice vector as long as basis vector ``i``, and the angles must match too.
-    The candidates are taken in row-major order of their rows' places in ``_SHORT``; the products
-    ``u G vᵀ`` of the 26 short vectors are computed once, so each candidate is six look-ups."""
-    tolerance = _METRIC_TOLERANCE * np.abs(gram).max()
-    products = _SHORT @ gram @ _SHORT.T  # [26, 26]
-    norms = np.diagonal(products)
-    rows = [np.flatnonzero(np.abs(norms - gram[i, i]) <= tolerance) for i in range(3)]
-    first, second, third = (index.ravel() for index in np.meshgrid(*rows, indexing="ij"))  # [C] each
-    same = ((np.abs(products[first, second] - gram[0, 1]) <= tolerance)
-            & (np.abs(products[second, first] - gram[1, 0]) <= tolerance)
-            & (np.abs(products[first, third] - gram[0, 2]) <= tolerance)
-            & (np.abs(products[third, first] - gram[2, 0]) <= tolerance)
-            & (np.abs(products[second, third] - gram[1, 2]) <= tolerance)
-            & (np.abs(products[third, second] - gram[2, 1]) <= tolerance))
-    m = np.stack([_SHORT[first[same]], _SHORT[second[same]], _SHORT[third[same]]], axis=1)  # [C', 3, 3]
-    m = m[np.abs(np.round(np.linalg.det(m))) == 1]
-    identity = np.all(m == np.eye(3), axis=(1, 2))
-    return np.concatenate([m[identity], m[~identity]])
-
-
-def _waves_and_triples() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The reciprocal vectors whose structure factors tell the bases of one lattice apart (one of each
-    ``±k`` in {-2..2}³ with at most one ``±2``: ``|S(k)| = |S(-k)|``), and the triples ``(a, b, c)``
-    with ``k_a + k_b = ±k_c`` (their products are odd under inversion, where the moduli are not)."""
-    waves = [k for k in np.ndindex(5, 5, 5) if max(abs(np.array(k) - 2)) <= 2 and sum(abs(np.array(k) - 2) == 2) <= 1]
-    waves = np.array(waves, dtype=np.float64) - 2
-    waves = waves[[tuple(k) > tuple(-k) for k in waves]]  # one of each ±k, no zero vector
-    index = {tuple(k): i for i, k in enumerate(waves)}
-    a, b, c, sign = [], [], [], []
-    for i in range(len(waves)):
-        for j in range(i + 1, len(waves)):
-            total = tuple(waves[i] + waves[j])
-            for s, key in ((1, total), (-1, tuple(-np.array(total)))):
-                if key in index:
-                    a.append(i), b.append(j), c.append(index[key]), sign.append(s)
-    return waves, (np.array(a), np.array(b), np.array(c), np.array(sign))
-
-
-_WAVES, _TRIPLES = _waves_and_triples()
-
-
-def _fingerprints(frac: np.ndarray, z: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-    """``[A, K + T]`` for one crystal (fractional coordinates ``[N, 3]``) in ``A`` bases, basis ``a``
-    giving coordinates ``frac @ inverse[a]``: numbers that do not change with a translation or the
-    atom order but do with the basis, ``|S(k)|²`` and ``Im S(a) S(b) S(±c)`` of the structure factor
-    ``S(k) = Σ z exp(2πi k·f) / Σ z``.
-
-    The bases come in pairs ``M, -M`` (both keep the metric), and ``-M`` negates every phase, so its
-    structure factors are the complex conjugates of ``M``'s, to the bit: only one of each pair is
-    evaluated."""
-    first, partner = _pairs(inverse)
-    phases = 2j * np.pi * (frac @ inverse[first]) @ _WAVES.T  # [A/2, N, K], the arithmetic of a2c511c: ties stay ties
-    half = np.einsum("n,ank->ak", z / z.sum(), np.exp(phases))  # [A/2, K]
-    factors = np.empty((len(inverse), half.shape[1]), dtype=np.complex128)
-    factors[first], factors[partner] = half, np.conj(half)
-    a, b, c, sign = _TRIPLES
-    third = np.where(sign > 0, np.conj(factors[:, c]), factors[:, c])  # S(-(a+b)) = conj S(a+b)
-    triples = factors[:, a] * factors[:, b] * third  # [A, T]
-    return np.concatenate([np.abs(factors) ** 2, np.imag(triples)], axis=1)
-
-
-def _pairs(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For integer ``[A, 3, 3]`` matrices closed under negation: ``(first, partner)``, the index of
-    the first of each pair ``M, -M`` and of its negative."""
-    index = {m.tobytes(): i for i, m in enumerate(np.round(matrices).astype(np.int8))}
-    first, partner = [], []
-    for key, i in index.items():
-        j = index[(-np.frombuffer(key, dtype=np.int8)).tobytes()]
-        if i < j:
-            first.append(i), partner.append(j)
-    return np.array(first), np.array(partner)
-
-
-def _one_basis(lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Of the bases of a Niggli-reduced lattice with the same metric (``lattice`` and ``-lattice`` always,
-    more for a lattice with more symmetry than the crystal), the one whose fingerprint is largest
-    (lexicographically, rounded), so that every cell of the crystal ends in the same one; ties are
-    symmetries of the crystal itself, and the first of them is kept."""
-    same = _automorphisms(lattice @ lattice.T)  # [A, 3, 3]
-    if len(same) == 1:
-        return lattice, frac
-    inverse = np.round(np.linalg.inv(same))  # integer too
-    keys = np.round(_fingerprints(frac, z.astype(np.float64), inverse), 6)  # [A, K + T]
-    if np.all(keys == keys[0]):  # every basis is a symmetry of the crystal (to the rounding)
-        best = 0
-    else:  # max() returns the first of equal largest keys; tuples compare lexicographically
-        rows = keys.tolist()
-        best = max(range(len(rows)), key=rows.__getitem__)
-    return same[best] @ lattice, wrap_frac(frac @ inverse[best])
-
-
-def _niggli(crystal: Crystal, lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> Reduced:
-    n = crystal.num_atoms
-    import spglib
-
-    reduced = spglib.niggli_reduce(lattice, eps=_NIGGLI_EPS)
-    if reduced is None:
-        return Reduced(crystal, n, "spglib could not Niggli-reduce the primitive lattice")
-    reduced = np.asarray(reduced, dtype=np.float64)
-    basis = np.round(lattice @ np.linalg.inv(reduced))  # integer, det ±1: old basis in the new one
-    reduced, new_frac = _one_basis(reduced, wrap_frac(frac @ basis), z)
-    return Reduced(replace(crystal, atomic_numbers=z, frac_coords=new_frac, lattice=reduced), n, "")
-
-
 def canonical_cell(crystal: Crystal, config: CellConfig = CellConfig()) -> Reduced:
     """``crystal`` in its Niggli-reduced primitive cell (ids, labels, source kept), or in its own cell
     with the reason when it cannot be reduced safely. ``config.canonical=False`` returns it unchanged."""
-    n = crystal.num_atoms
+    return canonical_cells([crystal], config)[0]
+
+
+def canonical_cells(crystals: list[Crystal], config: CellConfig = CellConfig()) -> list[Reduced]:
+    """:func:`canonical_cell` of each of ``crystals``: the same cells, with the choice among same-metric
+    bases made for all of them at once (:func:`crysdiff.cell_basis.choose_bases`)."""
     if not config.canonical:
-        return Reduced(crystal, n, "")
+        return [Reduced(crystal, crystal.num_atoms, "") for crystal in crystals]
+    import spglib
+
+    out: list[Reduced | None] = []
+    todo = []  # (place in out, the crystal, primitive lattice, its frac, z, Niggli-reduced lattice)
+    for crystal in crystals:
+        found = _primitive(crystal, config)
+        if isinstance(found, Reduced):
+            out.append(found)
+            continue
+        lattice, frac, z = found
+        reduced = spglib.niggli_reduce(lattice, eps=_NIGGLI_EPS)
+        if reduced is None:
+            out.append(Reduced(crystal, crystal.num_atoms, "spglib could not Niggli-reduce the primitive lattice"))
+            continue
+        todo.append((len(out), crystal, lattice, frac, z, np.asarray(reduced, dtype=np.float64)))
+        out.append(None)
+    if not todo:
+        return out
+    reduced = np.stack([item[5] for item in todo])  # [B, 3, 3]
+    bases = np.round(np.stack([item[2] for item in todo]) @ np.linalg.inv(reduced))  # integer, det ±1: old basis in the new one
+    unchanged = np.all(bases == np.eye(3), axis=(1, 2))  # frac @ I is frac, to the bit
+    cells = [(lattice, wrap_frac(frac if keep else frac @ basis), z)
+             for (_, _, _, frac, z, lattice), basis, keep in zip(todo, bases, unchanged)]
+    for (place, crystal, *_), (lattice, frac), (_, _, z) in zip(todo, choose_bases(cells), cells):
+        out[place] = Reduced(replace(crystal, atomic_numbers=z, frac_coords=frac, lattice=lattice), crystal.num_atoms, "")
+    return out
+
+
+def _primitive(crystal: Crystal, config: CellConfig):
+    """``(lattice, frac, z)`` of the primitive cell of ``crystal``, or the :class:`Reduced` fallback
+    saying why it keeps its own cell."""
+    n = crystal.num_atoms
     if not _has_pure_translation(crystal, config.symprec):  # already primitive: Niggli only
-        return _niggli(crystal, crystal.lattice, crystal.frac_coords, crystal.atomic_numbers)
+        return crystal.lattice, crystal.frac_coords, crystal.atomic_numbers
     import spglib
 
     cell = (crystal.lattice, crystal.frac_coords, crystal.atomic_numbers)
@@ -281,4 +209,4 @@ def canonical_cell(crystal: Crystal, config: CellConfig = CellConfig()) -> Reduc
     problem = _distinct_structures(crystal, lattice, frac, z, config.symprec)
     if problem:
         return Reduced(crystal, n, problem)
-    return _niggli(crystal, lattice, frac, z)
+    return lattice, frac, z

@@ -126,7 +126,7 @@ class Predictor:
 
     def _objects(self, objects: list, strict: bool) -> tuple[list, list]:
         """The in-memory structures as :class:`~crysdiff.cells.Reduced` crystals, and the bad ones."""
-        from crysdiff.cells import canonical_cell
+        from crysdiff.cells import canonical_cells
         from crysdiff.crystal import Crystal, RecordError, validate
         from crysdiff.io import from_structures
 
@@ -141,7 +141,7 @@ class Predictor:
                 if strict:
                     raise
                 errors.append(error)
-        return [canonical_cell(c, self.cell) for c in crystals], errors
+        return canonical_cells(crystals, self.cell), errors
 
     def _batches(self, inputs: list, batch_size: int, strict: bool, progress: bool):
         """``(batch, ids, sources, cells)`` for the inputs (``cells``: the rows' :data:`_CELL_COLUMNS` values), and the records that could not be read. Paths go

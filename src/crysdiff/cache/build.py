@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from crysdiff.cache.writer import PartWriter
-from crysdiff.cells import AS_GIVEN, CellConfig, canonical_cell
+from crysdiff.cells import AS_GIVEN, CellConfig, canonical_cells
 from crysdiff.crystal import Crystal, RecordError, ValidationSettings
 
 _WORKER_SETTINGS: ValidationSettings | None = None
@@ -28,8 +28,10 @@ def _run(job):
     if isinstance(task, RecordError):
         return group, slot, [task]
     results = run_task(task, _WORKER_SETTINGS)
-    if _WORKER_CELL.canonical:
-        results = [canonical_cell(r, _WORKER_CELL) if isinstance(r, Crystal) else r for r in results]
+    if _WORKER_CELL.canonical:  # the whole task at once (crysdiff.cell_basis batches the basis choice)
+        places = [i for i, r in enumerate(results) if isinstance(r, Crystal)]
+        for i, reduced in zip(places, canonical_cells([results[i] for i in places], _WORKER_CELL)):
+            results[i] = reduced
     return group, slot, results
 
 
