@@ -78,7 +78,9 @@ if [[ " $STEPS " == *" pretrain_canonical "* ]]; then
 fi
 for target in $TARGETS; do
   if [[ " $STEPS " == *" finetune_canonical "* ]]; then
-    stage "$OUT/${target}_canonical" crysdiff finetune --init "$OUT/pretrain_canonical/model.ckpt" $MP \
+    CANON_INIT="$OUT/pretrain_canonical/model.ckpt"  # this script's own stage when it ran, else the committed one
+    [[ -f "$CANON_INIT" ]] || CANON_INIT=models/pretrained_canonical.ckpt
+    stage "$OUT/${target}_canonical" crysdiff finetune --init "$CANON_INIT" $MP \
         --target "$target" --out "$OUT/${target}_canonical" --no-progress \
         train.max_epochs=60 train.max_steps=$CANON_FT_STEPS train.max_time_minutes=$CANON_FT_MINUTES \
         train.batch_size=64 train.lr=5e-4 train.log_every_steps=20 holdout_fraction=0.5
