@@ -129,8 +129,9 @@ def _card_pretrain_long(path: Path, payload: dict, run: Path | None, chain: list
                  f"{cells.get('angle_tolerance')}°; docs/data.md, \"Canonical cells\"): the models it continues saw the "
                  f"cells as given, so their validation losses below are on the same crystals in other cells."
                  if cells.get("canonical") else "")
-    use = ("the shipped predictors start from it (`finetune_canonical` in `benchmarks/train_default_models.sh`), "
-           "and so does the suite's model `gaussian_learned_canonical`" if canonical else
+    use = ("the rebuild of the shipped predictors on canonical cells starts from it (`finetune_canonical` in "
+           "`benchmarks/train_default_models.sh`, issue 20), and so does the suite's model `gaussian_learned_canonical`"
+           if canonical else
            f"the suite's `longpre-sparse` and `longpre-table1` parts fine-tune from it (model `{model}`; `docs/results.md`, "
            "\"Pre-training for longer\"); the shipped predictors still start from `models/pretrained_pool.ckpt`")
     return f"""## `models/{path.name}`: the pool model {title}
