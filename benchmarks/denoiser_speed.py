@@ -2,22 +2,16 @@
 the code of a given git revision, all in one process; its FLOP rate against the machine's
 matrix-product rate; and memory on the largest COD cell.
 
-Throughput: crystals per second of a full pre-training step as the engine runs it (joint-diffusion
-loss, forward, backward, gradient-norm clip, AdamW, weight-EMA update; ``--bare-step``: AdamW alone,
-the step of results files written before 2026-12-02) for mp2018-like cells
-(``../shared/data/mp2018/val.csv.gz``) and Perov-5 cells, and of the fast path's inference forward (no
-gradients). The steps timed, all from the same weights:
+Throughput: crystals per second of a full pre-training step (joint-diffusion loss, forward, backward,
+AdamW step) for mp2018-like cells (``../shared/data/mp2018/val.csv.gz``) and Perov-5 cells, and of
+the fast path's inference forward (no gradients). The steps timed, all from the same weights:
 
-* ``fast`` — today's fast path with the training defaults (``TrainConfig.fused_optimizer``,
-  ``TrainConfig.flat_parameters``); with ``--levers``, ``fast_<lever>`` — the same with one lever
-  switched: ``fused`` AdamW's fused kernel on, ``flat`` ``train.flat_parameters`` the other way from its
-  default (AdamW, clip and EMA over one flat buffer, :mod:`crysdiff.flat_adamw`), ``flat_fused`` both
-  ``train.flat_parameters`` and ``train.fused_optimizer`` on (AdamW's fused kernel once over the buffer);
+* ``fast`` — today's fast path with the training defaults (``TrainConfig.fused_optimizer``);
+  ``fast_fused`` with ``--levers fused`` — the same with AdamW's fused kernel switched on;
 * ``reference`` — :meth:`CrysDiffEncoder.reference_forward`, the per-edge specification;
 * ``against`` / ``inference_against`` with ``--against REV`` — the denoiser of git revision ``REV``
   (``git archive`` of its ``src/crysdiff`` into a temporary package ``crysdiff_<rev>`` with its
-  imports renamed, so both versions run side by side), with today's loss and engine step (per-tensor
-  AdamW, clip and EMA).
+  imports renamed, so both versions run side by side), with today's loss and plain AdamW.
 
 Timing is interleaved, for a loaded machine where absolute times mean nothing: every repeat runs
 each step once over all the batches (a pass), the steps in turn and in reverse order every other
@@ -98,24 +92,10 @@ def biggest_cod() -> Crystal:
     return validate(Crystal(atomic_numbers=z, frac_coords=coords, lattice=lattice, id="cod-largest"))
 
 
-def training_step(model, diffusion, reference: bool, fused: bool = False, flat: bool | None = None, bare: bool = False):
-    """``step(batch)``: one full pre-training step as :mod:`crysdiff.engine` runs it: joint-diffusion
-    loss, forward, backward, the gradient-norm clip (``TrainConfig.grad_clip``), AdamW built by the
-    engine's own ``_adamw``, and the weight EMA update (``TrainConfig.ema_decay``, through the engine's
-    own EMA function and ``AveragedModel``, as Lightning's ``WeightAveraging`` calls it after each step).
-    ``fused``: ``train.fused_optimizer``; ``flat``: ``train.flat_parameters`` (``None``: the default);
-    ``bare``: AdamW alone, no clip and no EMA (the step this benchmark timed before issue 26's flat
-    buffers, for comparison with older results files)."""
-    from crysdiff.engine import _adamw, averaged_model
-
-    defaults = TrainConfig()
-    flat = defaults.flat_parameters if flat is None else flat
-    train = TrainConfig(lr=1e-4, weight_decay=0.0, fused_optimizer=fused, flat_parameters=flat,
-                        grad_clip=0.0 if bare else defaults.grad_clip, ema_decay=0.0 if bare else defaults.ema_decay)
-    optimizer = _adamw(model.parameters(), train)
-    clip = train.grad_clip if train.grad_clip > 0 and not flat else 0.0  # FlatAdamW clips inside its step
-    # what the engine's EMA callback builds at setup and updates after every step
-    averaged = averaged_model(model, train.ema_decay, flat=flat) if train.ema_decay else None
+def training_step(model, diffusion, reference: bool, fused: bool = False):
+    """``step(batch)``: one full pre-training step (joint-diffusion loss, forward, backward, AdamW as
+    :mod:`crysdiff.engine` builds it; ``fused``: AdamW's fused kernel, ``train.fused_optimizer``)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, **({"fused": True} if fused else {}))
     generator = torch.Generator().manual_seed(0)
 
     def net(b, f, lat, t):
@@ -124,11 +104,7 @@ def training_step(model, diffusion, reference: bool, fused: bool = False, flat: 
     def step(batch):
         optimizer.zero_grad(set_to_none=True)
         diffusion.loss(net, batch, generator=generator)["loss"].backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
-        if averaged is not None:
-            averaged.update_parameters(model)
 
     return step
 
@@ -307,10 +283,7 @@ def memory(reference: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-# each a variant of today's fast training step: train.fused_optimizer, train.flat_parameters (on, or
-# off where it is the default: "flat" times the other setting)
-# flat_fused: both train.flat_parameters and train.fused_optimizer on (AdamW's fused kernel once over the buffer)
-LEVERS = ("fused", "flat", "flat_fused")
+LEVERS = ("fused",)  # each a variant of today's fast training step: train.fused_optimizer
 
 
 def dataset_paths(config: DenoiserConfig, diffusion, batches, args, against) -> tuple[dict, dict]:
@@ -322,26 +295,22 @@ def dataset_paths(config: DenoiserConfig, diffusion, batches, args, against) -> 
     train = TrainConfig()
     torch.manual_seed(0)
     weights = {k: v.clone() for k, v in CrysDiffDenoiser(config).state_dict().items()}
-    variants = {"fast": {}}
-    for lever in args.levers:
-        variants[f"fast_{lever}"] = {"fused": {"fused": True}, "flat": {"flat": not train.flat_parameters},
-                                     "flat_fused": {"flat": True, "fused": True}}[lever]
+    variants = {"fast": train.fused_optimizer, **{f"fast_{lever}": True for lever in args.levers}}
     models, steps = {}, {}
-    for label, options in variants.items():
+    for label, fused in variants.items():
         models[label] = CrysDiffDenoiser(config)
-        steps[label] = training_step(models[label], diffusion, False, **{"fused": train.fused_optimizer, "bare": args.bare_step,
-                                                                        **options})
+        steps[label] = training_step(models[label], diffusion, False, fused=fused)
     models["inference_fast"] = CrysDiffDenoiser(config).eval()
     steps["inference_fast"] = inference_step(models["inference_fast"])
     if not args.skip_reference:
         models["reference"] = CrysDiffDenoiser(config)
-        steps["reference"] = training_step(models["reference"], diffusion, True, bare=args.bare_step)
+        steps["reference"] = training_step(models["reference"], diffusion, True)
     if against is not None:
         models["against"], models["inference_against"] = denoiser_of(against, config), denoiser_of(against, config).eval()
-        steps["against"] = training_step(models["against"], diffusion, False, flat=False, bare=args.bare_step)
+        steps["against"] = training_step(models["against"], diffusion, False)
         steps["inference_against"] = inference_step(models["inference_against"])
     for model in models.values():
-        model.load_state_dict(weights)  # in place: the flat buffers (views of the weights) keep them
+        model.load_state_dict(weights)
     flops = {label: [count_flops(step, batch) for batch in batches] for label, step in steps.items()}
     return steps, flops
 
@@ -353,12 +322,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--against", metavar="REV", help="also time the denoiser of this git revision, interleaved")
     parser.add_argument("--levers", nargs="*", default=[], choices=LEVERS,
-                        help="also time today's fast step with each of these switched (fused: "
-                             "train.fused_optimizer on; flat: train.flat_parameters, the other way from "
-                             "its default), interleaved with the rest")
-    parser.add_argument("--bare-step", action="store_true",
-                        help="time AdamW alone, without the engine's gradient clip and weight EMA (the "
-                             "training step of results files written before the flat buffers)")
+                        help="also time today's fast step with each of these switched on (fused: "
+                             "train.fused_optimizer), interleaved with the rest")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--matmul-seconds", type=float, default=1.0, help="seconds per product rate")
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the square reference product")
@@ -380,15 +345,10 @@ def main(argv=None) -> int:
         "config": {**config.__dict__},
         "batch_size": args.batch_size,
         "repeats": args.repeats,
-        "train_defaults": {"fused_optimizer": TrainConfig().fused_optimizer,
-                           "flat_parameters": TrainConfig().flat_parameters,
-                           "grad_clip": TrainConfig().grad_clip, "ema_decay": TrainConfig().ema_decay},
-        "training_step": ("AdamW only (--bare-step)" if args.bare_step else
-                          "loss, forward, backward, gradient-norm clip, AdamW, weight EMA update (as the engine)"),
+        "train_defaults": {"fused_optimizer": TrainConfig().fused_optimizer},
         "levers": args.levers,
         "against": args.against and {"revision": args.against, "module": against.__name__,
-                                     "step": "that revision's denoiser, today's loss and engine step "
-                                             "(per-tensor AdamW, clip and EMA, no fused kernel)"},
+                                     "step": "that revision's denoiser, today's loss, AdamW without the fused kernel"},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),

@@ -1,9 +1,7 @@
 """Where a pre-training step's time goes: ``torch.profiler`` over a few full steps (joint-diffusion
-loss, forward, backward, gradient clip, AdamW, weight EMA: the engine's step, see
-``denoiser_speed.training_step``) of the fast path on one batch of real cells, default ``DenoiserConfig``.
+loss, forward, backward, Adam) of the fast path on one batch of real cells, default ``DenoiserConfig``.
 
-    python benchmarks/profile_step.py [--dataset mp2018] [--batch-size 16] [--steps 3] [--top 15] [--threads N]
-        [--fused-adam] [--flat | --no-flat] [--bare-step]
+    python benchmarks/profile_step.py [--dataset mp2018] [--batch-size 16] [--steps 3] [--top 15] [--threads N] [--fused-adam]
 
 Prints the matrix-product FLOPs of a step (``FlopCounterMode``), the operator calls per step (each a kernel launch on the CPU) and the top operators by self
 time. Writes nothing: on a shared machine its times are a smoke-run picture, not a result.
@@ -47,17 +45,13 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--fused-adam", action="store_true", help="Adam's fused kernel (train.fused_optimizer)")
-    parser.add_argument("--flat", action=argparse.BooleanOptionalAction, default=None,
-                        help="train.flat_parameters on or off (default: TrainConfig's default)")
-    parser.add_argument("--bare-step", action="store_true", help="AdamW alone: no gradient clip, no weight EMA")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = collate_crystals(read_csv(DATA / args.dataset / "val.csv.gz", args.batch_size))
     torch.manual_seed(0)
-    step = training_step(CrysDiffDenoiser(DenoiserConfig()), JointDiffusion(DiffusionConfig()), reference=False, fused=args.fused_adam,
-                         flat=args.flat, bare=args.bare_step)
+    step = training_step(CrysDiffDenoiser(DenoiserConfig()), JointDiffusion(DiffusionConfig()), reference=False, fused=args.fused_adam)
     flops = count_flops(step, batch)
     averages = profile_steps(step, batch, args.steps)
     total = sum(e.self_cpu_time_total for e in averages)

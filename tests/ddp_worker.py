@@ -22,8 +22,7 @@ from crysdiff.pretrain import PretrainConfig, PretrainTask
 
 def main(out: Path, data: str) -> None:
     train = TrainConfig(batch_size=2, max_steps=4, accelerator="cpu", devices="2", strategy="ddp", lr=1e-2,
-                        warmup_steps=0, ema_decay=0.0, seed=int(sys.argv[3]) if len(sys.argv) > 3 else 0,
-                        flat_parameters=len(sys.argv) > 4 and sys.argv[4] == "flat")
+                        warmup_steps=0, ema_decay=0.0, seed=int(sys.argv[3]) if len(sys.argv) > 3 else 0)
     config = PretrainConfig(model=DenoiserConfig(hidden_dim=16, num_layers=1, num_frequencies=4, time_dim=8), train=train)
     trainer = make_trainer(train, out, progress=False, has_validation=False)
     rank = trainer.global_rank
@@ -35,8 +34,7 @@ def main(out: Path, data: str) -> None:
                          world_size=trainer.world_size)
     seen = [int(i) for indices in loader.batch_sampler for i in indices]  # this rank's share of epoch 0
     trainer.fit(task, loader)
-    flat_steps = getattr(trainer.optimizers[0], "flat_steps", None)  # train.flat_parameters: FlatAdamW's count
-    torch.save({"rank": rank, "world_size": trainer.world_size, "state_dict": task.model.state_dict(), "flat_steps": flat_steps,
+    torch.save({"rank": rank, "world_size": trainer.world_size, "state_dict": task.model.state_dict(),
                 "initial": initial, "seen": seen, "steps": trainer.global_step}, out / f"rank{rank}.pt")
 
 

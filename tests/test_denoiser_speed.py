@@ -35,13 +35,12 @@ def test_counted_flops_are_positive_and_repeatable(crystals):
 def test_results_json_has_flops_rates_and_ratios_against_a_revision(tmp_path):
     out = tmp_path / "speed.json"
     args = ["--repeats", "2", "--matmul-seconds", "0", "--matmul-size", "32", "--crystals", "4", "--batch-size", "2",
-            "--skip-memory", "--against", "HEAD", "--levers", "fused", "flat", "flat_fused", "--out", str(out),
+            "--skip-memory", "--against", "HEAD", "--levers", "fused", "--out", str(out),
             "--config", *(f"{k}={v}" for k, v in TINY.items())]
     assert bench.main(args) == 0
     results = json.loads(out.read_text())
     assert results["config"]["hidden_dim"] == 16 and results["against"]["revision"] == "HEAD"
-    labels = ("fast", "fast_fused", "fast_flat", "fast_flat_fused", "inference_fast", "reference", "against", "inference_against")
-    assert results["train_defaults"]["flat_parameters"] is False and "EMA" in results["training_step"]
+    labels = ("fast", "fast_fused", "inference_fast", "reference", "against", "inference_against")
     for name in ("mp2018", "perov_5"):
         row = results["datasets"][name]
         assert set(row["matmul"]) == {"edge_mlp", "pair_fourier", "square_32"}
@@ -54,32 +53,8 @@ def test_results_json_has_flops_rates_and_ratios_against_a_revision(tmp_path):
                 assert abs(fraction - step["gflop_per_s"] / row["matmul"][shape]["gflop_per_s"]) < 1e-12
         # the committed revision's denoiser does the same matrix products as today's
         assert row["against"]["flops_per_step"] == row["fast"]["flops_per_step"]
-        assert row["fast_flat"]["flops_per_step"] == row["fast_flat_fused"]["flops_per_step"] == row["fast"]["flops_per_step"]
-        for key in ("speedup", "fast_over_against", "inference_fast_over_against", "fast_fused_over_fast",
-                    "fast_flat_over_fast", "fast_flat_fused_over_fast"):
+        for key in ("speedup", "fast_over_against", "inference_fast_over_against", "fast_fused_over_fast"):
             assert row[key] > 0
-
-
-def test_the_timed_training_step_is_the_engines_with_either_optimiser(crystals):
-    """The benchmark's step clips, steps AdamW and updates the EMA as the engine does; with
-    ``flat=True`` (train.flat_parameters) it trains the same weights, to float rounding."""
-    batch = collate_crystals(crystals)
-    config, diffusion = DenoiserConfig(**TINY), JointDiffusion(DiffusionConfig())
-    torch.manual_seed(0)
-    models = [CrysDiffDenoiser(config) for _ in range(3)]
-    for model in models[1:]:
-        model.load_state_dict(models[0].state_dict())
-    initial = {k: v.clone() for k, v in models[0].state_dict().items()}
-    steps = [bench.training_step(m, diffusion, reference=False, flat=flat, bare=bare)
-             for m, flat, bare in zip(models, (False, True, True), (False, False, True))]
-    for _ in range(3):
-        for step in steps:
-            step(batch)
-    plain, flat, bare = (m.state_dict() for m in models)
-    assert any(not torch.equal(plain[k], initial[k]) for k in plain)
-    for key in plain:
-        torch.testing.assert_close(flat[key], plain[key], rtol=0, atol=1e-6)
-    assert len({p.untyped_storage().data_ptr() for p in models[1].parameters()}) == 1  # flat: one buffer
 
 
 def test_a_revision_loads_beside_todays_code_and_computes_the_same(crystals):
@@ -111,17 +86,3 @@ def test_profile_counts_operator_calls_of_a_step(crystals):
     # the same kernels every step (within 5%: an op whose time rounds to 0 µs is not counted)
     assert calls > 100 and abs(profile_step.leaf_calls(two) - 2 * calls) <= 0.05 * 2 * calls
     assert any(e.key == "aten::mm" for e in one)
-
-
-def test_the_optimiser_tail_benchmark_times_all_four_variants(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(bench.REPO / "benchmarks"))
-    import optimizer_tail
-
-    out = tmp_path / "tail.json"
-    assert optimizer_tail.main(["--repeats", "2", "--steps", "1", "--out", str(out)]) == 0
-    results = json.loads(out.read_text())
-    assert set(results["ms_per_tail"]) == set(optimizer_tail.VARIANTS)
-    assert all(ms > 0 for ms in results["ms_per_tail"].values())
-    assert results["parameter_tensors"] == len(list(CrysDiffDenoiser(DenoiserConfig()).parameters()))

@@ -73,8 +73,7 @@ def _equal(a, b) -> bool:
 
 
 def _command(kind: str, data, out, steps: int) -> list[str]:
-    kind, _, flat = kind.partition("-")  # "finetune-flat": train.flat_parameters=true (crysdiff.flat_adamw)
-    common = [*(["train.flat_parameters=true"] if flat else []), "--data", str(data / "train.csv"), "--val", str(data / "val.csv"), "--out", str(out), "--no-progress",
+    common = ["--data", str(data / "train.csv"), "--val", str(data / "val.csv"), "--out", str(out), "--no-progress",
               "--workers", "1", *TINY, "train.batch_size=4", "train.warmup_steps=2", "train.log_every_steps=1",
               "train.checkpoint_every_steps=1", "train.ema_decay=0.9", "train.lr=3e-3", f"train.max_steps={steps}"]
     if kind == "pretrain":
@@ -100,7 +99,7 @@ def _last(out) -> dict:
     return torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-@pytest.fixture(scope="module", params=["pretrain", "finetune", "finetune-flat"])
+@pytest.fixture(scope="module", params=["pretrain", "finetune"])
 def runs(request, perov_16_6, tmp_path_factory):
     """An uninterrupted run, the same run interrupted at step STOP and resumed, and a fresh run of
     the STEPS - STOP steps that remained (all with the same seed)."""

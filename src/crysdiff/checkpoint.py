@@ -59,13 +59,6 @@ def read_plain(path: str | Path):
                                 f"({type(error).__name__}{': ' + detail if detail else ''})") from None
 
 
-def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor``, copied when it is a view into a larger buffer (``train.flat_parameters``): each tensor
-    of a saved ``state_dict`` is stored on its own, whatever the training kept its weights in."""
-    whole = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
-    return tensor if whole and tensor.storage_offset() == 0 else tensor.clone()
-
-
 def save_checkpoint(path: str | Path, *, kind: str, config: dict, state_dict: dict, **extra: Any) -> Path:
     from crysdiff import __version__
 
@@ -79,7 +72,7 @@ def save_checkpoint(path: str | Path, *, kind: str, config: dict, state_dict: di
         "crysdiff_version": __version__,
         "kind": kind,
         "config": config,
-        "state_dict": {k: _own_storage(v.detach().cpu()) for k, v in state_dict.items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
     for key, value in extra.items():
         payload[key] = value

@@ -61,12 +61,6 @@ class TrainConfig:
             docs/method.md); the same update up to float rounding. Falls back to the plain AdamW with
             a warning where torch has no fused kernel for the parameters' device or dtype. Off by
             default until it is measured on a quiet machine (issue 26).
-        flat_parameters: AdamW, the gradient-norm clip and the weight EMA over one flat buffer each
-            (:mod:`crysdiff.flat_adamw`): a few kernels per step over all parameters instead of about a
-            dozen per parameter tensor; the same update per element (the clip's total norm equal up to
-            float rounding), the same checkpoints (state_dict keys and shapes), so runs resume across
-            the setting. The clip then runs inside the optimiser, not through Lightning's
-            ``gradient_clip_val``. See docs/training.md for the measurement.
         max_epochs, max_steps, max_time_minutes: stop at whichever comes first (``0`` = no limit).
         grad_clip: gradient norm clip (``0`` = off).
         ema_decay: decay of the exponential moving average of the weights (``0`` = off). Validation,
@@ -97,7 +91,6 @@ class TrainConfig:
     max_time_minutes: float = 0.0
     anneal_over_time: bool = False
     fused_optimizer: bool = False
-    flat_parameters: bool = False
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 0

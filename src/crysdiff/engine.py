@@ -24,7 +24,7 @@ from crysdiff.notices import warn_once
 from crysdiff.runlog import keep_earlier_log, plot_curves, read_metrics, run_loggers
 
 __all__ = ["make_trainer", "configure_adamw", "plot_curves", "last_checkpoint", "resolve_precision", "ema_callback",
-           "averaged_model", "RandomState", "planned_steps", "read_metrics"]
+           "RandomState", "planned_steps", "read_metrics"]
 
 
 def _timer_progress(module, budget_seconds: float) -> float:
@@ -40,21 +40,14 @@ def _timer_progress(module, budget_seconds: float) -> float:
 
 
 def _adamw(params, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with ``config``'s settings; fused (``config.fused_optimizer``) where torch supports it; over
-    one flat buffer, with the gradient clip inside (``config.flat_parameters``, :mod:`crysdiff.flat_adamw`)."""
+    """AdamW with ``config``'s settings; fused (``config.fused_optimizer``) where torch supports it."""
     params = list(params)
-    if config.flat_parameters:
-        from crysdiff.flat_adamw import FlatAdamW
-
-        optimizer, kwargs = FlatAdamW, {"max_grad_norm": config.grad_clip if config.grad_clip > 0 else 0.0}
-    else:
-        optimizer, kwargs = torch.optim.AdamW, {}
     if config.fused_optimizer:
         try:
-            return optimizer(params, lr=config.lr, weight_decay=config.weight_decay, fused=True, **kwargs)
+            return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
         except (RuntimeError, ValueError) as error:  # no fused kernel for this device or dtype
             warn_once(f"train.fused_optimizer: {error}; using the plain AdamW")
-    return optimizer(params, lr=config.lr, weight_decay=config.weight_decay, **kwargs)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def configure_adamw(module: torch.nn.Module, params, config: TrainConfig, total_steps: int):
@@ -101,10 +94,8 @@ def resolve_precision(config: TrainConfig) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def ema_callback(decay: float, flat: bool = False):
-    """Lightning's EMA callback with a warmed-up decay (see ``TrainConfig.ema_decay``), or ``None``.
-    ``flat`` (``TrainConfig.flat_parameters``): the averaged weights live in one buffer and are updated
-    by a few kernels over it (:class:`crysdiff.flat_adamw.FlatEMA`; the same update per element)."""
+def ema_callback(decay: float):
+    """Lightning's EMA callback with a warmed-up decay (see ``TrainConfig.ema_decay``), or ``None``."""
     if not decay:
         return None
     if not 0.0 < decay < 1.0:
@@ -113,12 +104,6 @@ def ema_callback(decay: float, flat: bool = False):
     from lightning.pytorch.trainer.states import TrainerFn
 
     class _EMA(WeightAveraging):
-        def setup(self, trainer, pl_module, stage):
-            if flat and stage == "fit":  # WeightAveraging.setup, with the flat AveragedModel
-                self._average_model = averaged_model(pl_module, decay, flat=True, device=self._device or pl_module.device)
-            else:
-                super().setup(trainer, pl_module, stage)
-
         def on_fit_start(self, trainer, pl_module):
             self._averaged_in = False
             super().on_fit_start(trainer, pl_module)
@@ -147,31 +132,13 @@ def ema_callback(decay: float, flat: bool = False):
             if trainer.state.fn == TrainerFn.FITTING:
                 super().on_validation_epoch_end(trainer, pl_module)
 
-    # buffers (diffusion constants, target statistics) are constants: they are not averaged
-    return _EMA(avg_fn=_ema_update(decay), use_buffers=False)
-
-
-def _ema_update(decay: float):
-    """The per-tensor EMA update with the warmed-up decay, an ``avg_fn`` for ``AveragedModel``."""
-
     def ema(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
         n = float(num_averaged)
         beta = min(decay, (1.0 + n) / (10.0 + n))
         return averaged + (current - averaged) * (1.0 - beta)
 
-    return ema
-
-
-def averaged_model(model: torch.nn.Module, decay: float, flat: bool = False, device=None):
-    """The ``AveragedModel`` the EMA callback keeps of ``model``: Lightning's, updated tensor by tensor, or
-    (``flat``) :class:`crysdiff.flat_adamw.FlatAveragedModel`, the same update over one buffer."""
-    from torch.optim.swa_utils import AveragedModel
-
-    if flat:
-        from crysdiff.flat_adamw import FlatAveragedModel
-
-        return FlatAveragedModel(model, decay, device=device)
-    return AveragedModel(model, device=device, avg_fn=_ema_update(decay), use_buffers=False)
+    # buffers (diffusion constants, target statistics) are constants: they are not averaged
+    return _EMA(avg_fn=ema, use_buffers=False)
 
 
 class RandomState(L.Callback):
@@ -258,7 +225,7 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
         callbacks.append(_checkpoint_class()(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0,
                                          every_n_train_steps=config.checkpoint_every_steps,
                                          enable_version_counter=False))
-    ema = ema_callback(config.ema_decay, flat=config.flat_parameters)
+    ema = ema_callback(config.ema_decay)
     if ema is not None:
         callbacks.append(ema)
     if progress:
@@ -280,8 +247,7 @@ def make_trainer(config: TrainConfig, out_dir: str | Path, *, monitor: str = "va
         max_epochs=config.max_epochs if config.max_epochs > 0 else -1,
         max_steps=config.max_steps if config.max_steps > 0 else -1,
         max_time=max_time,
-        # with flat_parameters the optimiser clips, over its flat gradient (crysdiff.flat_adamw)
-        gradient_clip_val=config.grad_clip if config.grad_clip > 0 and not config.flat_parameters else None,
+        gradient_clip_val=config.grad_clip if config.grad_clip > 0 else None,
         accelerator=config.accelerator,
         devices=devices,
         num_nodes=config.num_nodes,
