@@ -121,7 +121,7 @@ def _card_pretrain_long(path: Path, payload: dict, run: Path | None, chain: list
         stage, "gaussian_learned_longpre")
     title = {"pretrain_canonical": "continued on canonical cells", "pretrain_long2": "pre-trained longer still"}.get(
         stage, "pre-trained for longer")
-    decay = ("cosine decay over its planned steps (the wall clock no limit)" if canonical or not train.get("anneal_over_time")
+    decay = ("cosine decay over its planned steps (no wall-clock cap)" if canonical or not train.get("anneal_over_time")
              else "cosine decay over the wall-clock cap")
     cells = config.get("data", {}).get("cell", {})
     cell_line = (f"\n* **Cells**: every structure reduced to its canonical cell (spglib primitive cell, Niggli-reduced, "
@@ -182,7 +182,14 @@ def _card_finetune(path: Path, payload: dict, run: Path | None, first: dict | No
     second stage whose first stage is not at hand."""
     config, data, normalizer = payload["config"], payload["data"], payload["normalizer"]
     metrics_file = run / "val_metrics.json" if run is not None else Path("/nonexistent")
-    val = json.loads(metrics_file.read_text()).get("val", {}) if metrics_file.is_file() else payload.get("metrics", {})
+    recorded = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    val = recorded.get("val", {}) if recorded else payload.get("metrics", {})
+    holdout = recorded.get("holdout") or payload.get("metrics", {}).get("holdout")
+    init = Path(recorded.get("init", ROOT / "models" / "pretrained_pool.ckpt"))
+    init = init.resolve().relative_to(ROOT) if init.resolve().is_relative_to(ROOT) else init
+    canonical = bool(config.get("data", {}).get("cell", {}).get("canonical"))
+    steps = "finetune_canonical" if run is not None and run.name.endswith("_canonical") else \
+        f"finetune{' continue' if first is not None or continued else ''}"
     scale = normalizer.get("interval_scale")
     calibration = "" if scale is None else (
         f"\n* **Calibrated interval**: fine-tuning fitted a split-conformal scale of {scale:.3f} for the spread on these"
@@ -228,21 +235,31 @@ def _card_finetune(path: Path, payload: dict, run: Path | None, first: dict | No
                           f"{r['shipped']['coverage']:.3f} with the shipped scale, {at[n]['coverage_mean']:.3f} after "
                           f"recalibrating on {n} of them (mean over {recal_results['repeats']} random picks, scored "
                           f"on the rest; median scale {at[n]['scale_median']:.2f}).")
+    held_out = HELD_OUT_NOTE
+    if holdout:
+        held_out = (f"These figures are on the {data['val_count']:,} crystals that also chose the checkpoint and the "
+                    f"interval's scale. **Held out** (the other {data.get('holdout_count', holdout.get('count', 0)):,} "
+                    f"crystals of mp2018/val, a seeded half that chose nothing): MAE {holdout.get('mae', NAN):.4f} {unit}, "
+                    f"RMSE {holdout.get('rmse', NAN):.4f}, 95% coverage {holdout.get('coverage95', NAN):.3f} with the "
+                    f"shipped (calibrated) interval.")
+    cells = ("\n* **Cells**: every structure is reduced to its canonical cell before the network sees it (spglib "
+             "primitive cell, Niggli-reduced, basis fixed by a fingerprint; docs/data.md, \"Canonical cells\"), for "
+             "training and prediction alike: any cell of a crystal gets the same answer." if canonical else "")
     return f"""## `{path.relative_to(ROOT)}`: {normalizer['target']} ({unit})
 
 * **Data**: fine-tuned on `mp2018/train` ({data['train_count']:,} crystals with a value), validated on `mp2018/val`
-  ({data['val_count']:,} crystals); target standardised with mean {normalizer['mean']:.4f} and std {normalizer['std']:.4f} {unit}.{
+  ({data['val_count']:,} crystals{f", {data['holdout_count']:,} more held out" if data.get('holdout_count') else ""}); target standardised with mean {normalizer['mean']:.4f} and std {normalizer['std']:.4f} {unit}.{
   f" Training values are all non-negative, so predicted samples are clipped at {bound:g}." if bound is not None else ""}
-* **Start**: the encoder of `models/pretrained_pool.ckpt`; head `{config['head']['kind']}` with prior `{config['head']['prior']}`.
+* **Start**: the encoder of `{init}`; head `{config['head']['kind']}` with prior `{config['head']['prior']}`.{cells}
 * **Budget**: {budget_line}.
 * **Validation (mp2018/val, S = {config.get('report_samples', 50)} samples, T = {config['property']['timesteps']})**: MAE {val.get('mae', NAN):.4f} {unit},
   RMSE {val.get('rmse', NAN):.4f}, R² {val.get('r2', NAN):.3f}, 95% interval coverage {val.get('coverage95', NAN):.3f} (raw),
   mean predicted std {val.get('mean_std', NAN):.4f} (raw), Pearson correlation of std with |error| {val.get('std_abs_error_corr', NAN):.2f}.
-  {HELD_OUT_NOTE}{calibration}{extra}
+  {held_out}{calibration}{extra}
 * **Curves**: {_curve_stages([first_run, run], normalizer['target'], unit) if first_run else _curve(run, normalizer['target'])}.
 * **Use**: `crysdiff predict --model {path.stem} FILES...` or `crysdiff.load("{path.stem}")`. On another domain,
   `crysdiff calibrate --model {path.stem} --data LABELLED --out NEW.ckpt` refits the interval on labelled crystals from there.{recal}
-* **Reproduce**: `STEPS="finetune{" continue" if first is not None or continued else ""}" bash benchmarks/train_default_models.sh` (from the committed `models/pretrained_pool.ckpt`).
+* **Reproduce**: `STEPS="{steps}" bash benchmarks/train_default_models.sh` (from the committed `{init}`).
 """
 
 

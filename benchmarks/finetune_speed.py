@@ -49,7 +49,9 @@ def finetune_once(source: Path, out: Path, val_csv: Path, steps: int, args) -> d
                "train.batch_size=64", "train.log_every_steps=50", "train.checkpoint_every_steps=0",
                "eval_samples=5", "report_samples=5"]
     start = time.perf_counter()
-    subprocess.run(command, env=env, cwd=source, check=True, capture_output=True)
+    done = subprocess.run(command, env=env, cwd=source, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{source}: crysdiff finetune failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     wall = time.perf_counter() - start
     import torch
 

@@ -219,6 +219,10 @@ def test_predict_cli_and_python_api(finetuned, tmp_path):
     nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     frame = predictor.predict([nacl], samples=10)
     assert len(frame) == 1 and frame["std"].iloc[0] >= 0
+    # a new fine-tuning reports the chain's exact mean (no seed in it) and draws its interval from the
+    # chain's end-point law: another seed moves the interval, not the mean
+    other = predictor.predict([nacl], samples=10, seed=1)
+    assert other["mean"].iloc[0] == frame["mean"].iloc[0] and other["p97.5"].iloc[0] != frame["p97.5"].iloc[0]
 
 
 def test_predict_skips_bad_records_and_fails_when_nothing_is_usable(finetuned, tmp_path, capsys):
