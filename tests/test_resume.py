@@ -155,3 +155,40 @@ def test_the_resumed_run_is_not_a_fresh_run_of_the_remaining_steps(runs):
     assert not _equal(fresh["current_model_state"], resumed["current_model_state"])
     assert not _equal(fresh["state_dict"], resumed["state_dict"])
 
+
+
+class _StopAt(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise Interrupted
+
+
+class _BestProbe(L.Callback):
+    """The best score and path the resumed run's best-checkpoint callback starts with."""
+
+    def on_train_start(self, trainer, module):
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        best = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
+        self.score, self.path = best.best_model_score, best.best_model_path
+
+
+def test_a_resume_through_a_relative_out_keeps_the_best_checkpoint(perov_16_6, tmp_path, monkeypatch):
+    """Lightning restores the best score only when the stored folder is the same string as its own
+    (real, absolute) one. A resume through a relative ``--out`` used to rewrite it to the relative
+    path, so the resumed run forgot its best score and took its next validation as the best,
+    whatever it scored."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):  # stopped in the second epoch, after the first validation
+        _run("finetune", perov_16_6, "run", STEPS, callback=_StopAt(5))
+    saved = _last(out)
+    stored = next(s for s in saved["callbacks"].values() if isinstance(s, dict) and s.get("monitor"))
+    assert stored["best_model_score"] is not None
+    probe = _BestProbe()
+    assert _run("finetune", perov_16_6, "run", STEPS, "--resume", callback=probe) == 0
+    assert probe.score is not None and float(probe.score) == float(stored["best_model_score"])
+    assert probe.path == str((out / "checkpoints" / "best.ckpt").resolve())

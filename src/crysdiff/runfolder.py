@@ -25,7 +25,10 @@ _PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
 def _checkpoint_dir(out_dir: str | Path) -> Path:
-    return Path(out_dir) / "checkpoints"
+    # as Lightning's ModelCheckpoint writes its dirpath (real, absolute): it restores the best score,
+    # the best path and the top k only when the stored dirpath is the same string as its own, so a
+    # relative --out or a folder reached through a link must not read as a moved folder
+    return Path(os.path.realpath(Path(out_dir) / "checkpoints"))
 
 
 def _rebase(path: str, stored_dir: str, here: Path, last: Path) -> str:
