@@ -193,6 +193,22 @@ def test_a_row_cut_off_mid_append_is_not_read(tmp_path):
     assert read_metrics(tmp_path)[1:] == []
 
 
+def test_steps_logged_after_the_last_checkpoint_of_a_killed_segment_are_dropped(tmp_path):
+    """A run checkpointed at step 4, killed at step 7 and resumed logs steps 4-7 twice: once in the
+    dead segment, once in the resumed one. The run's log keeps the resumed rows only, so each step
+    appears once and a curve drawn from it does not double back."""
+    from crysdiff.engine import read_metrics
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics-part1.csv").write_text("step,train/loss\n" + "".join(f"{s},{10 - s}\n" for s in range(4)))
+    (logs / "metrics-part2.csv").write_text("step,train/loss\n" + "".join(f"{s},{5 + s}\n" for s in range(4, 8)))
+    (logs / "metrics.csv").write_text("step,train/loss\n" + "".join(f"{s},{1 / s}\n" for s in range(4, 10)))
+    rows = read_metrics(tmp_path)
+    assert [row["step"] for row in rows] == list(range(10))
+    assert [row["train/loss"] for row in rows[4:]] == [1 / s for s in range(4, 10)]  # the resumed segment's
+
+
 def test_the_training_log_holds_training_and_validation_rows(tmp_path):
     from crysdiff.engine import read_metrics
 

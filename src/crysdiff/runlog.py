@@ -76,13 +76,22 @@ def keep_earlier_log(out_dir: Path) -> None:
 
 def read_metrics(out_dir: str | Path) -> list[dict[str, float]]:
     """Rows of ``OUT/logs/metrics.csv`` with numeric values (empty cells dropped), preceded by those of
-    the logs of earlier, interrupted segments of the run (``metrics-part1.csv``, ...)."""
+    the logs of earlier, interrupted segments of the run (``metrics-part1.csv``, ...).
+
+    A segment killed after its last checkpoint logged steps that the resumed segment trains again;
+    those rows belong to no step of the finished run, so an earlier segment's rows at or after the
+    first step a later segment logged are dropped (the run's log then has each step once)."""
     logs = Path(out_dir) / "logs"
     parts = sorted(logs.glob("metrics-part*.csv"), key=lambda p: int(p.stem.removeprefix("metrics-part") or 0))
     rows = []
     for path in [*parts, logs / "metrics.csv"]:
-        if path.is_file():
-            rows.extend(_read_log(path))
+        if not path.is_file():
+            continue
+        segment = _read_log(path)
+        steps = [row["step"] for row in segment if "step" in row]
+        if steps:
+            rows = [row for row in rows if row.get("step", -1) < min(steps)]
+        rows.extend(segment)
     return rows
 
 
