@@ -29,13 +29,16 @@ crystals would try first, Matbench-style 5-fold cross-validation, in resumable p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,7 +55,7 @@ DATA = ROOT.parent / "shared" / "data"
 KFOLD_SPLITS, KFOLD_SEED = 5, 18012019
 SUBSET_SEED = 0  # label-fraction subsets and the inner validation split
 INNER_VAL_FRACTION = 0.1
-FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+FRACTIONS = (0.1, 0.25, 1.0)  # 50% dropped to fit 12 h (docs/smalldata.md, "Columns and budgets")
 CURVE_TASKS = ("bulk_modulus", "refractive_index")
 PART_LIMIT_MINUTES = 120.0
 QUICK_SIZE = 200  # crystals per task in --quick (a seeded subset)
@@ -92,11 +95,12 @@ TASKS: dict[str, Task] = {
 class Column:
     label: str
     kind: str  # "crysdiff" (the CLI), "protocol" (benchmarks/peers protocol runner), "features" (rf/chgnet runner)
-    neural: bool  # gets the shared wall-clock cap
+    neural: bool  # trained for a step budget under the shared wall-clock safety cap
     command: str = ""  # for peers: the interpreter and runner
     init: str = ""  # crysdiff: the pre-trained checkpoint (relative to the repository)
     venv: str = ""  # the peer's environment (made by its setup script); missing -> the column is skipped
-    per_crystal_seconds: float = 0.0  # features: estimated featurisation cost (once per task)
+    per_crystal_seconds: float = 0.0  # features: measured featurisation cost (once per source, see COSTS)
+    family: str = ""  # features: columns of one family share a feature cache
 
 
 _PEER = "benchmarks/peers"
@@ -105,24 +109,59 @@ COLUMNS: dict[str, Column] = {
     "scratch": Column("same network from scratch", "crysdiff", True),
     "rf": Column("random forest, Magpie + density + symmetry (matminer)", "features", False,
                  f"{_PEER}/.venv-matminer/bin/python {_PEER}/rf_runner.py", venv=f"{_PEER}/.venv-matminer",
-                 per_crystal_seconds=0.06),
+                 per_crystal_seconds=0.06, family="rf"),
     "chgnet_ridge": Column("CHGNet 0.4.2 crystal features + ridge", "features", False,
                            f"{_PEER}/.venv-chgnet/bin/python {_PEER}/chgnet_runner.py --head ridge",
-                           venv=f"{_PEER}/.venv-chgnet", per_crystal_seconds=0.15),
+                           venv=f"{_PEER}/.venv-chgnet", per_crystal_seconds=0.15, family="chgnet"),
     "chgnet_mlp": Column("CHGNet 0.4.2 crystal features + MLP", "features", False,
                          f"{_PEER}/.venv-chgnet/bin/python {_PEER}/chgnet_runner.py --head mlp",
-                         venv=f"{_PEER}/.venv-chgnet", per_crystal_seconds=0.15),
+                         venv=f"{_PEER}/.venv-chgnet", per_crystal_seconds=0.15, family="chgnet"),
     "cgcnn": Column("CGCNN-style", "protocol", True, f"{sys.executable} -m benchmarks.peers.train_cgcnn"),
     "alignn": Column("ALIGNN (2+2 layers, width 64)", "protocol", True,
                      ".venv-alignn/bin/python benchmarks/peers/alignn_runner.py", venv=".venv-alignn"),
 }
-BUDGET_MINUTES = 4.0  # wall-clock cap per neural fold at 100% of the labels (safety limit for crysdiff)
-QUICK_BUDGET_MINUTES = 0.3
-MIN_BUDGET_MINUTES = 1.0  # smaller fractions get fraction * budget, at least this (quick: the quick budget)
-CRYSDIFF_EPOCHS = 60  # crysdiff's budget: epochs, best validation MAE kept; the cap above stops it earlier if slow
-QUICK_EPOCHS = 3
-OVERHEAD_MINUTES = {"crysdiff": 1.0, "protocol": 0.7, "features": 0.3}
-QUICK_OVERHEAD_MINUTES = 0.3
+
+# Budgets (issue 27: budgets that mean the same on every machine). Every neural column (crysdiff, the
+# scratch network, CGCNN, ALIGNN) trains for the same number of optimiser steps at batch 64:
+# EPOCHS passes over the fold's training crystals, at least MIN_STEPS (the small label fractions),
+# with a linear warm-up over the first tenth of the steps (at most WARMUP_STEPS), a cosine decay over
+# the steps, VALIDATIONS evenly spaced validations on the inner validation split plus one at the
+# end, and the weights of the best validation MAE kept (early stopping by selection). CAP_MINUTES is
+# only a wall-clock safety limit per fold; a fold it stops is marked (`training.stopped_by_cap`).
+BATCH = 64
+EPOCHS = 8
+MIN_STEPS = 100
+WARMUP_STEPS = 100
+VALIDATIONS = 10
+CAP_MINUTES = 15.0
+QUICK_EPOCHS, QUICK_MIN_STEPS, QUICK_CAP_MINUTES = 2, 6, 2.0
+
+# Measured cost on this 2-core machine, LOADED (core 1, one thread, nice 15, sharing core 1 with other
+# jobs at load average 7-9; 2026-12-02, fold 0 at all the labels; see docs/smalldata.md): seconds per
+# training step at batch 64 (validation once per epoch included) and seconds per job outside the
+# training loop (reading, graphs or caches, final validation and calibration, test prediction,
+# the runner's imports where it is a subprocess). Shear modulus and band gap share the crystals of
+# bulk modulus and refractive index. An idle machine is faster; --list scales nothing.
+STEP_SECONDS = {
+    "crysdiff": {"bulk_modulus": 0.76, "refractive_index": 0.46, "perov5_heat": 0.21, "formation_energy": 0.57},
+    "cgcnn": {"bulk_modulus": 0.58, "refractive_index": 0.22, "perov5_heat": 0.10, "formation_energy": 0.43},
+    "alignn": {"bulk_modulus": 1.53, "refractive_index": 0.94, "perov5_heat": 1.01, "formation_energy": 1.26},
+}
+JOB_SECONDS = {  # per job outside training; features: per job, featurisation counted apart
+    "crysdiff": {"bulk_modulus": 45, "refractive_index": 25, "perov5_heat": 60, "formation_energy": 40},
+    "cgcnn": {"bulk_modulus": 15, "refractive_index": 5, "perov5_heat": 20, "formation_energy": 12},
+    "alignn": {"bulk_modulus": 56, "refractive_index": 10, "perov5_heat": 45, "formation_energy": 36},
+    "features": {"bulk_modulus": 30, "refractive_index": 25, "perov5_heat": 40, "formation_energy": 30},
+}
+QUICK_JOB_SECONDS = {"crysdiff": 20, "cgcnn": 8, "alignn": 25, "features": 25}
+_SAME_CRYSTALS = {"shear_modulus": "bulk_modulus", "band_gap": "refractive_index"}
+
+
+def _cost(table: dict, column: str, task: str) -> float:
+    key = "crysdiff" if COLUMNS[column].kind == "crysdiff" else column if column in table else COLUMNS[column].kind
+    row = table[key]
+    task = _SAME_CRYSTALS.get(task, task)
+    return row[task] if isinstance(row, dict) and task in row else max(row.values()) if isinstance(row, dict) else row
 
 
 # --- where things go -------------------------------------------------------------------------------
@@ -256,24 +295,35 @@ class Job:
     column: str
     label_fraction: float
     fold: int
-    budget_minutes: float  # the neural columns' wall-clock cap; 0 for the feature columns
+    budget_minutes: float  # the neural columns' wall-clock safety cap; 0 for the feature columns
+    steps: int = 0  # the neural columns' step budget; 0 for the feature columns
+    train_count: int = 0  # crystals in the fold's training part (the inner validation split excluded)
 
     @property
     def job_id(self) -> str:
         return f"{self.task}.{self.column}.lf{self.label_fraction:g}.f{self.fold}"
 
+    @property
+    def validate_every(self) -> int:
+        return max(1, math.ceil(self.steps / VALIDATIONS))
 
-def budget(fraction: float, quick: bool, minutes: float | None = None) -> float:
-    if quick:
-        return minutes or QUICK_BUDGET_MINUTES
-    full = minutes or BUDGET_MINUTES
-    return full if fraction >= 1 else max(MIN_BUDGET_MINUTES, round(full * fraction, 2))
+    @property
+    def warmup(self) -> int:
+        return min(WARMUP_STEPS, max(1, math.ceil(0.1 * self.steps)))
+
+
+def step_budget(train_count: int, quick: bool = False, epochs: int | None = None) -> int:
+    """Optimiser steps of a neural fold: ``epochs`` passes over ``train_count`` crystals at batch 64,
+    at least the minimum (``EPOCHS`` / ``MIN_STEPS``, or their quick values)."""
+    epochs = epochs or (QUICK_EPOCHS if quick else EPOCHS)
+    return max(QUICK_MIN_STEPS if quick else MIN_STEPS, epochs * math.ceil(train_count / BATCH))
 
 
 def make_jobs(*, quick: bool = False, tasks=None, columns=None, folds=None, fractions=None,
-              budget_minutes: float | None = None) -> list[Job]:
+              budget_minutes: float | None = None, epochs: int | None = None) -> list[Job]:
     """Every selected job, grouped by column then task (a column's jobs share its environment)."""
     jobs = []
+    cap = budget_minutes or (QUICK_CAP_MINUTES if quick else CAP_MINUTES)
     for column in columns or COLUMNS:
         for task in tasks or TASKS:
             task_fractions = (QUICK_FRACTIONS if quick else FRACTIONS) if task in CURVE_TASKS else (1.0,)
@@ -281,8 +331,10 @@ def make_jobs(*, quick: bool = False, tasks=None, columns=None, folds=None, frac
                 if fractions and not any(math.isclose(fraction, f) for f in fractions):
                     continue
                 for fold in folds if folds is not None else (QUICK_FOLDS if quick else range(KFOLD_SPLITS)):
-                    minutes = budget(fraction, quick, budget_minutes) if COLUMNS[column].neural else 0.0
-                    jobs.append(Job(task, column, fraction, int(fold), minutes))
+                    count = len(fold_positions(task_size(task, quick), int(fold), fraction)["train"])
+                    neural = COLUMNS[column].neural
+                    jobs.append(Job(task, column, fraction, int(fold), cap if neural else 0.0,
+                                    step_budget(count, quick, epochs) if neural else 0, count))
     return jobs
 
 
@@ -294,14 +346,26 @@ def task_size(task: str, quick: bool) -> int:
     return min(QUICK_SIZE, size) if quick else size
 
 
+def feature_source(task: str) -> str:
+    """The name of the task's crystals (its sources): feature columns featurise each source once."""
+    return "+".join(TASKS[task].sources).replace("/", "_")
+
+
 def estimate_minutes(job: Job, quick: bool = False) -> float:
+    """Estimated minutes of a job on this machine, loaded (:data:`STEP_SECONDS`, :data:`JOB_SECONDS`)."""
     column = COLUMNS[job.column]
-    overhead = QUICK_OVERHEAD_MINUTES if quick else OVERHEAD_MINUTES[column.kind]
+    if quick:
+        overhead = QUICK_JOB_SECONDS[column.kind if column.kind != "protocol" else job.column]
+    else:
+        overhead = _cost(JOB_SECONDS, job.column, job.task)
     if column.neural:
-        return job.budget_minutes + overhead
-    # featurisation once per task (fold 0 at 100% pays it), then a fit
-    first = job.fold == 0 and job.label_fraction >= 1
-    return overhead + (column.per_crystal_seconds * task_size(job.task, quick) / 60 if first else 0.0)
+        train = job.steps * _cost(STEP_SECONDS, job.column, job.task)
+        return min(60 * job.budget_minutes, train) / 60 + overhead / 60
+    # featurisation once per source (the first job of the source: fold 0 at 100% of its first task)
+    first = job.fold == min(QUICK_FOLDS if quick else range(KFOLD_SPLITS)) and job.label_fraction >= 1 and \
+        next(t for t in TASKS if feature_source(t) == feature_source(job.task)) == job.task and \
+        next(c for c in COLUMNS if COLUMNS[c].family == column.family) == job.column
+    return (overhead + (column.per_crystal_seconds * task_size(job.task, quick) if first else 0.0)) / 60
 
 
 def parts(jobs: list[Job], quick: bool = False) -> dict[str, list[Job]]:
@@ -347,21 +411,25 @@ def supersede(layout: Layout, jobs: list[Job], stamp: str | None = None) -> int:
 
 
 def job_commands(layout: Layout, job: Job, resume: bool = False) -> list[list[str]]:
-    """The command lines of one job (each writes ``RUN/test_predictions.csv`` with ``id, mean[, std,
-    p2.5, p97.5]``); crysdiff's prediction is made in-process (:func:`crysdiff.load`) and recorded as
-    the ``crysdiff predict`` line that does the same."""
+    """The command lines of one job (the last writes ``RUN/test_predictions.csv`` with ``id, mean[,
+    std, p2.5, p97.5]``). crysdiff's and CGCNN's training run in-process (:func:`_run`, the same
+    ``main`` as the command line, without paying the imports per job); crysdiff's prediction is made
+    in-process (:func:`crysdiff.load`) and recorded as the ``crysdiff predict`` line that does the
+    same. ALIGNN's split is exported in-process (``benchmarks.peers.export_split``) and its runner
+    reads it (``--exported``)."""
     task, column = TASKS[job.task], COLUMNS[job.column]
     fold = layout.fold_dir(job.task, job.label_fraction, job.fold)
     run = layout.run_dir(job)
     parts_ = {p: str(fold / f"{p}.extxyz") for p in ("train", "val", "test")}
+    steps = [f"train.max_steps={job.steps}", f"train.warmup_steps={job.warmup}",
+             f"train.val_every_steps={job.validate_every}"] if column.neural else []
     if column.kind == "crysdiff":
         command = [sys.executable, "-m", "crysdiff", "finetune"]
         if column.init:
             command += ["--init", str(ROOT / column.init)]
-        epochs = QUICK_EPOCHS if layout.quick else CRYSDIFF_EPOCHS
         command += ["--data", parts_["train"], "--val", parts_["val"], "--target", task.target, "--seed", str(job.fold),
                     "--out", str(run), "--no-progress", *(["--resume"] if resume else []),
-                    f"train.max_epochs={epochs}", f"train.max_time_minutes={job.budget_minutes:g}",
+                    "train.max_epochs=0", *steps, f"train.max_time_minutes={job.budget_minutes:g}",
                     "train.checkpoint_every_steps=100"]
         predict = [sys.executable, "-m", "crysdiff", "predict", "--model", str(run / "model.ckpt"), parts_["test"],
                    "--samples", "100", "--seed", str(job.fold), "--out", str(run / "test_predictions.csv")]
@@ -369,21 +437,72 @@ def job_commands(layout: Layout, job: Job, resume: bool = False) -> list[list[st
     common = ["--train", parts_["train"], "--val", parts_["val"], "--test", parts_["test"], "--target", task.target,
               "--seed", str(job.fold), "--out", str(run)]
     if column.kind == "protocol":
-        return [[*shlex.split(column.command), *common, "--minutes", f"{job.budget_minutes:g}"]]
-    cache = layout.runs / "features" / job.column.split("_")[0] / f"{job.task}.json"
-    return [[*shlex.split(column.command), *common, "--features", str(cache)]]
+        runner = [*shlex.split(column.command), *common, "--minutes", f"{job.budget_minutes:g}", "--threads", "1"]
+        if job.column == "alignn":
+            export = [sys.executable, "-m", "benchmarks.peers.export_split", *common[:8], "--out", str(run / "data"),
+                      "--seed", str(job.fold)]
+            return [export, [*runner, "--exported", str(run / "data"), *steps[:2]]]
+        return [[*runner, *steps]]
+    cache = layout.runs / "features" / column.family / f"{feature_source(job.task)}.json"
+    return [[*shlex.split(column.command), *common, "--features", str(cache), "--threads", "1"]]
+
+
+IN_PROCESS = {"crysdiff": "crysdiff.cli", "benchmarks.peers.train_cgcnn": "benchmarks.peers.train_cgcnn",
+              "benchmarks.peers.export_split": "benchmarks.peers.export_split"}
+
+
+@contextlib.contextmanager
+def _output_to(log: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to ``log`` meanwhile."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log, "a") as handle:
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
+            try:  # and Python's own streams, wherever they point (pytest replaces them)
+                with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                    yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
 
 
 def _run(command: list[str], log: Path) -> float:
+    """Run one command line (``python -m M`` of :data:`IN_PROCESS` as ``M.main(argv)`` in this process,
+    anything else as a subprocess), its output appended to ``log``; raises if it fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log, "a") as handle:
         handle.write(f"$ {shown(command)}\n")
-        handle.flush()
-        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
-    if done.returncode:
+    if command[:2] == [sys.executable, "-m"] and command[2] in IN_PROCESS:
+        import gc
+        import importlib
+
+        main_ = importlib.import_module(IN_PROCESS[command[2]]).main
+        code: object = 0
+        with _output_to(log):
+            try:
+                code = main_(command[3:])
+            except SystemExit as stop:
+                code = stop.code
+            except Exception:  # noqa: BLE001 - reported below with the log's tail, like a failed subprocess
+                traceback.print_exc()
+                code = 1
+        gc.collect()
+        returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    else:
+        with open(log, "a") as handle:
+            returncode = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-12:])
-        raise RuntimeError(f"{shown(command)} exited with {done.returncode}; end of {log}:\n{tail}")
+        raise RuntimeError(f"{shown(command)} exited with {returncode}; end of {log}:\n{tail}")
     return time.perf_counter() - started
 
 
@@ -396,6 +515,13 @@ def scores(frame, labels: dict[str, float], task: Task) -> dict:
         out["mae_log10"] = out["mae"]
         out["mae_unit"] = float(np.mean(np.abs(10 ** frame["mean"].to_numpy(float) - 10 ** y)))
     return out
+
+
+def _crysdiff_training(checkpoint: Path) -> dict:
+    """Steps, epochs and seconds of the fine-tuning that wrote ``checkpoint``."""
+    from crysdiff.checkpoint import load_checkpoint
+
+    return dict(load_checkpoint(checkpoint).get("training", {}))
 
 
 def run_job(layout: Layout, job: Job, invocation: str = "") -> str:
@@ -417,20 +543,29 @@ def run_job(layout: Layout, job: Job, invocation: str = "") -> str:
         frame = crysdiff.load(run / "model.ckpt", device="cpu").predict([commands[1][6]], samples=100, seed=job.fold)
         seconds["predict"] = time.perf_counter() - started
         frame.to_csv(run / "test_predictions.csv", index=False)
+        training = _crysdiff_training(run / "model.ckpt")
     else:
         import pandas as pd
 
-        seconds["peer"] = _run(commands[0], run / "job.log")
+        seconds["peer"] = sum(_run(command, run / "job.log") for command in commands)
         frame = pd.read_csv(run / "test_predictions.csv", dtype={"id": str})
+        training = {}
     split = json.loads((fold / "split.json").read_text())
     metrics = scores(frame, dict(zip(split["parts"]["test"]["ids"], split["parts"]["test"]["y"])), task)
     peer = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    if column.neural:
+        made = training.get("steps", peer.get("settings", {}).get("steps"))
+        training = {"planned_steps": job.steps, "steps": made, "cap_minutes": job.budget_minutes,
+                    "stopped_by_cap": made is not None and made < job.steps,
+                    "epochs": training.get("epochs", peer.get("settings", {}).get("epochs",
+                                                                                 peer.get("settings", {}).get("epochs_completed"))),
+                    "seconds": training.get("seconds", peer.get("seconds", {}).get("train"))}
     payload = {"schema": SCHEMA, **asdict(job), "job_id": job.job_id, "quick": layout.quick, "target": task.target,
                "unit": "log10 " + task.unit if task.log10 else task.unit, "task_unit": task.unit,
                "task_label": task.label, "column_label": column.label,
                "counts": {p: v["count"] for p, v in split["parts"].items()},
                "protocol": {k: split[k] for k in ("kfold", "subset_seed", "inner_val_fraction")},
-               "test": metrics, "seconds": {**seconds, "total": sum(seconds.values())},
+               "test": metrics, "training": training, "seconds": {**seconds, "total": sum(seconds.values())},
                "peer_seconds": peer.get("seconds", {}), "settings": peer.get("settings", {}),
                "commands": [shown(c) for c in commands], "git_commit": git_commit(), "machine": machine(),
                "invocation": invocation,
@@ -457,10 +592,13 @@ def _print_list(layout: Layout, table: dict[str, list[Job]], quick: bool) -> Non
         done = sum(s == "done" for s in states)
         print(f"{name}: {len(jobs)} jobs, ~{minutes:.0f} min, {done} done")
         for job, state in zip(jobs, states):
-            cap = f"cap {job.budget_minutes:g} min" if job.budget_minutes else "no cap"
-            print(f"  {job.job_id:45s} {cap:14s} ~{estimate_minutes(job, quick):5.1f} min  {state}")
+            budget_ = f"{job.steps} steps, cap {job.budget_minutes:g} min" if job.steps else "no cap"
+            print(f"  {job.job_id:45s} {budget_:24s} ~{estimate_minutes(job, quick):5.1f} min  {state}")
+    epochs, least = (QUICK_EPOCHS, QUICK_MIN_STEPS) if quick else (EPOCHS, MIN_STEPS)
     print(f"total: {sum(map(len, table.values()))} jobs in {len(table)} parts, estimated {total:.0f} min "
-          f"({total / 60:.1f} h) on the 2-core CPU")
+          f"({total / 60:.1f} h) on this 2-core CPU, loaded (measured costs: STEP_SECONDS, JOB_SECONDS); "
+          f"neural budget {epochs} epochs at batch {BATCH}, at least {least} steps, safety cap "
+          f"{QUICK_CAP_MINUTES if quick else CAP_MINUTES:g} min per fold")
 
 
 def main(argv=None) -> int:
@@ -474,7 +612,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", choices=list(COLUMNS), default=None)
     parser.add_argument("--folds", nargs="+", type=int, choices=range(KFOLD_SPLITS), default=None)
     parser.add_argument("--fractions", nargs="+", type=float, default=None)
-    parser.add_argument("--budget-minutes", type=float, default=None, help="neural columns' cap at 100%% labels")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="neural columns' wall-clock safety cap per fold (default: CAP_MINUTES)")
+    parser.add_argument("--epochs", type=int, default=None, help="neural columns' step budget in epochs (default: EPOCHS)")
     parser.add_argument("--rerun", action="store_true", help="move the selected jobs' results aside and run again")
     parser.add_argument("--report", action="store_true", help="write docs/smalldata.md and its figure")
     raw = list(sys.argv[1:] if argv is None else argv)
@@ -487,7 +627,7 @@ def main(argv=None) -> int:
             print(line)
         return 0
     jobs = make_jobs(quick=args.quick, tasks=args.tasks, columns=args.models, folds=args.folds,
-                     fractions=args.fractions, budget_minutes=args.budget_minutes)
+                     fractions=args.fractions, budget_minutes=args.budget_minutes, epochs=args.epochs)
     table = parts(jobs, args.quick)
     if args.part:
         unknown = [p for p in args.part if p not in table]

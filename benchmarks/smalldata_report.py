@@ -39,6 +39,8 @@ def summarise(results: list[dict]) -> dict[tuple[str, float, str], dict]:
     for key, rows in groups.items():
         out[key] = {name: _mean_std([r["test"].get(name) for r in rows]) for name in ("mae", "mae_unit", "coverage95")}
         out[key]["seconds"] = _mean_std([r["seconds"].get("total") for r in rows])
+        out[key]["steps"] = _mean_std([(r.get("training") or {}).get("steps") for r in rows])
+        out[key]["capped"] = sum(bool((r.get("training") or {}).get("stopped_by_cap")) for r in rows)
         out[key]["rows"] = rows
     return out
 
@@ -61,7 +63,7 @@ def task_tables(summary: dict) -> list[str]:
             continue
         unit = f"log10 {task.unit}" if task.log10 else task.unit or "unitless"
         head = ["column", f"test MAE ({unit})"] + ([f"MAE ({task.unit})"] if task.log10 else []) + \
-               ["95% coverage", "folds", "s per fold"]
+               ["95% coverage", "folds", "steps per fold", "s per fold"]
         lines += [f"### {task.label}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         best = min(summary[(task_name, 1.0, c)]["mae"][0] for c in present)
         for c in present:
@@ -69,7 +71,9 @@ def task_tables(summary: dict) -> list[str]:
             mae = _cell(s["mae"])
             cells = [COLUMNS[c].label, f"**{mae}**" if s["mae"][0] == best else mae]
             cells += [_cell(s["mae_unit"])] if task.log10 else []
-            cells += [_cell(s["coverage95"], 3), str(s["mae"][2]), f"{s['seconds'][0]:.0f}"]
+            steps = f"{s['steps'][0]:.0f}" if s["steps"][2] else "–"
+            steps += f" ({s['capped']} stopped by the cap)" if s["capped"] else ""
+            cells += [_cell(s["coverage95"], 3), str(s["mae"][2]), steps, f"{s['seconds'][0]:.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -112,25 +116,30 @@ def protocol_lines(quick: bool) -> list[str]:
     """The columns, budgets and hyper-parameter policy, from the constants the run uses."""
     from benchmarks import smalldata as sd
 
-    cap = sd.QUICK_BUDGET_MINUTES if quick else sd.BUDGET_MINUTES
-    epochs = sd.QUICK_EPOCHS if quick else sd.CRYSDIFF_EPOCHS
+    cap = sd.QUICK_CAP_MINUTES if quick else sd.CAP_MINUTES
+    epochs, least = (sd.QUICK_EPOCHS, sd.QUICK_MIN_STEPS) if quick else (sd.EPOCHS, sd.MIN_STEPS)
     return [
         "## Columns and budgets", "",
-        f"* crysdiff: `crysdiff finetune --init {sd.COLUMNS['crysdiff'].init}` with the default head, "
-        f"`train.max_epochs={epochs}`, the weights with the best inner-validation MAE kept (early stopping "
-        f"by selection), `train.max_time_minutes={cap:g}` as the safety cap; the test is predicted with the "
-        "calibrated 95% interval a user gets (`crysdiff predict`, 100 samples). The same network from "
-        "scratch: the same command without `--init`.",
-        f"* CGCNN-style and ALIGNN (`benchmarks/peers/`): the same inner validation split, a wall-clock "
-        f"budget of {cap:g} min per fold at all the labels"
-        + ("" if quick else f" (fraction × {cap:g} min, at least {sd.MIN_BUDGET_MINUTES:g} min, on smaller fractions)")
-        + ", best validation weights kept.",
+        f"* **Budget of every neural column** (crysdiff, the scratch network, CGCNN, ALIGNN): the same number "
+        f"of optimiser steps at batch {sd.BATCH}, {epochs} passes over the fold's training crystals and at "
+        f"least {least} steps (the small label fractions), so the budget does not depend on the machine's "
+        f"speed (issue 27); a linear warm-up over the first tenth of the steps (at most {sd.WARMUP_STEPS}), a "
+        f"cosine decay over the steps, {sd.VALIDATIONS} evenly spaced validations on the inner validation "
+        "split plus one at the end, and the weights with the best validation MAE kept (early stopping by "
+        f"selection). A wall-clock **safety cap of {cap:g} min per fold** stops a run that is far slower "
+        "than planned; the results file records the steps made (`training.steps`, `training.stopped_by_cap`).",
+        f"* crysdiff: `crysdiff finetune --init {sd.COLUMNS['crysdiff'].init}` with the default head and "
+        "learning rate; the test is predicted with the calibrated 95% interval a user gets (`crysdiff "
+        "predict`, 100 samples). The same network from scratch: the same command without `--init`.",
+        "* CGCNN-style and ALIGNN (`benchmarks/peers/`): their own settings (AdamW 1e-3, L1 on the "
+        "standardised target), the step budget above (`train.max_steps`).",
         "* Random forest (`benchmarks/peers/rf_runner.py`): matminer Magpie ElementProperty + DensityFeatures + "
         "GlobalSymmetryFeatures, scikit-learn `RandomForestRegressor` with fixed hyper-parameters (500 trees, "
         "otherwise defaults; not tuned), fitted on the training + inner-validation crystals; no time cap.",
         "* CHGNet 0.4.2 crystal features (`benchmarks/peers/chgnet_runner.py`): `RidgeCV` (alpha by "
         "leave-one-out inside the training crystals) and a (128, 64) `MLPRegressor` (L2 strength chosen on "
-        "the inner validation split); no time cap.",
+        "the inner validation split); no time cap. Each crystal is featurised once per source (the moduli "
+        "share `mp_elastic`'s features, refractive index and band gap those of `dielectric_constant`).",
         "* The pre-training pool of the crysdiff checkpoints holds the structures (not the labels) of every "
         "set in `../shared/data`, test folds included, as unsupervised pre-training allows.", ""]
 
@@ -144,6 +153,12 @@ def render(results: list[dict], figure: str | None, quick: bool) -> str:
              f" (commits {', '.join(commits)}). Protocol: `benchmarks/smalldata.py` (5-fold "
              "`KFold(shuffle=True, random_state=18012019)`, inner validation split for early stopping and "
              "selection, moduli learnt as log10 GPa).", ""]
+    machines = sorted({f"{(r.get('machine') or {}).get('cpu', '?')}, {(r.get('machine') or {}).get('cores', '?')} cores"
+                       for r in results})
+    lines += [f"Machine{'s' if len(machines) > 1 else ''} of these results (from the results files): "
+              + "; ".join(machines) + (" (**mixed: compare the seconds only within one machine type**; "
+                                        "the step budgets do not depend on it)" if len(machines) > 1 else "")
+              + ".", ""]
     if quick:
         lines += ["> **This is a `--quick` smoke run, not the benchmark**: 200 crystals per task, fold 0 only, "
                   "budgets of seconds. It shows that the pipeline runs end to end; its MAEs say nothing "

@@ -45,7 +45,7 @@ def toy(tmp_path, monkeypatch):
     script = tmp_path / "mean_peer.py"
     script.write_text(MEAN_PEER.format(root=str(smalldata.ROOT)))
     monkeypatch.setattr(smalldata, "COLUMNS", {
-        "mean": Column("mean", "features", False, f"{sys.executable} {script}"),
+        "mean": Column("mean", "features", False, f"{sys.executable} {script}", family="mean"),
         "crysdiff": smalldata.COLUMNS["crysdiff"], "cgcnn": smalldata.COLUMNS["cgcnn"]})
     monkeypatch.setattr(smalldata, "DATA", data)
     layout = Layout(False, tmp_path / "results", tmp_path / "runs")
@@ -85,7 +85,8 @@ def test_label_fractions_nested_seeded_and_inside_the_training_fold():
 
 
 def test_every_column_reads_the_same_fold_files(toy):
-    job = {c: Job("toy", c, 1.0, 2, 1.0 if smalldata.COLUMNS[c].neural else 0.0) for c in smalldata.COLUMNS}
+    job = {c: Job("toy", c, 1.0, 2, 1.0 if smalldata.COLUMNS[c].neural else 0.0, 40 if smalldata.COLUMNS[c].neural else 0)
+           for c in smalldata.COLUMNS}
     folder = toy.fold_dir("toy", 1.0, 2)
     for column, j in job.items():
         words = " ".join(w for c in smalldata.job_commands(toy, j) for w in c)
@@ -127,7 +128,7 @@ def test_done_fold_is_skipped_and_rerun_moves_it_aside(toy, monkeypatch, capsys)
     assert len(list((toy.runs / "superseded").glob("*/results/toy.mean.lf1.f0.json"))) == 1
     assert (toy.results / "toy.mean.lf1.f1.json").read_text() == "{}"  # not selected: untouched
     # the feature cache holds every crystal once (fold 0's train, val and test are all 23)
-    cache = json.loads((toy.runs / "features" / "mean" / "toy.json").read_text())
+    cache = json.loads((toy.runs / "features" / "mean" / "toy.extxyz.json").read_text())
     assert len(cache["rows"]) == 23
 
 
@@ -169,3 +170,67 @@ def test_table_generator_on_fixture_results(tmp_path):
 
     png = fraction_figure(summary, tmp_path / "f.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_neural_columns_share_one_step_budget_and_the_cap_is_a_safety_limit():
+    """Every neural column trains for the same optimiser steps (EPOCHS passes at batch 64, at least
+    MIN_STEPS) with the same warm-up and validation spacing; the wall-clock cap is passed as a cap."""
+    jobs = [j for j in smalldata.make_jobs(folds=[0]) if smalldata.COLUMNS[j.column].neural]
+    layout = Layout(False, smalldata.ROOT / "nowhere" / "results", smalldata.ROOT / "nowhere" / "runs")
+    by_task = {}
+    for job in jobs:
+        words = [w for c in smalldata.job_commands(layout, job) for w in c]
+        assert f"train.max_steps={job.steps}" in words, job.job_id
+        assert f"train.warmup_steps={job.warmup}" in words, job.job_id
+        if job.column != "alignn":  # ALIGNN validates every tenth of its max_steps itself
+            assert f"train.val_every_steps={job.validate_every}" in words, job.job_id
+        cap = {"crysdiff": f"train.max_time_minutes={job.budget_minutes:g}"}.get(smalldata.COLUMNS[job.column].kind)
+        assert (cap in words) if cap else words[words.index("--minutes") + 1] == f"{job.budget_minutes:g}"
+        by_task.setdefault((job.task, job.label_fraction), set()).add((job.steps, job.budget_minutes))
+    assert all(len(v) == 1 for v in by_task.values())  # identical budgets across the columns
+    bulk = {f: next(iter(by_task[("bulk_modulus", f)]))[0] for f in smalldata.FRACTIONS}
+    count = len(smalldata.fold_positions(2988, 0, 1.0)["train"])
+    assert bulk[1.0] == smalldata.EPOCHS * -(-count // 64)
+    assert bulk[min(smalldata.FRACTIONS)] == smalldata.MIN_STEPS  # 10% of bulk modulus: the minimum
+    assert all(j.budget_minutes == smalldata.CAP_MINUTES for j in jobs)
+
+
+def test_full_plan_fits_its_limits_on_the_measured_costs():
+    """The issue's limits: at most 12 h in all, parts of at most 2 h, --quick within 30 min (loaded costs)."""
+    for quick, limit in ((False, 12 * 60), (True, 30)):
+        jobs = smalldata.make_jobs(quick=quick)
+        table = smalldata.parts(jobs, quick)
+        minutes = {name: sum(smalldata.estimate_minutes(j, quick) for j in part) for name, part in table.items()}
+        assert sum(minutes.values()) <= limit, (quick, sum(minutes.values()))
+        assert max(minutes.values()) <= smalldata.PART_LIMIT_MINUTES
+        assert {j.column for j in jobs} == set(smalldata.COLUMNS)
+        assert {j.task for j in jobs} == set(smalldata.TASKS)
+        if not quick:
+            assert {j.fold for j in jobs} == set(range(5))
+            curve = {(j.task, j.column) for j in jobs if j.label_fraction < 1}
+            assert curve == {(t, c) for t in smalldata.CURVE_TASKS for c in smalldata.COLUMNS}
+
+
+def test_in_process_command_writes_its_log_and_a_failure_raises(tmp_path, monkeypatch):
+    """``python -m M`` of IN_PROCESS runs as M.main(argv) here: its output lands in the job log, a
+    non-zero exit or an exception raises with the log's tail, as a failed subprocess does."""
+    import types
+
+    module = types.ModuleType("toy_runner")
+
+    def main(argv):
+        print("hello from", *argv)
+        if argv[0] == "boom":
+            raise ValueError("no such crystal")
+        return int(argv[0] == "fail")
+
+    module.main = main
+    monkeypatch.setitem(sys.modules, "toy_runner", module)
+    monkeypatch.setitem(smalldata.IN_PROCESS, "toy_runner", "toy_runner")
+    log = tmp_path / "job.log"
+    smalldata._run([sys.executable, "-m", "toy_runner", "ok"], log)
+    assert "hello from ok" in log.read_text()
+    for word, shown_ in (("fail", "exited with 1"), ("boom", "no such crystal")):
+        with pytest.raises(RuntimeError, match=shown_):
+            smalldata._run([sys.executable, "-m", "toy_runner", word], log)
+    print("still printing here")  # stdout restored

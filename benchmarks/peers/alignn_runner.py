@@ -24,6 +24,8 @@ The arguments are those of every peer runner (``benchmarks.peers.protocol``). St
 4. Training: AdamW (lr 1e-3, weight decay 1e-5, batch 64), linear warm-up then a cosine decay over
    the wall-clock budget, L1 loss on the standardised target; validation every epoch (at least
    every tenth of the budget) and at the end; the weights with the best validation MAE are kept.
+   With ``train.max_steps=N`` the budget is N steps instead (cosine over the steps, validation every
+   tenth of them and at the end) and ``--minutes`` only a wall-clock safety cap.
 5. ``OUT/test_predictions.csv`` (``id, y, pred, mean``) and ``OUT/metrics.json``, as the CGCNN runner.
 """
 
@@ -57,7 +59,10 @@ MODEL = dict(alignn_layers=2, gcn_layers=2, hidden_features=64, embedding_featur
              edge_input_features=80, triplet_input_features=40, output_features=1)
 GRAPH = dict(cutoff=8.0, max_neighbors=12, atom_features="cgcnn")
 TRAIN = dict(batch_size=64, lr=1e-3, weight_decay=1e-5, warmup_steps=100, min_lr_ratio=0.05, loss="l1",
-             val_fraction_of_budget=0.1, grad_clip=1.0)
+             val_fraction_of_budget=0.1, grad_clip=1.0, max_steps=0)
+# max_steps > 0: a step budget (the cosine runs over these steps, validation every epoch and every tenth
+# of them, --minutes only a wall-clock safety cap), so the budget means the same on any machine;
+# 0: the cosine and the validations run over the wall-clock budget (issue 5's protocol).
 
 
 def parse_args(argv=None):
@@ -180,7 +185,9 @@ def train(model, data: dict, train_settings: dict, budget_seconds: float, seed: 
     warmup, floor = int(train_settings["warmup_steps"]), float(train_settings["min_lr_ratio"])
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
+    max_steps = int(train_settings.get("max_steps") or 0)
     val_every = max(1.0, train_settings["val_fraction_of_budget"] * budget_seconds)
+    val_every_steps = max(1, math.ceil(max_steps / 10)) if max_steps else 0
     best = {"mae": math.inf, "state": None, "step": 0}
     history, step, epoch, last_val = [], 0, 0, started
 
@@ -198,10 +205,13 @@ def train(model, data: dict, train_settings: dict, budget_seconds: float, seed: 
         order = rng.permutation(len(data["train"]))
         for g, lg, y, _ in batches(data["train"], data["train_y"], train_settings["batch_size"], order):
             elapsed = time.perf_counter() - started
-            if elapsed >= budget_seconds:
+            if elapsed >= budget_seconds or (max_steps and step >= max_steps):
                 done = True
                 break
-            progress = elapsed / budget_seconds
+            if max_steps:
+                progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+            else:
+                progress = elapsed / budget_seconds
             factor = (step + 1) / warmup if step < warmup else floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
             for group in optimizer.param_groups:
                 group["lr"] = train_settings["lr"] * factor
@@ -214,17 +224,20 @@ def train(model, data: dict, train_settings: dict, budget_seconds: float, seed: 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(train_settings["grad_clip"]))
             optimizer.step()
             step += 1
-            if time.perf_counter() - last_val >= val_every:
+            if (step % val_every_steps == 0) if max_steps else (time.perf_counter() - last_val >= val_every):
                 validate()
                 last_val = time.perf_counter()
         else:
             epoch += 1
-            validate()
+            if not max_steps:  # a step budget validates every tenth of its steps instead
+                validate()
             last_val = time.perf_counter()
     validate()  # the weights at the end of the budget
     if best["state"] is not None:  # None only if every validation MAE was NaN (a diverged run)
         model.load_state_dict(best["state"])
     return {"steps": step, "epochs_completed": epoch, "best_val_mae": best["mae"], "best_step": best["step"],
+            "planned_steps": max_steps, "schedule": "steps" if max_steps else "wall clock",
+            "stopped_by_cap": bool(max_steps) and step < max_steps,
             "history": history, "train_seconds": time.perf_counter() - started}
 
 

@@ -57,11 +57,12 @@ class CGCNNRunConfig:
 class CGCNNTask(L.LightningModule):
     """Batch in, loss out: the loss on the standardised target; validation logs ``val/mae`` (target unit)."""
 
-    def __init__(self, model: CGCNN, config: CGCNNRunConfig, budget_seconds: float):
+    def __init__(self, model: CGCNN, config: CGCNNRunConfig, budget_seconds: float, total_steps: int = 0):
         super().__init__()
         if config.loss not in ("l1", "mse"):
             raise ValueError(f"loss must be 'l1' or 'mse', found {config.loss!r}")
         self.model, self.config, self.budget_seconds = model, config, budget_seconds
+        self.total_steps = int(total_steps)  # > 0: the cosine runs over these steps, the budget is only a cap
         self._started: float | None = None
         self._val: list[torch.Tensor] = []
 
@@ -86,12 +87,16 @@ class CGCNNTask(L.LightningModule):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
         def factor(step: int) -> float:
-            # warm-up on steps, then a cosine over the fraction of the wall-clock budget used
+            # warm-up on steps, then a cosine over the planned steps (train.max_steps / max_epochs) or,
+            # with neither set, over the fraction of the wall-clock budget used
             if self._started is None:  # the first call, when training starts
                 self._started = time.perf_counter()
             if step < train.warmup_steps:
                 return (step + 1) / train.warmup_steps
-            progress = min(1.0, (time.perf_counter() - self._started) / max(self.budget_seconds, 1e-9))
+            if self.total_steps:
+                progress = min(1.0, (step - train.warmup_steps) / max(1, self.total_steps - train.warmup_steps))
+            else:
+                progress = min(1.0, (time.perf_counter() - self._started) / max(self.budget_seconds, 1e-9))
             return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -127,7 +132,7 @@ def run_cgcnn(train, val, test, target: str, out_dir: str | Path, *, minutes: fl
               config: CGCNNRunConfig = CGCNNRunConfig(), progress: bool = False) -> dict:
     """Train on ``train``, select on ``val``, predict ``test``; write ``OUT/test_predictions.csv`` and
     ``OUT/metrics.json`` (see :mod:`benchmarks.peers.protocol`). Returns the metrics."""
-    from crysdiff.engine import make_trainer
+    from crysdiff.engine import make_trainer, planned_steps
     from crysdiff.runfolder import best_state_dict
 
     started = time.perf_counter()
@@ -144,9 +149,11 @@ def run_cgcnn(train, val, test, target: str, out_dir: str | Path, *, minutes: fl
     graphs = time.perf_counter()
     y_train = parts["train"].targets(target)
     model = CGCNN(config.model, y_mean=float(y_train.mean()), y_std=float(y_train.std() or 1.0))
-    task = CGCNNTask(model, config, budget_seconds=60.0 * minutes)
-    trainer = make_trainer(train_config, out_dir, monitor="val/mae", progress=progress, has_validation=True)
     train_loader = _loader(parts["train"], tables["train"], target, train_config, shuffle=True, seed=seed)
+    by_steps = train_config.max_steps > 0 or train_config.max_epochs > 0
+    total_steps = planned_steps(train_config, len(train_loader)) if by_steps else 0
+    task = CGCNNTask(model, config, budget_seconds=60.0 * minutes, total_steps=total_steps)
+    trainer = make_trainer(train_config, out_dir, monitor="val/mae", progress=progress, has_validation=True)
     val_loader = _loader(parts["val"], tables["val"], target, train_config, shuffle=False, seed=seed)
     trainer.fit(task, train_loader, val_loader)
     fitted = time.perf_counter()
@@ -179,6 +186,8 @@ def run_cgcnn(train, val, test, target: str, out_dir: str | Path, *, minutes: fl
         "test": {"sources": parts["test"].sources, "count": len(parts["test"].indices), "ids_file": str(test_ids) if test_ids else None},
         "config": to_dict(config), "parameters": sum(p.numel() for p in model.parameters()),
         "torch_threads": torch.get_num_threads(), "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step),
+        "planned_steps": total_steps, "schedule": "steps" if total_steps else "wall clock",
+        "stopped_by_cap": bool(total_steps) and int(trainer.global_step) < total_steps,
         "weights": chosen,
     }
     extra = {"val": {"mae": float(np.mean(np.abs(p_val - y_val))), "count": int(y_val.size)}, "neighbor_lists": neighbors}
