@@ -239,6 +239,114 @@ def validate(crystal: Crystal, settings: ValidationSettings = ValidationSettings
     )
 
 
+_CERTIFY_ATOMS = 128  # crystals up to this size have their atom pairs checked together (larger: validate)
+_CERTIFY_TERMS = 1 << 20  # (pair, image) distances evaluated at once (bounds memory)
+_CERTIFY_MARGIN = 1e-6  # Å² (plus 1e-12 of the largest |image shift|²): what a rearranged sum may be off by, far over
+
+
+def validated_many(crystals: list[Crystal], settings: ValidationSettings = ValidationSettings()) -> list[Crystal | None]:
+    """:func:`validate` of many crystals, with the checks made for all of them together: each is the
+    Crystal :func:`validate` returns, to the bit, or ``None`` where this could not certify it (it
+    may fail, or lies next to a limit, or does not have the common dtypes and shapes): the caller
+    validates those one at a time (:func:`validate` raises the exact error).
+
+    The limits are checked with margins (a volume, a length or a distance computed in another order
+    is off by ~1e-13 of its size, the margins are 1e-9 and 1e-6 Å²), so whatever is certified here
+    passes :func:`validate`'s own tests; the overlap check covers the same 27 images of each cell."""
+    out: list[Crystal | None] = [None] * len(crystals)
+    keep, zs, fracs, lattices = [], [], [], []
+    for k, crystal in enumerate(crystals):
+        z, frac, lattice = crystal.atomic_numbers, crystal.frac_coords, crystal.lattice
+        if not (isinstance(z, np.ndarray) and isinstance(frac, np.ndarray) and isinstance(lattice, np.ndarray)
+                and z.ndim == 1 and z.dtype.kind in "iu" and frac.dtype == np.float64 and lattice.dtype == np.float64
+                and 0 < z.shape[0] <= settings.max_atoms and frac.shape == (z.shape[0], 3) and lattice.shape == (3, 3)):
+            continue
+        keep.append(k), zs.append(z), fracs.append(frac), lattices.append(lattice)
+    if not keep:
+        return out
+    counts = np.array([z.shape[0] for z in zs])
+    z_all = np.concatenate(zs).astype(np.int64)
+    frac_all = np.concatenate(fracs)
+    lattice_all = np.stack(lattices)  # [B, 3, 3]
+    owner = np.repeat(np.arange(len(keep)), counts)
+    good = np.ones(len(keep), dtype=bool)
+    good &= np.bincount(owner, weights=(z_all < 1) | (z_all > MAX_ATOMIC_NUMBER), minlength=len(keep)) == 0
+    good &= np.isfinite(lattice_all).all(axis=(1, 2))
+    good &= np.bincount(owner, weights=~np.isfinite(frac_all).all(axis=1), minlength=len(keep)) == 0
+    lattice_all = np.where(good[:, None, None], lattice_all, np.eye(3))  # no NaN below; those are not certified
+    volume = np.abs(np.linalg.det(lattice_all))
+    good &= volume > settings.min_volume_per_atom * counts * (1 + 1e-9) + 1e-9
+    good &= np.sqrt((lattice_all * lattice_all).sum(axis=2)).min(axis=1) > settings.min_distance * (1 + 1e-9)
+    wrapped = wrap_frac(np.where(good[owner, None], frac_all, 0.0))
+    start = np.concatenate([[0], np.cumsum(counts)])
+    good &= counts <= _CERTIFY_ATOMS  # larger cells: validate's k-d tree
+    good &= _apart(wrapped, lattice_all, start, np.flatnonzero(good), settings.min_distance)
+    for b in np.flatnonzero(good):
+        crystal = crystals[keep[b]]
+        lo, hi = start[b], start[b + 1]
+        out[keep[b]] = Crystal(atomic_numbers=z_all[lo:hi], frac_coords=wrapped[lo:hi], lattice=lattices[b],
+                               id=str(crystal.id), labels={key: _to_float(value) for key, value in crystal.labels.items()},
+                               source=crystal.source, record=crystal.record)
+    return out
+
+
+def _apart(frac: np.ndarray, lattices: np.ndarray, start: np.ndarray, which: np.ndarray, min_distance: float) -> np.ndarray:
+    """``[B]``: for the crystals ``which`` (atoms ``start[b]:start[b + 1]`` of ``frac``), whether every two
+    atoms, and every atom and its images, are over ``min_distance`` apart (with the margin) over the 27
+    images :func:`nearest_pair` looks at; ``False`` elsewhere. Each pair is taken once (``i < j``: the
+    pair ``j, i`` has the same distances at the opposite images), the distances of all crystals together."""
+    out = np.zeros(len(lattices), dtype=bool)
+    if not len(which):
+        return out
+    shifts = _IMAGES @ lattices[which]  # [W, 27, 3]
+    shift2 = np.einsum("wsk,wsk->ws", shifts, shifts)  # [W, 27]
+    limit = min_distance * min_distance + _CERTIFY_MARGIN + 1e-12 * shift2.max(axis=1)  # [W]
+    self_ok = np.where(np.arange(27) == 13, np.inf, shift2).min(axis=1) > limit  # an atom and its own images
+    shift2_t = np.ascontiguousarray(shift2.T)  # [27, W]
+    grams = lattices[which] @ lattices[which].transpose(0, 2, 1)  # [W, 3, 3]
+    eigen = np.linalg.eigvalsh(grams)  # [W, 3] ascending
+    floor = np.maximum(eigen[:, 0] - 1e-9 * eigen[:, 2], 0.0) * (1 - 1e-9)  # λ_min, rounded down
+    n = start[which + 1] - start[which]
+    pairs = n * (n - 1) // 2
+    ok = self_ok.copy()
+    lo = 0
+    while lo < len(which):  # crystals in chunks of about _CERTIFY_TERMS (pair, image) terms
+        hi = lo + max(1, int(np.searchsorted(np.cumsum(pairs[lo:]) * 27, _CERTIFY_TERMS)))
+        i, j, w = [], [], []
+        for k in range(lo, hi):
+            if pairs[k]:
+                a, b = _upper_pairs(int(n[k]))
+                i.append(a + start[which[k]]), j.append(b + start[which[k]]), w.append(np.full(len(a), k))
+        if i:
+            i, j, w = np.concatenate(i), np.concatenate(j), np.concatenate(w)
+            step = frac[j] - frac[i]  # [P, 3] r_j - r_i = step @ L
+            # a lower bound first: |(step + image) L|² >= λ_min(L Lᵀ) |step + image|², whose smallest value
+            # over the 27 images is that of the nearest integer offsets; only pairs it cannot clear are summed
+            nearest = step - np.rint(step)
+            near = floor[w] * np.einsum("pk,pk->p", nearest, nearest) <= limit[w]
+            step, w = step[near], w[near]
+            gram = grams[w]  # [P', 3, 3]
+            along = step[:, 0, None] * gram[:, 0] + step[:, 1, None] * gram[:, 1] + step[:, 2, None] * gram[:, 2]  # step G
+            # |d + s|² = |d|² + 2 d·s + |s|² with s = image @ L: d·s = (step G)·image, one matmul for all pairs
+            dist2 = (2.0 * _IMAGES) @ along.T  # [27, P']
+            dist2 += shift2_t[:, w]
+            distance = dist2.min(axis=0) + np.einsum("pk,pk->p", along, step)
+            ok &= np.bincount(w, weights=distance <= limit[w], minlength=len(which)) == 0
+        lo = hi
+    out[which] = ok
+    return out
+
+
+_PAIRS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    pairs = _PAIRS.get(n)
+    if pairs is None:
+        pairs = _PAIRS[n] = np.triu_indices(n, 1)
+    return pairs
+
+
 def label_from_text(text: str) -> float | None:
     """A label written as text: a missing marker ('', 'na', 'nan', ...) is NaN, a number its float,
     anything else None (the readers report it; :class:`Crystal` stores NaN)."""

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from crysdiff.crystal import Crystal, RecordError, ValidationSettings, from_ase, validate
+from crysdiff.crystal import Crystal, RecordError, ValidationSettings, from_ase, validate, validated_many
 from crysdiff.io import formats, tables
 from crysdiff.io.cif import parse_cif_fast, structure_arrays
 from crysdiff.io.detect import FORMATS, LABEL_TABLES, detect_format
@@ -263,7 +263,8 @@ def run_task(task: Task, settings: ValidationSettings = ValidationSettings()) ->
     """Parse and validate every item of ``task``: one Crystal or one RecordError each, never raises;
     a :class:`~crysdiff.io.payload.Notice` before a record read with a caveat (e.g. D read as H)."""
     parse = _PARSERS[task.format]
-    out: list[Crystal | RecordError | Notice] = []
+    out: list = []
+    parsed: list[tuple[int, object, Crystal]] = []  # (place in out, item, crystal not yet validated)
     take_notes()
     for item in task.items:
         out.extend(take_notes())
@@ -271,14 +272,28 @@ def run_task(task: Task, settings: ValidationSettings = ValidationSettings()) ->
             out.append(RecordError(task.source, item.record, item.reason))
             continue
         try:
-            crystal = parse(task.source, item, settings)
-            out.append(validate(crystal, settings))
+            parsed.append((len(out), item, parse(task.source, item, settings)))
+            out.append(None)
         except RecordError as err:
             out.append(err)
         except Exception as exc:  # third-party readers raise anything; keep the good records going
-            out.append(RecordError(task.source, item.record, f"could not read the record: {short_reason(exc)}"))
+            out.append(_unreadable(task, item, exc))
     out.extend(take_notes())
+    # validation of the whole task at once; what it cannot certify is validated (or rejected) one at a time
+    for (place, item, crystal), valid in zip(parsed, validated_many([c for _, _, c in parsed], settings)):
+        if valid is None:
+            try:
+                valid = validate(crystal, settings)
+            except RecordError as err:
+                valid = err
+            except Exception as exc:
+                valid = _unreadable(task, item, exc)
+        out[place] = valid
     return out
+
+
+def _unreadable(task: Task, item, exc: Exception) -> RecordError:
+    return RecordError(task.source, item.record, f"could not read the record: {short_reason(exc)}")
 
 
 def read(
