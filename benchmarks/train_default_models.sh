@@ -48,14 +48,15 @@ CANON_FT_MINUTES=${CANON_FT_MINUTES:-240}
 MP="--data $DATA/mp2018/train.csv.gz --val $DATA/mp2018/val.csv.gz"
 
 # run a stage into folder $1 unless it finished; continue it when a checkpoint of it is there (its own, or
-# one committed under models/in_progress/ by a session that stopped before the stage ended)
+# one committed under models/in_progress/ by a session that stopped before the stage ended; a finished
+# stage committed there, model.ckpt and its logs without the resume checkpoints, counts as done)
 stage() {
   local dir=$1; shift
-  if [[ -f "$dir/model.ckpt" ]]; then echo "$dir: done, skipped"; return; fi
   local saved="models/in_progress/$(basename "$dir")"
-  if [[ ! -e "$dir" && -f "$saved/checkpoints/last.ckpt" ]]; then
+  if [[ ! -e "$dir" && ( -f "$saved/checkpoints/last.ckpt" || -f "$saved/model.ckpt" ) ]]; then
     mkdir -p "$(dirname "$dir")" && cp -r "$saved" "$dir" && echo "$dir: continued from $saved"
   fi
+  if [[ -f "$dir/model.ckpt" ]]; then echo "$dir: done, skipped"; return; fi
   if [[ -f "$dir/checkpoints/last.ckpt" ]]; then "$@" --resume; else "$@"; fi
 }
 
