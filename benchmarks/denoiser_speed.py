@@ -11,13 +11,7 @@ the fast path's inference forward (no gradients). The steps timed, all from the 
 * ``reference`` — :meth:`CrysDiffEncoder.reference_forward`, the per-edge specification;
 * ``against`` / ``inference_against`` with ``--against REV`` — the denoiser of git revision ``REV``
   (``git archive`` of its ``src/crysdiff`` into a temporary package ``crysdiff_<rev>`` with its
-  imports renamed, so both versions run side by side), with today's loss and plain AdamW;
-* ``fast_atoms<A>`` / ``inference_fast_atoms<A>`` with ``--atom-budget A`` — today's fast step and
-  forward on the same crystals cut into batches filled to ``A`` atoms (the training loader's
-  ``train.max_atoms_per_batch`` packing, no crystal cap unless ``--atom-crystal-cap``), so their
-  crystals/s stand beside the batches of ``--batch-size`` crystals (``fast_atoms<A>_over_against``,
-  ``fast_atoms<A>_over_fast``); ``batch_composition`` records crystals, atoms and edges per batch
-  of each cut.
+  imports renamed, so both versions run side by side), with today's loss and plain AdamW.
 
 Timing is interleaved, for a loaded machine where absolute times mean nothing: every repeat runs
 each step once over all the batches (a pass), the steps in turn and in reverse order every other
@@ -179,28 +173,25 @@ def interleaved(steps: dict, batches, repeats: int, flops: dict | None = None) -
     once over all of ``batches`` (a pass), the labels in turn and their order reversed every other
     repeat, so that all of them see the same machine state; rates come from the median pass. One
     untimed pass first (its seconds are kept as ``first_pass_seconds``: allocator warm-up). Given ``flops[label]`` (per batch), also the achieved
-    ``gflop_per_s`` and the mean ``flops_per_step``. ``batches`` is one list for all steps or a dict
-    ``label -> list`` (the same crystals cut into batches of other sizes, as with ``--atom-budget``)."""
-    per_label = batches if isinstance(batches, dict) else {label: batches for label in steps}
-    crystals = {label: sum(int(b.num_atoms.shape[0]) for b in per_label[label]) for label in steps}
+    ``gflop_per_s`` and the mean ``flops_per_step``."""
+    crystals = sum(int(b.num_atoms.shape[0]) for b in batches)
 
-    def one_pass(label) -> float:
-        step = steps[label]
+    def one_pass(step) -> float:
         start = time.perf_counter()
-        for batch in per_label[label]:
+        for batch in batches:
             step(batch)
         return time.perf_counter() - start
 
-    first = {label: one_pass(label) for label in steps}
+    first = {label: one_pass(step) for label, step in steps.items()}
     seconds = {label: [] for label in steps}
     for repeat in range(repeats):
         for label in (list(steps) if repeat % 2 == 0 else list(reversed(steps))):
-            seconds[label].append(one_pass(label))
+            seconds[label].append(one_pass(steps[label]))
     rows = {}
     for label, passes in seconds.items():
-        median, count = float(np.median(passes)), len(per_label[label])
-        rows[label] = {"crystals_per_s": crystals[label] / median, "steps_per_s": count / median,
-                       "pass_seconds": passes, "first_pass_seconds": first[label], "steps_per_pass": count}
+        median = float(np.median(passes))
+        rows[label] = {"crystals_per_s": crystals / median, "steps_per_s": len(batches) / median,
+                       "pass_seconds": passes, "first_pass_seconds": first[label], "steps_per_pass": len(batches)}
         if flops and label in flops:
             rows[label]["flops_per_step"] = float(np.mean(flops[label]))
             rows[label]["gflop_per_s"] = sum(flops[label]) / median / 1e9
@@ -295,34 +286,12 @@ def memory(reference: bool) -> dict:
 LEVERS = ("fused",)  # each a variant of today's fast training step: train.fused_optimizer
 
 
-def atom_batches(crystals: list[Crystal], budget: int, cap: int = 0) -> list:
-    """``crystals`` in order, cut into batches filled to ``budget`` atoms (at most ``cap`` crystals when
-    ``cap``; a crystal above the budget alone): the cut points of the training loader's
-    ``max_atoms_per_batch`` (:func:`crysdiff.loader._pack`)."""
-    from crysdiff.loader import _pack
-
-    counts = np.array([c.num_atoms for c in crystals], dtype=np.int64)
-    cuts = [0, *_pack(counts, cap or len(crystals), budget), len(crystals)]
-    return [collate_crystals(crystals[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-
-
-def composition(batches) -> dict:
-    """Crystals, atoms and edges per batch (mean, min, max) of a list of batches."""
-    sizes = {"crystals": [int(b.num_atoms.shape[0]) for b in batches], "atoms": [int(b.num_atoms.sum()) for b in batches],
-             "edges": [int(b.edge_index.shape[1]) for b in batches]}
-    return {"batches": len(batches), **{key: {"mean": float(np.mean(v)), "min": min(v), "max": max(v)}
-                                        for key, v in sizes.items()}}
-
-
-def dataset_paths(config: DenoiserConfig, diffusion, batches, args, against, by_atoms: dict | None = None) -> tuple[dict, dict]:
+def dataset_paths(config: DenoiserConfig, diffusion, batches, args, against) -> tuple[dict, dict]:
     """The steps timed on one dataset, and their matrix-product FLOPs per batch (counted eagerly).
 
     ``fast`` is today's fast path with the training defaults (``TrainConfig``'s ``fused_optimizer``);
     ``fast_<lever>`` the same with one lever switched on; ``against`` the fast path
-    of ``--against``'s revision. All start from the same weights. ``by_atoms`` (budget ->
-    batches of the same crystals filled to that many atoms) adds ``fast_atoms<budget>`` and
-    ``inference_fast_atoms<budget>``: today's fast step and forward on those batches; ``batches``
-    is then a dict of each label's batches."""
+    of ``--against``'s revision. All start from the same weights."""
     train = TrainConfig()
     torch.manual_seed(0)
     weights = {k: v.clone() for k, v in CrysDiffDenoiser(config).state_dict().items()}
@@ -340,17 +309,10 @@ def dataset_paths(config: DenoiserConfig, diffusion, batches, args, against, by_
         models["against"], models["inference_against"] = denoiser_of(against, config), denoiser_of(against, config).eval()
         steps["against"] = training_step(models["against"], diffusion, False)
         steps["inference_against"] = inference_step(models["inference_against"])
-    of_label = {label: batches for label in steps}
-    for budget, cut in (by_atoms or {}).items():
-        label = f"fast_atoms{budget}"
-        models[label], models[f"inference_{label}"] = CrysDiffDenoiser(config), CrysDiffDenoiser(config).eval()
-        steps[label] = training_step(models[label], diffusion, False, fused=train.fused_optimizer)
-        steps[f"inference_{label}"] = inference_step(models[f"inference_{label}"])
-        of_label[label] = of_label[f"inference_{label}"] = cut
     for model in models.values():
         model.load_state_dict(weights)
-    flops = {label: [count_flops(step, batch) for batch in of_label[label]] for label, step in steps.items()}
-    return steps, flops, of_label
+    flops = {label: [count_flops(step, batch) for batch in batches] for label, step in steps.items()}
+    return steps, flops
 
 
 def main(argv=None) -> int:
@@ -362,12 +324,6 @@ def main(argv=None) -> int:
     parser.add_argument("--levers", nargs="*", default=[], choices=LEVERS,
                         help="also time today's fast step with each of these switched on (fused: "
                              "train.fused_optimizer), interleaved with the rest")
-    parser.add_argument("--atom-budget", type=int, nargs="*", default=[], metavar="ATOMS",
-                        help="also time today's fast step and forward on the same crystals in batches filled to "
-                             "this many atoms (train.max_atoms_per_batch; crystal cap --atom-crystal-cap), "
-                             "interleaved with the rest")
-    parser.add_argument("--atom-crystal-cap", type=int, default=0,
-                        help="most crystals in an atom-filled batch (0: no cap beyond the atoms)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--matmul-seconds", type=float, default=1.0, help="seconds per product rate")
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the square reference product")
@@ -391,8 +347,6 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "train_defaults": {"fused_optimizer": TrainConfig().fused_optimizer},
         "levers": args.levers,
-        "atom_budgets": args.atom_budget,
-        "atom_crystal_cap": args.atom_crystal_cap,
         "against": args.against and {"revision": args.against, "module": against.__name__,
                                      "step": "that revision's denoiser, today's loss, AdamW without the fused kernel"},
         "torch": torch.__version__,
@@ -410,35 +364,25 @@ def main(argv=None) -> int:
         batches = [collate_crystals(crystals[i : i + args.batch_size]) for i in range(0, len(crystals), args.batch_size)]
         row = {"crystals": len(crystals), "mean_atoms": float(np.mean([c.num_atoms for c in crystals])),
                "mean_edges_per_batch": float(np.mean([b.edge_index.shape[1] for b in batches]))}
-        by_atoms = {budget: atom_batches(crystals, budget, args.atom_crystal_cap) for budget in args.atom_budget}
-        row["batch_composition"] = {f"crystals{args.batch_size}": composition(batches),
-                                    **{f"atoms{budget}": composition(cut) for budget, cut in by_atoms.items()}}
-        steps, flops, of_label = dataset_paths(config, diffusion, batches, args, against, by_atoms)
-        row.update(interleaved(steps, of_label, args.repeats, flops))
+        steps, flops = dataset_paths(config, diffusion, batches, args, against)
+        row.update(interleaved(steps, batches, args.repeats, flops))
         if "reference" in row:
             row["speedup"] = row["fast"]["crystals_per_s"] / row["reference"]["crystals_per_s"]
         for label in (label for label in steps if label.startswith(("fast", "inference_fast"))):
             base = "inference_against" if label.startswith("inference") else "against"
             if base in row:
                 row[f"{label}_over_against"] = row[label]["crystals_per_s"] / row[base]["crystals_per_s"]
-        for lever in [*args.levers, *(f"atoms{budget}" for budget in args.atom_budget)]:
+        for lever in args.levers:
             row[f"fast_{lever}_over_fast"] = row[f"fast_{lever}"]["crystals_per_s"] / row["fast"]["crystals_per_s"]
-        for budget in args.atom_budget:
-            row[f"inference_fast_atoms{budget}_over_inference_fast"] = (
-                row[f"inference_fast_atoms{budget}"]["crystals_per_s"] / row["inference_fast"]["crystals_per_s"])
         row["matmul"] = matmul_rates(config, round(row["mean_edges_per_batch"]), args.matmul_seconds, args.matmul_size)
         row["fraction_of_matmul_rate"] = {
             label: {shape: row[label]["gflop_per_s"] / rate["gflop_per_s"] for shape, rate in row["matmul"].items()}
             for label in steps
         }
         results["datasets"][name] = row
-        for key, c in row["batch_composition"].items():
-            print(f"{name} batches of {key}: {c['batches']} batches, crystals {c['crystals']['mean']:.1f} "
-                  f"({c['crystals']['min']}-{c['crystals']['max']}), atoms {c['atoms']['mean']:.0f}, "
-                  f"edges {c['edges']['mean']:.0f} ({c['edges']['min']}-{c['edges']['max']}) per batch", flush=True)
         print(f"{name}: " + ", ".join(f"{label} {row[label]['crystals_per_s']:.1f} crystals/s" for label in steps)
               + "".join(f"; {key} {value:.2f}x" for key, value in row.items() if key == "speedup" or key.endswith(
-                  ("_over_against", "_over_fast", "_over_inference_fast"))), flush=True)
+                  ("_over_against", "_over_fast"))), flush=True)
         for label in steps:
             r, share = row[label], row["fraction_of_matmul_rate"][label]
             print(f"  {label}: {r['flops_per_step'] / 1e9:.3f} GFLOP/step, {r['gflop_per_s']:.1f} GFLOP/s achieved = "

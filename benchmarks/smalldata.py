@@ -158,10 +158,11 @@ _SAME_CRYSTALS = {"shear_modulus": "bulk_modulus", "band_gap": "refractive_index
 
 
 def _cost(table: dict, column: str, task: str) -> float:
-    key = "crysdiff" if COLUMNS[column].kind == "crysdiff" else column if column in table else COLUMNS[column].kind
-    row = table[key]
-    task = _SAME_CRYSTALS.get(task, task)
-    return row[task] if isinstance(row, dict) and task in row else max(row.values()) if isinstance(row, dict) else row
+    """The measured cost of ``column`` on ``task`` in ``table`` (the row of the column, else of its kind;
+    a task without a measurement costs the row's largest)."""
+    kind = COLUMNS[column].kind
+    row = table["crysdiff" if kind == "crysdiff" else column if column in table else kind]
+    return row.get(_SAME_CRYSTALS.get(task, task), max(row.values()))
 
 
 # --- where things go -------------------------------------------------------------------------------

@@ -57,45 +57,6 @@ def test_results_json_has_flops_rates_and_ratios_against_a_revision(tmp_path):
             assert row[key] > 0
 
 
-def test_atom_budget_batches_are_filled_by_atoms_and_timed_beside_the_crystal_batches(crystals, tmp_path):
-    budget = 30
-    batches = bench.atom_batches(crystals, budget)
-    sizes = [c.num_atoms for c in crystals]
-    counts = [int(b.num_atoms.shape[0]) for b in batches]
-    assert sum(counts) == len(crystals) and len(batches) > 1
-    start = 0
-    for batch, count in zip(batches, counts):  # each batch holds what fits; the next crystal would not
-        atoms = int(batch.num_atoms.sum())
-        assert atoms == sum(sizes[start:start + count])
-        assert atoms <= budget or count == 1
-        if start + count < len(crystals):
-            assert atoms + sizes[start + count] > budget
-        start += count
-    capped = bench.atom_batches(crystals, 10_000, cap=2)
-    assert [int(b.num_atoms.shape[0]) for b in capped] == [2, 2, 1]
-    out = tmp_path / "speed.json"
-    args = ["--repeats", "1", "--matmul-seconds", "0", "--matmul-size", "32", "--crystals", "6", "--batch-size", "2",
-            "--skip-memory", "--skip-reference", "--against", "HEAD", "--atom-budget", "25", "--out", str(out),
-            "--config", *(f"{k}={v}" for k, v in TINY.items())]
-    assert bench.main(args) == 0
-    results = json.loads(out.read_text())
-    assert results["atom_budgets"] == [25]
-    row = results["datasets"]["perov_5"]  # 5-atom cells: 25 atoms are 5 crystals a batch, here 5 + 1
-    composition = row["batch_composition"]
-    assert composition["crystals2"]["batches"] == 3 and composition["crystals2"]["crystals"]["max"] == 2
-    assert composition["atoms25"]["batches"] == 2
-    assert composition["atoms25"]["crystals"] == {"mean": 3.0, "min": 1, "max": 5}
-    assert composition["atoms25"]["atoms"]["max"] == 25 and composition["atoms25"]["edges"]["max"] == 125
-    assert row["fast_atoms25"]["steps_per_pass"] == 2 and row["inference_fast_atoms25"]["steps_per_pass"] == 2
-    # the same crystals in fewer, larger batches: more FLOPs a step (3 crystals on average against 2), about the
-    # same in all (the matrix products grow with the atoms and edges, which are the same)
-    atoms, crystal = row["fast_atoms25"]["flops_per_step"], row["fast"]["flops_per_step"]
-    assert atoms > 1.3 * crystal and abs(2 * atoms - 3 * crystal) < 0.1 * 3 * crystal
-    for key in ("fast_atoms25_over_against", "inference_fast_atoms25_over_against", "fast_atoms25_over_fast",
-                "inference_fast_atoms25_over_inference_fast"):
-        assert row[key] > 0
-
-
 def test_a_revision_loads_beside_todays_code_and_computes_the_same(crystals):
     old = bench.load_revision("HEAD")
     assert old.__name__.startswith("crysdiff_") and old.__name__ != "crysdiff.denoiser"
