@@ -56,12 +56,12 @@ def main() -> None:
 
     predictor = load(args.model, device="cpu")
     predictor.calibrated = False  # draw the chain's own spread; the calibrated readings move it below
-    y, samples, seconds = draw(predictor, args.data, args.samples, args.seed)
+    y, samples, mean, seconds = draw(predictor, args.data, args.samples, args.seed)
     scales = [member.model.interval_scale for member in predictor.members]
-    readings, mean = {"raw": score(y, samples, args.bins)}, samples.mean(axis=1)
+    readings = {"raw": score(y, samples, args.bins, mean)}
     if len(scales) == 1 and scales[0] != 1.0:
         moved = scale_spread(torch.from_numpy(samples), torch.from_numpy(mean), scales[0], predictor.lower_bound).numpy()
-        crossfit, fold_scales = crossfit_calibrate(y, samples, predictor.lower_bound, args.seed)
+        crossfit, fold_scales = crossfit_calibrate(y, samples, predictor.lower_bound, args.seed, mean=mean)
         readings["calibrated_stored"] = {"interval_scale": scales[0], **score(y, moved, args.bins, mean)}
         readings["calibrated_crossfit"] = {"fold_scales": fold_scales, **score(y, crossfit, args.bins, mean)}
     reading = "calibrated_crossfit" if "calibrated_crossfit" in readings else "raw"
@@ -89,11 +89,12 @@ def main() -> None:
               f"mean std {member['mean_predicted_std']:.4f}")
 
 
-def draw(predictor, data: str | Path, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Targets ``[B]``, samples ``[B, S * members]`` and seconds, for the labelled crystals of ``data``."""
+def draw(predictor, data: str | Path, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Targets ``[B]``, samples ``[B, S * members]``, the reported predictions ``[B]`` (the samples'
+    mean, or the exact mean of an ``exact_mean`` model) and seconds, for the labelled crystals of ``data``."""
     start = time.perf_counter()
-    _, y, drawn, _ = draw_labelled(predictor, [data], predictor.target, samples, seed)
-    return y, drawn, time.perf_counter() - start
+    _, y, drawn, _, mean = draw_labelled(predictor, [data], predictor.target, samples, seed)
+    return y, drawn, mean, time.perf_counter() - start
 
 
 def split_members(samples: np.ndarray, members: int) -> tuple[list[np.ndarray], float]:

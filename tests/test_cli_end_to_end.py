@@ -277,6 +277,21 @@ def test_calibrate_refits_the_interval_and_keeps_the_model(finetuned, perov_smal
     assert float(new["state_dict"]["y_interval_scale"]) == report["scale"]  # the scale the model reads
     assert {k: v for k, v in new["normalizer"].items() if k != "interval_scale"} == \
         {k: v for k, v in old["normalizer"].items() if k != "interval_scale"}
+    # the scale is fitted about the mean the model reports (its chain's exact mean, not the mean of the
+    # 10 samples), so predicting the same crystals with the same draws covers what the report says, and
+    # the crystal that set the scale (the largest of the 30 ratios) lies on its interval's edge
+    from crysdiff.predict import load
+
+    assert load(out).model.exact_mean
+    calib = tmp_path / "calib_predictions.csv"
+    assert main(["predict", "--model", str(out), str(perov_small / "calib.csv"), "--samples", "10", "--out", str(calib),
+                 "--device", "cpu"]) == 0
+    predicted, labels = pd.read_csv(calib), pd.read_csv(perov_small / "calib.csv")
+    y = labels.set_index("material_id")["heat_ref"].loc[predicted["id"]].to_numpy()
+    inside = (predicted["p2.5"].to_numpy() <= y) & (y <= predicted["p97.5"].to_numpy())
+    assert inside.mean() == pytest.approx(report["coverage95_after"], abs=1e-12)
+    edge = np.minimum(np.abs(y - predicted["p2.5"].to_numpy()), np.abs(y - predicted["p97.5"].to_numpy()))
+    assert edge.min() < 1e-6 * np.abs(y).max()  # the CSV keeps about 10 digits
 
     tables = {}
     for name, path in (("old", model), ("new", out)):

@@ -66,10 +66,12 @@ class Calibration:
 
 
 def draw_labelled(predictor, sources, column: str, samples: int, seed: int = 0, batch_size: int = 64,
-                  progress: bool = False) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+                  progress: bool = False) -> tuple[list[str], np.ndarray, np.ndarray, list[dict], np.ndarray]:
     """The ids, targets ``[B]`` and samples ``[B, S * members]`` (in the model's unit, with the
     predictor's own ``calibrated`` setting) of the crystals of ``sources`` that have a value in the
-    label ``column``, and the records that could not be read (``dict(source, record, reason)``)."""
+    label ``column``, the records that could not be read (``dict(source, record, reason)``), and the
+    predictions ``[B]`` the predictor reports (the samples' mean, or the chain's exact mean for a
+    model fine-tuned with ``exact_mean``: the centre its interval is scaled about)."""
     from crysdiff.cache import load_dataset
     from crysdiff.loader import make_loader
 
@@ -81,14 +83,16 @@ def draw_labelled(predictor, sources, column: str, samples: int, seed: int = 0, 
     labels = np.asarray(cache.labels[:, cache.label_names.index(column)], dtype=np.float64)
     indices = np.flatnonzero(np.isfinite(labels))
     generator = torch.Generator(device=predictor.device).manual_seed(seed)
-    ids, ys, draws = [], [], []
+    ids, ys, draws, means = [], [], [], []
     for batch in make_loader(cache, indices, batch_size=batch_size, edges=predictor.edge_settings, targets=[column]):
         ids += [cache.id(int(i)) for i in batch.index]
         ys.append(batch.y[:, 0].double().numpy())
-        draws.append(predictor.sample(batch.to(predictor.device), samples, generator)["samples"].double().cpu().numpy())
+        out = predictor.sample(batch.to(predictor.device), samples, generator)
+        draws.append(out["samples"].double().cpu().numpy())
+        means.append(out["mean"].double().cpu().numpy())
     if not ids:
-        return [], np.zeros(0), np.zeros((0, samples)), cache.skipped
-    return ids, np.concatenate(ys), np.concatenate(draws), cache.skipped
+        return [], np.zeros(0), np.zeros((0, samples)), cache.skipped, np.zeros(0)
+    return ids, np.concatenate(ys), np.concatenate(draws), cache.skipped, np.concatenate(means)
 
 
 def _coverage(y: np.ndarray, samples: np.ndarray) -> float:
@@ -96,23 +100,26 @@ def _coverage(y: np.ndarray, samples: np.ndarray) -> float:
     return float(np.mean((y >= low) & (y <= high)))
 
 
-def _moved(samples: np.ndarray, scale: float, lower_bound: float | None) -> np.ndarray:
-    mean = samples.mean(axis=1)
+def _moved(samples: np.ndarray, scale: float, lower_bound: float | None, mean: np.ndarray | None = None) -> np.ndarray:
+    """``samples`` ``[B, S]`` moved ``scale`` times further from ``mean`` (default: their own mean)."""
+    mean = samples.mean(axis=1) if mean is None else mean
     return scale_spread(torch.from_numpy(samples), torch.from_numpy(mean), scale, lower_bound).numpy()
 
 
 def crossfit_calibrate(y: np.ndarray, samples: np.ndarray, lower_bound: float | None, seed: int,
-                       folds: int = 2) -> tuple[np.ndarray, list[float]]:
+                       folds: int = 2, mean: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
     """Samples ``[B, S]`` with each fold's spread moved by the split-conformal scale fitted on the
     other folds' crystals only (seeded folds), and the scale each fold got: an out-of-sample check
-    of calibrating on crystals like these."""
-    mean, low, high = interval95(samples)
+    of calibrating on crystals like these. ``mean`` ``[B]``: the predictions the spread is scaled
+    about, as the model reports them (default: the samples' mean)."""
+    own, low, high = interval95(samples)
+    mean = own if mean is None else mean
     parts = np.array_split(np.random.default_rng(seed).permutation(len(y)), folds)
     moved, fold_scales = samples.copy(), []
     for k, part in enumerate(parts):
         rest = np.concatenate([p for j, p in enumerate(parts) if j != k])
         scale, _ = conformal_interval_scale(y[rest], mean[rest], low[rest], high[rest], LEVEL)
-        moved[part] = _moved(samples[part], scale, lower_bound)
+        moved[part] = _moved(samples[part], scale, lower_bound, mean[part])
         fold_scales.append(scale)
     return moved, fold_scales
 
@@ -140,15 +147,15 @@ def calibrate(model: str | Path, sources, *, target: str | None = None, samples:
         print(f"crysdiff calibrate: warning: {', '.join(overlap)} was part of the model's training data; "
               f"an interval calibrated on crystals the model was fitted to comes out too narrow", file=sys.stderr)
     predictor.calibrated = False  # draw the chain's own spread; the scales are applied below
-    ids, y, drawn, skipped = draw_labelled(predictor, sources, column, samples, seed, batch_size, progress)
+    ids, y, drawn, skipped, mean = draw_labelled(predictor, sources, column, samples, seed, batch_size, progress)
     if len(y) < MIN_CRYSTALS:
         raise ValueError(f"{', '.join(sources)}: {len(y)} crystals with a {column!r} value; calibrating a 95% "
                          f"interval needs at least {MIN_CRYSTALS}")
     bound = predictor.lower_bound
-    mean, low, high = interval95(drawn)
-    scale, fit = conformal_interval_scale(y, mean, low, high, LEVEL)
+    _, low, high = interval95(drawn)
+    scale, fit = conformal_interval_scale(y, mean, low, high, LEVEL)  # about the reported mean, as fine-tuning fits it
     previous = float(predictor.model.interval_scale)
-    crossfit, fold_scales = crossfit_calibrate(y, drawn, bound, seed)
+    crossfit, fold_scales = crossfit_calibrate(y, drawn, bound, seed, mean=mean)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "crysdiff_version": __version__, "model": str(path), "sources": sources, "label_column": column,
@@ -157,8 +164,8 @@ def calibrate(model: str | Path, sources, *, target: str | None = None, samples:
         "mae": float(np.mean(np.abs(mean - y))),
         "previous_scale": previous, "scale": scale,
         "coverage95_raw": _coverage(y, drawn),
-        "coverage95_before": _coverage(y, _moved(drawn, previous, bound)),
-        "coverage95_after": _coverage(y, _moved(drawn, scale, bound)),
+        "coverage95_before": _coverage(y, _moved(drawn, previous, bound, mean)),
+        "coverage95_after": _coverage(y, _moved(drawn, scale, bound, mean)),
         "coverage95_crossfit": _coverage(y, crossfit), "crossfit_fold_scales": fold_scales,
         "uncoverable": fit.get("uncoverable", 0),
     }
