@@ -185,10 +185,15 @@ def _card_finetune(path: Path, payload: dict, run: Path | None, first: dict | No
     recorded = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     val = recorded.get("val", {}) if recorded else payload.get("metrics", {})
     holdout = recorded.get("holdout") or payload.get("metrics", {}).get("holdout")
-    init = Path(recorded.get("init", ROOT / "models" / "pretrained_pool.ckpt"))
-    init = init.resolve().relative_to(ROOT) if init.resolve().is_relative_to(ROOT) else init
     canonical = bool(config.get("data", {}).get("cell", {}).get("canonical"))
-    steps = "finetune_canonical" if run is not None and run.name.endswith("_canonical") else \
+    # a checkpoint of canonical cells carded without its run folder is train_default_models.sh's
+    # finetune_canonical stage: one stage from models/pretrained_canonical.ckpt (the checkpoint does not
+    # name its start); the others are the second stage of the earlier recipe from the pool model
+    continued = continued and not (canonical and run is None)
+    start = "pretrained_canonical.ckpt" if canonical and run is None else "pretrained_pool.ckpt"
+    init = Path(recorded.get("init", ROOT / "models" / start))
+    init = init.resolve().relative_to(ROOT) if init.resolve().is_relative_to(ROOT) else init
+    steps = "finetune_canonical" if canonical and (run is None or run.name.endswith("_canonical")) else \
         f"finetune{' continue' if first is not None or continued else ''}"
     scale = normalizer.get("interval_scale")
     calibration = "" if scale is None else (

@@ -76,16 +76,11 @@ def test_reduction_never_merges_distinct_structures():
 
 
 @pytest.fixture(scope="module")
-def canonical_model(tmp_path_factory):
-    """The bundled formation-energy model with ``data.cell`` switched on: same weights, canonical cells."""
-    payload = load_checkpoint(bundled_models()["formation_energy_per_atom"], kind="finetune")
-    config = dict(payload["config"])
-    assert "cell" not in config["data"]  # written before canonical cells: read as cells as given
-    config["data"] = {**config["data"], "cell": {"canonical": True, "symprec": 0.01, "angle_tolerance": 5.0}}
-    path = tmp_path_factory.mktemp("canonical") / "model.ckpt"
-    extra = {k: payload[k] for k in ("normalizer", "metrics", "data") if k in payload}
-    save_checkpoint(path, kind="finetune", config=config, state_dict=payload["state_dict"], **extra)
-    return crysdiff.load(path, device="cpu")
+def canonical_model():
+    """The bundled formation-energy model as shipped: trained on canonical cells, and its checkpoint says so."""
+    predictor = crysdiff.load("formation_energy_per_atom", device="cpu")
+    assert predictor.cell == CellConfig()
+    return predictor
 
 
 def test_predictions_and_features_do_not_depend_on_the_cell(structures, canonical_model):
@@ -125,8 +120,16 @@ def test_a_structure_that_cannot_be_reduced_is_predicted_from_its_own_cell(canon
     assert row["flags"].split("; ")[0] == "cell_fallback"  # the user is told to distrust the row
 
 
-def test_models_without_a_cell_record_see_cells_as_given():
-    predictor = crysdiff.load("formation_energy_per_atom", device="cpu")
+def test_models_without_a_cell_record_see_cells_as_given(tmp_path):
+    """A checkpoint written before cells were canonical (no ``data.cell``) keeps reading cells as given,
+    with the columns it had."""
+    payload = load_checkpoint(bundled_models()["formation_energy_per_atom"], kind="finetune")
+    config = dict(payload["config"])
+    config["data"] = {k: v for k, v in config["data"].items() if k != "cell"}
+    path = tmp_path / "model.ckpt"
+    extra = {k: payload[k] for k in ("normalizer", "metrics", "data") if k in payload}
+    save_checkpoint(path, kind="finetune", config=config, state_dict=payload["state_dict"], **extra)
+    predictor = crysdiff.load(path, device="cpu")
     assert predictor.cell == AS_GIVEN
     assert list(predictor.predict(EXAMPLES / "Si_diamond.cif", samples=4).columns) == \
         ["id", "source", "mean", "std", "p2.5", "p97.5", "unit", "flags"]
