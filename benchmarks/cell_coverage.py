@@ -29,16 +29,14 @@ VAL = DATA / "mp2018" / "val.csv.gz"
 def held_out_ids(predictor) -> set[str]:
     """The ids of the mp2018/val crystals the model's fine-tuning held out (empty without a holdout)."""
     from crysdiff.cache import load_dataset
-    from crysdiff.splits import random_split
+    from crysdiff.finetune import split_holdout
 
     config = predictor.config
-    if not config.holdout_fraction:
-        return set()
     cache = load_dataset([VAL], settings=predictor.validation_settings, cell=predictor.cell, progress=False)
     column = cache.label_names.index(config.target)
     labelled = np.flatnonzero(np.isfinite(np.asarray(cache.labels[:, column])))
-    _, held = random_split(len(labelled), (1 - config.holdout_fraction, config.holdout_fraction), seed=config.train.seed)
-    return {cache.id(int(i)) for i in labelled[held]}
+    _, held = split_holdout(labelled, config)  # the split fine-tuning made
+    return {cache.id(int(i)) for i in held}
 
 
 def scores(frame, labels: dict) -> dict:

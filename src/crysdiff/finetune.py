@@ -83,6 +83,19 @@ class FinetuneTask(L.LightningModule):
         return configure_adamw(self, groups, self.config.train, self.total_steps or int(self.trainer.estimated_stepping_batches))
 
 
+def split_holdout(val_idx: np.ndarray, config: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The validation crystals ``val_idx`` split into those that choose (checkpoint, interval scale) and
+    the seeded ``config.holdout_fraction`` held out of every choice (empty when it is 0)."""
+    if config.holdout_fraction <= 0:
+        return val_idx, val_idx[:0]
+    if not 0 < config.holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction={config.holdout_fraction}: expected a share between 0 and 1")
+    from crysdiff.splits import random_split
+
+    keep, held = random_split(len(val_idx), (1 - config.holdout_fraction, config.holdout_fraction), seed=config.train.seed)
+    return val_idx[keep], val_idx[held]
+
+
 def _select_labelled(cache, indices: np.ndarray, target: str) -> tuple[np.ndarray, int]:
     column = cache.label_names.index(target)
     values = np.asarray(cache.labels[indices, column])
@@ -238,13 +251,7 @@ def run_finetune(
         fraction = config.data.val_fraction
         a, b = random_split(len(train_idx), (1 - fraction, fraction), seed=config.train.seed)
         train_idx, val_idx = train_idx[a], train_idx[b]
-    holdout_idx = val_idx[:0]
-    if config.holdout_fraction > 0:
-        if not 0 < config.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction={config.holdout_fraction}: expected a share between 0 and 1")
-        keep, held = random_split(len(val_idx), (1 - config.holdout_fraction, config.holdout_fraction),
-                                  seed=config.train.seed)
-        val_idx, holdout_idx = val_idx[keep], val_idx[held]
+    val_idx, holdout_idx = split_holdout(val_idx, config)
     if len(train_idx) == 0:
         raise ValueError(f"no training crystal has a value for {config.target!r}")
     if len(val_idx) == 0:
