@@ -47,6 +47,7 @@ __all__ = ["CellConfig", "Reduced", "canonical_cell", "canonical_cells", "stored
 
 _NIGGLI_EPS = 1e-5  # spglib's relative tolerance for the Niggli conditions
 _QUICK_ATOMS = 256  # cells up to this size are checked for translations here before spglib is asked
+_CLEAR = 0.5  # translations that move an atom by more than this share of symprec are left to spglib
 _CHECK_CHUNK = 512  # given atoms compared at once with the reduced cell's atoms (bounds memory)
 
 
@@ -123,30 +124,91 @@ def _squared_distance(a: np.ndarray, b: np.ndarray, lattice: np.ndarray) -> np.n
     return np.einsum("nmk,nmk->nm", cart, cart)
 
 
-def _has_pure_translation(crystal: Crystal, symprec: float) -> bool:
-    """Whether a translation shorter than a lattice vector maps the crystal onto itself (so its cell
-    is not primitive). Cheap where spglib is not (~5 ms a cell): no whole common divisor of the
-    element counts, no translation; otherwise the candidate translations (one atom of the rarest
-    element onto another) are checked on that element first, then on every atom."""
+def _translations(crystal: Crystal, symprec: float):
+    """The pure translations of ``crystal``: ``(shifts [T, 3], images [T, N], worst)``, the fractional
+    translations shorter than a lattice vector that map the crystal onto itself (the zero shift
+    first), for each the atom every atom lands on, and the largest distance (Å) an atom lands from
+    its image (0 when there is no translation); ``None`` when the cell is too large to
+    check here (spglib decides). Candidates are the shifts taking the first atom of the rarest
+    element onto another, checked on that element first, then on every atom."""
     z, frac, lattice = crystal.atomic_numbers, crystal.frac_coords, crystal.lattice
+    n = len(z)
+    if n > _QUICK_ATOMS:  # large cells: spglib decides (the checks below are O(N²) in memory)
+        return None
     counts = np.bincount(z)
-    if np.gcd.reduce(counts[counts > 0]) == 1:
-        return False
-    if len(z) > _QUICK_ATOMS:  # large cells: spglib decides (the checks below are O(N²) in memory)
-        return True
-    rare = frac[z == np.argmin(np.where(counts > 0, counts, len(z) + 1))]  # [c, 3]
-    same = z[:, None] == z[None, :]  # [N, N]
+    rare = frac[z == np.argmin(np.where(counts > 0, counts, n + 1))]  # [c, 3]
     limit = symprec * symprec
     shifts = rare[1:] - rare[0]  # [c-1, 3] the candidates: the first atom of the rarest element onto another
     delta = rare[None, :, None, :] + shifts[:, None, None, :] - rare[None, None, :, :]  # [c-1, c, c, 3]
     delta -= np.round(delta)
     cart = delta @ lattice
     on_rare = np.einsum("tijk,tijk->tij", cart, cart).min(axis=2).max(axis=1) <= limit  # [c-1]
-    for shift in shifts[on_rare]:
-        distance = _squared_distance(frac + shift, frac, lattice)  # [N, N]
-        if np.where(same, distance, np.inf).min(axis=1).max() <= limit:
-            return True
-    return False
+    found, images, worst = [np.zeros(3)], [np.arange(n)], 0.0
+    if on_rare.any():
+        other = z[:, None] != z[None, :]  # [N, N]
+        for shift in shifts[on_rare]:
+            distance = _squared_distance(frac + shift, frac, lattice)  # [N, N]
+            distance[other] = np.inf
+            image = distance.argmin(axis=1)
+            largest = distance[np.arange(n), image].max()
+            if largest <= limit:
+                found.append(shift - np.round(shift)), images.append(image)
+                worst = max(worst, float(np.sqrt(largest)))
+    return np.array(found), np.array(images), worst
+
+
+def _integer_basis(rows: np.ndarray):
+    """A basis ``[3, 3]`` (triangular) of the integer lattice spanned by ``rows [R, 3]`` (full rank),
+    by Euclid's algorithm on each column in turn; exact, Python integers."""
+    rows = [[int(v) for v in row] for row in rows]
+    rows = [row for row in rows if any(row)]
+    basis = []
+    for col in range(3):
+        while True:
+            live = [row for row in rows if row[col]]
+            if len(live) <= 1:
+                break
+            pivot = min(live, key=lambda row: abs(row[col]))
+            for row in live:
+                if row is not pivot:
+                    q = row[col] // pivot[col]
+                    for k in range(3):
+                        row[k] -= q * pivot[k]
+        live = [row for row in rows if row[col]]
+        if not live:
+            return None
+        basis.append(live[0])
+        rows = [row for row in rows if row is not live[0] and any(row)]
+    return np.array(basis, dtype=np.int64)
+
+
+def _primitive_from_translations(crystal: Crystal, shifts: np.ndarray, images: np.ndarray, symprec: float):
+    """``(lattice, frac, z)`` of the primitive cell from the crystal's pure translations (see
+    :func:`_translations`), or ``None`` when they do not form a group of the expected order (then
+    spglib decides). The primitive lattice is spanned by the lattice vectors and the translations
+    rounded to multiples of ``1/T``; each atom of the primitive cell is the mean of its ``T``
+    translation images, so the cell does not depend on which image the file listed first."""
+    n, order = crystal.num_atoms, len(shifts)
+    if n % order:
+        return None
+    exact = np.rint(shifts * order)  # [T, 3] integers: every shift is a multiple of 1/T of the lattice
+    if np.abs((shifts - exact / order) @ crystal.lattice).max() > symprec:
+        return None
+    basis = _integer_basis(np.vstack([order * np.eye(3, dtype=np.int64), exact.astype(np.int64)]))
+    if basis is None or abs(round(np.linalg.det(basis))) != order * order:
+        return None
+    first = images.min(axis=0)  # [N] the smallest atom index of each atom's orbit
+    keep = np.flatnonzero(first == np.arange(n))  # one atom of each orbit, in the file's order
+    members = images[:, keep]  # [T, M]
+    if len(keep) * order != n or not np.array_equal(np.sort(members.ravel()), np.arange(n)):
+        return None
+    frac = crystal.frac_coords
+    offset = frac[members] - (exact / order)[:, None, :] - frac[keep][None]  # [T, M, 3]
+    offset -= np.round(offset)
+    mean = frac[keep] + offset.mean(axis=0)  # [M, 3] in the given basis
+    to_primitive = order * np.linalg.inv(basis.astype(np.float64))  # P⁻¹ for the primitive basis P = basis / T
+    lattice = basis.astype(np.float64) @ crystal.lattice / order
+    return lattice, wrap_frac(mean @ to_primitive), crystal.atomic_numbers[keep]
 
 
 def canonical_cell(crystal: Crystal, config: CellConfig = CellConfig()) -> Reduced:
@@ -192,8 +254,18 @@ def _primitive(crystal: Crystal, config: CellConfig):
     """``(lattice, frac, z)`` of the primitive cell of ``crystal``, or the :class:`Reduced` fallback
     saying why it keeps its own cell."""
     n = crystal.num_atoms
-    if not _has_pure_translation(crystal, config.symprec):  # already primitive: Niggli only
+    counts = np.bincount(crystal.atomic_numbers)
+    if np.gcd.reduce(counts[counts > 0]) == 1:  # no whole divisor of the element counts: already primitive
         return crystal.lattice, crystal.frac_coords, crystal.atomic_numbers
+    found = _translations(crystal, config.symprec)
+    if found is not None:
+        if len(found[0]) == 1:  # no pure translation: already primitive
+            return crystal.lattice, crystal.frac_coords, crystal.atomic_numbers
+        shifts, images, worst = found
+        if worst <= _CLEAR * config.symprec:  # a clear translation: the primitive cell is built here
+            cell = _primitive_from_translations(crystal, shifts, images, config.symprec)
+            if cell is not None and not _distinct_structures(crystal, *cell, config.symprec):
+                return cell
     import spglib
 
     cell = (crystal.lattice, crystal.frac_coords, crystal.atomic_numbers)

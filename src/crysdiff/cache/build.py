@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from crysdiff.cache.writer import PartWriter
+from crysdiff.cache.writer import Packed, PartWriter, pack
 from crysdiff.cells import AS_GIVEN, CellConfig, canonical_cells
 from crysdiff.crystal import Crystal, RecordError, ValidationSettings
 
@@ -21,18 +21,18 @@ def _init_worker(settings: ValidationSettings, cell: CellConfig = AS_GIVEN) -> N
 
 
 def _run(job):
-    """Worker: ``(group, slot, task)`` -> ``(group, slot, results)``; a whole-source failure passes through."""
+    """Worker: ``(group, slot, task)`` -> ``(group, slot, packed results)``; a whole-source failure passes through."""
     from crysdiff.io import run_task
 
     group, slot, task = job
     if isinstance(task, RecordError):
-        return group, slot, [task]
+        return group, slot, pack([task])
     results = run_task(task, _WORKER_SETTINGS)
     if _WORKER_CELL.canonical:  # the whole task at once (crysdiff.cell_basis batches the basis choice)
         places = [i for i, r in enumerate(results) if isinstance(r, Crystal)]
         for i, reduced in zip(places, canonical_cells([results[i] for i in places], _WORKER_CELL)):
             results[i] = reduced
-    return group, slot, results
+    return group, slot, pack(results)
 
 
 def _jobs(groups, chunk_size: int):
@@ -61,15 +61,14 @@ class _PartSequence:
         done = self.done
         return PartWriter(self.root, self.keys[done], self.groups[done], self.strict, self.settings, self.cell)
 
-    def add(self, g: int, slot: int, items) -> None:
+    def add(self, g: int, slot: int, items: Packed) -> None:
         """The results ``items`` of source ``slot`` of group ``g``; the groups before ``g`` are complete."""
         while self.writer is None or g > self.done:
             if self.writer is not None:  # group finished (or groups that yielded nothing)
                 self.writer.finish(self.units)
                 self.done += 1
             self.writer = self._open()
-        for item in items:
-            self.writer.add(item, slot)
+        self.writer.add(items, slot)
 
     def finish(self) -> None:
         while self.done < len(self.groups):
@@ -115,7 +114,7 @@ def build_parts(groups, keys, root: Path, settings, strict, workers, progress, c
             in_flight.release()
             parts.add(g, slot, items)
             if bar is not None:
-                bar.update(bar.task_id, advance=len(items))
+                bar.update(bar.task_id, advance=items.records)
         parts.finish()
     except BaseException:
         parts.abort()

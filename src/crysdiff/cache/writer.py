@@ -40,40 +40,37 @@ class PartWriter:
         self.notices: list[dict] = []
         self.records = 0
 
-    def add(self, item, slot: int) -> None:
-        """One result of source ``slot`` (its position in the group)."""
-        if isinstance(item, Notice):  # kept once per file and reason
-            if (item.source, item.reason) not in {(n["source"], n["reason"]) for n in self.notices}:
-                self.notices.append(item.as_dict())
-            return
-        self.records += 1
-        if isinstance(item, RecordError):
+    def add(self, task: "Packed", slot: int) -> None:
+        """The results of one task of source ``slot`` (its position in the group), packed by :func:`pack`."""
+        for item in task.others:
+            if isinstance(item, Notice):  # kept once per file and reason
+                if (item.source, item.reason) not in {(n["source"], n["reason"]) for n in self.notices}:
+                    self.notices.append(item.as_dict())
+                continue
             if self.strict:
                 raise item
             self.skipped.append(item.as_dict())
+        self.records += task.records
+        if not len(task.counts):
             return
-        if isinstance(item, Reduced):
-            self.given_atoms.append(item.given_atoms)
-            self.cell_fallback.append(1 if item.fallback else 0)
-            if item.fallback:
-                self.fallbacks.append({"source": item.crystal.source, "record": item.crystal.record or item.crystal.id,
-                                       "reason": item.fallback})
-            item = item.crystal
-        crystal: Crystal = item
+        if task.given_atoms is not None:
+            self.given_atoms.extend(task.given_atoms.tolist())
+            self.cell_fallback.extend(task.fallback.tolist())
+            self.fallbacks.extend(task.fallbacks)
         files = self.files
-        files["z"].write(np.asarray(crystal.atomic_numbers, dtype=np.uint8).tobytes())
-        files["frac"].write(np.asarray(crystal.frac_coords, dtype=np.float64).tobytes())
-        files["lattice"].write(np.asarray(crystal.lattice, dtype=np.float64).tobytes())
-        encoded = str(crystal.id).encode("utf-8")
-        files["ids"].write(encoded)
-        row = len(self.counts)
-        self.id_lengths.append(len(encoded))
-        self.counts.append(crystal.num_atoms)
-        self.source_local.append(slot)
-        if crystal.labels:
-            cells = [(row, self.label_names.setdefault(name, len(self.label_names))) for name in crystal.labels]
-            files["label_cells"].write(np.array(cells, dtype=np.int64).tobytes())
-            files["label_values"].write(np.array(list(crystal.labels.values()), dtype=np.float64).tobytes())
+        files["z"].write(task.z.tobytes())
+        files["frac"].write(task.frac.tobytes())
+        files["lattice"].write(task.lattice.tobytes())
+        files["ids"].write(task.ids)
+        first = len(self.counts)
+        self.id_lengths.extend(task.id_lengths.tolist())
+        self.counts.extend(task.counts.tolist())
+        self.source_local.extend([slot] * len(task.counts))
+        if len(task.label_rows):
+            column = np.array([self.label_names.setdefault(name, len(self.label_names)) for name in task.label_names])
+            cells = np.stack([task.label_rows + first, column[task.label_columns]], axis=1).astype(np.int64)
+            files["label_cells"].write(cells.tobytes())
+            files["label_values"].write(task.label_values.tobytes())
 
     def close(self) -> None:
         for handle in self.files.values():
@@ -134,3 +131,54 @@ def remove_stale_tmp(root: Path) -> None:
             os.kill(pid, 0)
         except (ValueError, IndexError, ProcessLookupError):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Packed:
+    """The results of one task as a few arrays, so a worker sends and the writer stores them in a few
+    calls instead of one object per crystal: the crystals' atoms, coordinates, lattices, ids and labels
+    (``label_rows``/``label_columns`` index ``label_names``), the cell bookkeeping of canonical cells,
+    and the records that are not crystals (errors, notices) in their order."""
+
+    def __init__(self, items) -> None:
+        crystals, given, fallback, self.fallbacks, self.others = [], [], [], [], []
+        self.records = 0
+        for item in items:
+            if isinstance(item, Notice):
+                self.others.append(item)
+                continue
+            self.records += 1
+            if isinstance(item, RecordError):
+                self.others.append(item)
+                continue
+            if isinstance(item, Reduced):
+                given.append(item.given_atoms)
+                fallback.append(1 if item.fallback else 0)
+                if item.fallback:
+                    self.fallbacks.append({"source": item.crystal.source, "record": item.crystal.record or item.crystal.id,
+                                           "reason": item.fallback})
+                item = item.crystal
+            crystals.append(item)
+        self.given_atoms = np.array(given, dtype=np.int64) if given or not crystals else None
+        self.fallback = np.array(fallback, dtype=np.int8)
+        self.counts = np.array([c.num_atoms for c in crystals], dtype=np.int64)
+        empty = np.zeros((0, 3))
+        self.z = np.concatenate([np.asarray(c.atomic_numbers, dtype=np.uint8) for c in crystals] or [np.zeros(0, np.uint8)])
+        self.frac = np.concatenate([np.asarray(c.frac_coords, dtype=np.float64) for c in crystals] or [empty])
+        self.lattice = np.array([np.asarray(c.lattice, dtype=np.float64) for c in crystals], dtype=np.float64)
+        encoded = [str(c.id).encode("utf-8") for c in crystals]
+        self.ids = b"".join(encoded)
+        self.id_lengths = np.array([len(e) for e in encoded], dtype=np.int64)
+        names: dict[str, int] = {}
+        rows, columns, values = [], [], []
+        for row, crystal in enumerate(crystals):
+            for name, value in crystal.labels.items():
+                rows.append(row), columns.append(names.setdefault(name, len(names))), values.append(value)
+        self.label_names = list(names)
+        self.label_rows = np.array(rows, dtype=np.int64)
+        self.label_columns = np.array(columns, dtype=np.int64)
+        self.label_values = np.array(values, dtype=np.float64)
+
+
+def pack(items) -> Packed:
+    """:class:`Packed` of a task's results (crystals, :class:`~crysdiff.cells.Reduced`, errors, notices)."""
+    return Packed(items)
