@@ -6,8 +6,12 @@ supercell, a conventional cell or another basis of the same lattice is a differe
 structures are reduced where they enter the library (the dataset cache, and in-memory structures
 in :mod:`crysdiff.predict`), for training and prediction alike:
 
-1. spglib finds the primitive cell (``standardize_cell(to_primitive=True, no_idealize=True)``:
-   the atoms keep the user's positions, no symmetrisation of the lattice);
+1. the primitive cell: the pure translations (shorter than a lattice vector, mapping the crystal onto
+   itself within ``symprec``) are found here, the primitive lattice is spanned by the lattice vectors
+   and those translations, and each atom is the mean of its translation images (the same crystal as
+   spglib's ``standardize_cell(to_primitive=True, no_idealize=True)``, without its full symmetry
+   search, ~4 ms a cell); spglib still makes the primitive cell of cells over 256 atoms and of those
+   whose translations move an atom by more than half of ``symprec``;
 2. spglib Niggli-reduces its lattice, and the fractional coordinates are rewritten in the
    reduced basis and wrapped into ``[0, 1)``;
 3. a Niggli-reduced lattice has several bases with the same metric (``L`` and ``-L`` always, up
@@ -16,9 +20,9 @@ in :mod:`crysdiff.predict`), for training and prediction alike:
    translations and atom order, not to the basis) is largest is kept (:mod:`crysdiff.cell_basis`).
 
 What is left is a rotation, a translation and an atom order, which the network does not see.
-A cell that is already primitive (most of a database) is recognised without spglib (no common
-divisor of the element counts, or no translation mapping the rarest element onto itself and then
-every atom): spglib costs ~5 ms a structure. :func:`canonical_cells` makes the choice among
+A cell that is already primitive (most of a database) is recognised cheaply: no common divisor of
+the element counts, or no translation mapping the rarest element onto itself and then every atom.
+:func:`canonical_cells` makes the choice among
 same-metric bases (step 3) for many structures at once (:mod:`crysdiff.cell_basis`), with the same result.
 
 Reduction never merges distinct structures: the primitive cell must hold a whole fraction of the

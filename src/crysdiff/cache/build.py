@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from crysdiff.cache.writer import Packed, PartWriter, pack
+from crysdiff.cache.writer import Packed, PartWriter
 from crysdiff.cells import AS_GIVEN, CellConfig, canonical_cells
 from crysdiff.crystal import Crystal, RecordError, ValidationSettings
 
@@ -26,13 +26,13 @@ def _run(job):
 
     group, slot, task = job
     if isinstance(task, RecordError):
-        return group, slot, pack([task])
+        return group, slot, Packed([task])
     results = run_task(task, _WORKER_SETTINGS)
     if _WORKER_CELL.canonical:  # the whole task at once (crysdiff.cell_basis batches the basis choice)
         places = [i for i, r in enumerate(results) if isinstance(r, Crystal)]
         for i, reduced in zip(places, canonical_cells([results[i] for i in places], _WORKER_CELL)):
             results[i] = reduced
-    return group, slot, pack(results)
+    return group, slot, Packed(results)
 
 
 def _jobs(groups, chunk_size: int):

@@ -14,7 +14,53 @@ import numpy as np
 
 from crysdiff.cache.part import CACHE_VERSION, file_records
 from crysdiff.cells import AS_GIVEN, CellConfig, Reduced
-from crysdiff.crystal import Crystal, Notice, RecordError, ValidationSettings
+from crysdiff.crystal import Notice, RecordError, ValidationSettings
+
+
+class Packed:
+    """The results of one task as a few arrays, so a worker sends and the writer stores them in a few
+    calls instead of one object per crystal: the crystals' atoms, coordinates, lattices, ids and labels
+    (``label_rows``/``label_columns`` index ``label_names``), the cell bookkeeping of canonical cells,
+    and the records that are not crystals (errors, notices) in their order."""
+
+    def __init__(self, items) -> None:
+        crystals, given, fallback, self.fallbacks, self.others = [], [], [], [], []
+        self.records = 0
+        for item in items:
+            if isinstance(item, Notice):
+                self.others.append(item)
+                continue
+            self.records += 1
+            if isinstance(item, RecordError):
+                self.others.append(item)
+                continue
+            if isinstance(item, Reduced):
+                given.append(item.given_atoms)
+                fallback.append(1 if item.fallback else 0)
+                if item.fallback:
+                    self.fallbacks.append({"source": item.crystal.source, "record": item.crystal.record or item.crystal.id,
+                                           "reason": item.fallback})
+                item = item.crystal
+            crystals.append(item)
+        self.given_atoms = np.array(given, dtype=np.int64) if given else None  # None: cells as given
+        self.fallback = np.array(fallback, dtype=np.int8)
+        self.counts = np.array([c.num_atoms for c in crystals], dtype=np.int64)
+        self.z = np.concatenate([np.asarray(c.atomic_numbers, dtype=np.uint8) for c in crystals] or [np.zeros(0, np.uint8)])
+        self.frac = np.concatenate([np.asarray(c.frac_coords, dtype=np.float64) for c in crystals] or [np.zeros((0, 3))])
+        self.lattice = np.array([np.asarray(c.lattice, dtype=np.float64) for c in crystals], dtype=np.float64)
+        encoded = [str(c.id).encode("utf-8") for c in crystals]
+        self.ids = b"".join(encoded)
+        self.id_lengths = np.array([len(e) for e in encoded], dtype=np.int64)
+        names: dict[str, int] = {}
+        rows, columns, values = [], [], []
+        for row, crystal in enumerate(crystals):
+            for name, value in crystal.labels.items():
+                rows.append(row), columns.append(names.setdefault(name, len(names))), values.append(value)
+        self.label_names = list(names)
+        self.label_rows = np.array(rows, dtype=np.int64)
+        self.label_columns = np.array(columns, dtype=np.int64)
+        self.label_values = np.array(values, dtype=np.float64)
+
 
 
 class PartWriter:
@@ -40,8 +86,8 @@ class PartWriter:
         self.notices: list[dict] = []
         self.records = 0
 
-    def add(self, task: "Packed", slot: int) -> None:
-        """The results of one task of source ``slot`` (its position in the group), packed by :func:`pack`."""
+    def add(self, task: Packed, slot: int) -> None:
+        """The results of one task of source ``slot`` (its position in the group), packed by the worker."""
         for item in task.others:
             if isinstance(item, Notice):  # kept once per file and reason
                 if (item.source, item.reason) not in {(n["source"], n["reason"]) for n in self.notices}:
@@ -132,53 +178,3 @@ def remove_stale_tmp(root: Path) -> None:
         except (ValueError, IndexError, ProcessLookupError):
             shutil.rmtree(tmp, ignore_errors=True)
 
-
-class Packed:
-    """The results of one task as a few arrays, so a worker sends and the writer stores them in a few
-    calls instead of one object per crystal: the crystals' atoms, coordinates, lattices, ids and labels
-    (``label_rows``/``label_columns`` index ``label_names``), the cell bookkeeping of canonical cells,
-    and the records that are not crystals (errors, notices) in their order."""
-
-    def __init__(self, items) -> None:
-        crystals, given, fallback, self.fallbacks, self.others = [], [], [], [], []
-        self.records = 0
-        for item in items:
-            if isinstance(item, Notice):
-                self.others.append(item)
-                continue
-            self.records += 1
-            if isinstance(item, RecordError):
-                self.others.append(item)
-                continue
-            if isinstance(item, Reduced):
-                given.append(item.given_atoms)
-                fallback.append(1 if item.fallback else 0)
-                if item.fallback:
-                    self.fallbacks.append({"source": item.crystal.source, "record": item.crystal.record or item.crystal.id,
-                                           "reason": item.fallback})
-                item = item.crystal
-            crystals.append(item)
-        self.given_atoms = np.array(given, dtype=np.int64) if given or not crystals else None
-        self.fallback = np.array(fallback, dtype=np.int8)
-        self.counts = np.array([c.num_atoms for c in crystals], dtype=np.int64)
-        empty = np.zeros((0, 3))
-        self.z = np.concatenate([np.asarray(c.atomic_numbers, dtype=np.uint8) for c in crystals] or [np.zeros(0, np.uint8)])
-        self.frac = np.concatenate([np.asarray(c.frac_coords, dtype=np.float64) for c in crystals] or [empty])
-        self.lattice = np.array([np.asarray(c.lattice, dtype=np.float64) for c in crystals], dtype=np.float64)
-        encoded = [str(c.id).encode("utf-8") for c in crystals]
-        self.ids = b"".join(encoded)
-        self.id_lengths = np.array([len(e) for e in encoded], dtype=np.int64)
-        names: dict[str, int] = {}
-        rows, columns, values = [], [], []
-        for row, crystal in enumerate(crystals):
-            for name, value in crystal.labels.items():
-                rows.append(row), columns.append(names.setdefault(name, len(names))), values.append(value)
-        self.label_names = list(names)
-        self.label_rows = np.array(rows, dtype=np.int64)
-        self.label_columns = np.array(columns, dtype=np.int64)
-        self.label_values = np.array(values, dtype=np.float64)
-
-
-def pack(items) -> Packed:
-    """:class:`Packed` of a task's results (crystals, :class:`~crysdiff.cells.Reduced`, errors, notices)."""
-    return Packed(items)
